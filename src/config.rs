@@ -1,0 +1,307 @@
+//! Coordinator configuration, its named limits, and its validation.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Default write quorum.
+pub const DEFAULT_WRITE_QUORUM: usize = 2;
+/// Default read quorum.
+pub const DEFAULT_READ_QUORUM: usize = 2;
+/// The replica count the defaults are meant for.
+pub const DEFAULT_REPLICA_COUNT: usize = 3;
+const _: () = assert!(DEFAULT_READ_QUORUM + DEFAULT_WRITE_QUORUM > DEFAULT_REPLICA_COUNT);
+
+/// What a read does with replicas whose answer differs from the merged record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRepair {
+    /// Write the merged record back and wait for it before answering (reads
+    /// are monotonic: a value once returned is on every replica that was asked).
+    Blocking,
+    /// Write it back in the background.
+    Background,
+    /// Never (for studies of staleness only).
+    Off,
+}
+
+/// Which replicas a read asks first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOrder {
+    /// A per-key rotation of the replica list: R=1 load spreads over replicas.
+    PerKey,
+    /// The order the replicas were given in.
+    Configured,
+}
+
+/// Health tracking: when a replica is suspect, down, and probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Consecutive failures that make a replica Down (skipped at once).
+    pub down_after_failures: u32,
+    /// First probe delay after a replica goes down.
+    pub probe_interval_min: Duration,
+    /// Probe backoff cap.
+    pub probe_interval_max: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            down_after_failures: 3,
+            probe_interval_min: Duration::from_millis(100),
+            probe_interval_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Size limits, checked before any replica is contacted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest field name, in bytes.
+    pub max_field_name_bytes: usize,
+    /// Largest field value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most fields one write may carry.
+    pub max_fields_per_write: usize,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_field_name_bytes: 256,
+            max_value_bytes: 64 * 1024,
+            max_fields_per_write: 256,
+            max_key_bytes: 256,
+        }
+    }
+}
+
+/// Everything a coordinator needs besides its replicas.
+///
+/// ```
+/// use quorum_sessions::ClusterConfig;
+/// let config = ClusterConfig { write_quorum: 2, read_quorum: 2, ..ClusterConfig::default() };
+/// assert!(config.validate(3).is_ok());
+/// let err = ClusterConfig { write_quorum: 4, ..ClusterConfig::default() }.validate(3).unwrap_err();
+/// assert_eq!(err.field, "write_quorum");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// W: acknowledgements a write needs.
+    pub write_quorum: usize,
+    /// R: answers a read needs.
+    pub read_quorum: usize,
+    /// Deadline of one request to one replica.
+    pub request_timeout: Duration,
+    /// How long the writes still running after the quorum may go on in the
+    /// background.
+    pub write_deadline: Duration,
+    /// Ask the next replica too when one has not answered within this delay.
+    pub hedge_delay: Option<Duration>,
+    /// Read-repair mode.
+    pub read_repair: ReadRepair,
+    /// Read order.
+    pub read_order: ReadOrder,
+    /// Stamps and expiries further ahead of the local clock are refused.
+    pub max_clock_skew: Duration,
+    /// Health tracking.
+    pub health: HealthConfig,
+    /// Input size limits.
+    pub limits: Limits,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            write_quorum: DEFAULT_WRITE_QUORUM,
+            read_quorum: DEFAULT_READ_QUORUM,
+            request_timeout: Duration::from_millis(500),
+            write_deadline: Duration::from_secs(2),
+            hedge_delay: Some(Duration::from_millis(50)),
+            read_repair: ReadRepair::Blocking,
+            read_order: ReadOrder::PerKey,
+            max_clock_skew: Duration::from_secs(60),
+            health: HealthConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks every rule against a replica count. Warns (through `tracing`)
+    /// when `R + W <= N`: reads may then miss acknowledged writes.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken, naming the field.
+    pub fn validate(&self, replica_count: usize) -> Result<(), ConfigError> {
+        if replica_count == 0 {
+            return Err(ConfigError::new(
+                "replicas",
+                "must hold at least one replica",
+            ));
+        }
+        let n = replica_count;
+        if !(1..=n).contains(&self.write_quorum) {
+            return Err(ConfigError::new(
+                "write_quorum",
+                format!("must be in 1..={n}"),
+            ));
+        }
+        if !(1..=n).contains(&self.read_quorum) {
+            return Err(ConfigError::new(
+                "read_quorum",
+                format!("must be in 1..={n}"),
+            ));
+        }
+        check_positive("request_timeout", self.request_timeout)?;
+        check_positive("write_deadline", self.write_deadline)?;
+        if self.write_deadline < self.request_timeout {
+            return Err(ConfigError::new(
+                "write_deadline",
+                "must be at least request_timeout",
+            ));
+        }
+        if let Some(hedge) = self.hedge_delay {
+            check_positive("hedge_delay", hedge)?;
+        }
+        check_positive("max_clock_skew", self.max_clock_skew)?;
+        if self.health.down_after_failures == 0 {
+            return Err(ConfigError::new(
+                "health.down_after_failures",
+                "must be at least 1",
+            ));
+        }
+        check_positive("health.probe_interval_min", self.health.probe_interval_min)?;
+        if self.health.probe_interval_max < self.health.probe_interval_min {
+            return Err(ConfigError::new(
+                "health.probe_interval_max",
+                "must be at least probe_interval_min",
+            ));
+        }
+        let limits = &self.limits;
+        for (field, value) in [
+            ("limits.max_field_name_bytes", limits.max_field_name_bytes),
+            ("limits.max_value_bytes", limits.max_value_bytes),
+            ("limits.max_fields_per_write", limits.max_fields_per_write),
+            ("limits.max_key_bytes", limits.max_key_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be positive"));
+            }
+        }
+        if self.read_quorum + self.write_quorum <= n {
+            tracing::warn!(
+                n,
+                r = self.read_quorum,
+                w = self.write_quorum,
+                "R + W <= N: reads may miss acknowledged writes"
+            );
+        }
+        Ok(())
+    }
+
+    /// N − W + 1: misses from complete replicas that prove a record absent.
+    pub fn misses_for_absence(&self, replica_count: usize) -> usize {
+        replica_count - self.write_quorum + 1
+    }
+}
+
+fn check_positive(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::new(field, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let base = ClusterConfig::default;
+        let cases: Vec<(ClusterConfig, usize, &str)> = vec![
+            (base(), 0, "replicas"),
+            (
+                ClusterConfig {
+                    write_quorum: 0,
+                    ..base()
+                },
+                3,
+                "write_quorum",
+            ),
+            (
+                ClusterConfig {
+                    write_quorum: 4,
+                    ..base()
+                },
+                3,
+                "write_quorum",
+            ),
+            (
+                ClusterConfig {
+                    read_quorum: 0,
+                    ..base()
+                },
+                3,
+                "read_quorum",
+            ),
+            (
+                ClusterConfig {
+                    read_quorum: 4,
+                    ..base()
+                },
+                3,
+                "read_quorum",
+            ),
+            (
+                ClusterConfig {
+                    request_timeout: Duration::ZERO,
+                    ..base()
+                },
+                3,
+                "request_timeout",
+            ),
+            (
+                ClusterConfig {
+                    write_deadline: Duration::from_millis(1),
+                    ..base()
+                },
+                3,
+                "write_deadline",
+            ),
+            (
+                ClusterConfig {
+                    hedge_delay: Some(Duration::ZERO),
+                    ..base()
+                },
+                3,
+                "hedge_delay",
+            ),
+            (
+                ClusterConfig {
+                    max_clock_skew: Duration::ZERO,
+                    ..base()
+                },
+                3,
+                "max_clock_skew",
+            ),
+        ];
+        for (config, n, field) in cases {
+            assert_eq!(config.validate(n).unwrap_err().field, field);
+        }
+        assert!(
+            ClusterConfig {
+                read_quorum: 1,
+                write_quorum: 1,
+                ..base()
+            }
+            .validate(3)
+            .is_ok(),
+            "R+W<=N warns, not refuses"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Errors, grouped by what the caller does next.
+
+use std::time::Duration;
+
+/// Result of the coordinator's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why one replica failed one request. The coordinator keeps each one, with
+/// its source, inside [`Error`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The replica could not be reached (connection refused, reset, closed):
+    /// mark it suspect.
+    #[error("replica unreachable: {detail}")]
+    Unavailable {
+        /// What happened.
+        detail: String,
+        /// The client's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// No answer within the deadline (a hung or overloaded replica).
+    #[error("replica did not answer within {after:?}")]
+    Timeout {
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The replica holds data we cannot decode (foreign data, a wrong type,
+    /// an unknown format): it counts as failed and is read-repaired.
+    #[error("replica holds corrupt data: {detail}")]
+    Corrupt {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The replica refused the command (out of memory, read-only, no
+    /// permission, script error): it is up but cannot take this write.
+    #[error("replica refused the command: {detail}")]
+    Refused {
+        /// What was refused and why.
+        detail: String,
+        /// The client's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The replica is known down and was not asked.
+    #[error("replica is down and was skipped")]
+    Skipped,
+}
+
+impl ReplicaError {
+    /// True for failures that say something about the replica's health
+    /// (unreachable, timeout), as opposed to one bad key or one refused command.
+    pub fn is_health_failure(&self) -> bool {
+        matches!(
+            self,
+            ReplicaError::Unavailable { .. } | ReplicaError::Timeout { .. }
+        )
+    }
+
+    /// A short name of the kind, for logs and reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReplicaError::Unavailable { .. } => "unavailable",
+            ReplicaError::Timeout { .. } => "timeout",
+            ReplicaError::Corrupt { .. } => "corrupt",
+            ReplicaError::Refused { .. } => "refused",
+            ReplicaError::Skipped => "skipped",
+        }
+    }
+}
+
+/// One replica's failure within one operation.
+#[derive(Debug, thiserror::Error)]
+#[error("replica {replica}: {error}")]
+pub struct ReplicaFailure {
+    /// The replica's configured name.
+    pub replica: String,
+    /// What went wrong.
+    #[source]
+    pub error: ReplicaError,
+}
+
+/// Input the coordinator refuses before contacting any replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    /// A field name breaks the naming rules or the size limit.
+    #[error("invalid field name: {0}")]
+    FieldName(String),
+    /// A value exceeds `max_value_bytes`.
+    #[error("value of field {field:?} is {size} bytes, limit {limit}")]
+    ValueTooLarge {
+        /// The field.
+        field: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A write carries more fields than `max_fields_per_write`.
+    #[error("{count} fields in one write, limit {limit}")]
+    TooManyFields {
+        /// Fields in the write.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A key is empty, too long, or holds characters a key may not hold.
+    #[error("invalid key: {0}")]
+    Key(String),
+    /// An expiry or cap is in the past, beyond 48 bits, or too far ahead.
+    #[error("invalid expiry: {0}")]
+    Expiry(String),
+}
+
+/// Errors of the coordinator's operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Fewer than W replicas acknowledged a write. The write may still have
+    /// reached some replicas and may surface later (as in Dynamo): retrying
+    /// the same mutation is safe, it is idempotent.
+    #[error("write quorum not reached: {acked} of {needed} acknowledgements ({} replica failures)", failures.len())]
+    QuorumNotReached {
+        /// W.
+        needed: usize,
+        /// Acknowledgements received.
+        acked: usize,
+        /// Each failed or skipped replica's error.
+        failures: Vec<ReplicaFailure>,
+    },
+    /// A read could not reach a conclusive answer: too few replicas answered,
+    /// or the misses that came back cannot prove the record absent. Never read
+    /// this as "not found" (map it to 503, not to "logged out").
+    #[error("read unavailable: {answered} answers, {needed} needed ({} replica failures)", failures.len())]
+    Unavailable {
+        /// Answers needed for a conclusive result.
+        needed: usize,
+        /// Answers received.
+        answered: usize,
+        /// Each failed replica's error.
+        failures: Vec<ReplicaFailure>,
+    },
+    /// The record was deleted: the write landed on a tombstone and was not
+    /// applied.
+    #[error("the record was deleted")]
+    Gone,
+    /// A conditional create found another record under the same key.
+    #[error("a record already exists under this key")]
+    Collision,
+    /// The input was refused before any replica was contacted.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+}
+
+/// A configuration rule broken; names the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: `{field}` {rule}")]
+pub struct ConfigError {
+    /// The configuration field.
+    pub field: &'static str,
+    /// The rule it breaks.
+    pub rule: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, rule: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field,
+            rule: rule.into(),
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Records: versioned maps, and the merge that every replica applies.
+//!
+//! A [`Record`] is a map from field name to [`FieldEntry`] `(stamp, value or
+//! removed, optional until)`, plus record-level metadata: a tombstone, an
+//! absolute expiry (merged by maximum), a lifetime cap (merged by minimum), a
+//! creation stamp (`origin`, merged by minimum), a *partial* flag (merged by
+//! AND: one full copy makes the result full) and a format version.
+//!
+//! [`Record::merge`] is a join — commutative, associative, idempotent — and is
+//! the only way state combines, in memory, in the coordinator and (as the same
+//! rules in Lua) inside Redis:
+//!
+//! - per field, the larger *entry* wins: entries compare by their encoded form
+//!   `stamp ‖ kind ‖ until ‖ bytes`, so the larger stamp wins and equal stamps
+//!   are broken by the bytes, identically in Rust and Lua;
+//! - a tombstone wins over every field (delete wins): a tombstoned record keeps
+//!   no fields and is never partial;
+//! - fields whose `until` has passed are dropped (`now_ms` is handed in).
+
+use std::collections::BTreeMap;
+
+use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
+
+/// Format version written with every record; a replica holding another is
+/// reported as corrupt rather than guessed at.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// One field's version and content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldEntry {
+    /// The write that produced this entry.
+    pub stamp: Stamp,
+    /// `None` for a removed field (a field tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Absolute time (ms) after which the merge drops the entry (used by
+    /// long-lived records such as the per-user index).
+    pub until_ms: Option<u64>,
+}
+
+impl FieldEntry {
+    /// A value written at `stamp`.
+    pub fn value(stamp: Stamp, value: impl Into<Vec<u8>>) -> FieldEntry {
+        FieldEntry {
+            stamp,
+            value: Some(value.into()),
+            until_ms: None,
+        }
+    }
+
+    /// A removal written at `stamp`.
+    pub fn removed(stamp: Stamp) -> FieldEntry {
+        FieldEntry {
+            stamp,
+            value: None,
+            until_ms: None,
+        }
+    }
+
+    /// The same entry, dropped by the merge after `until_ms`.
+    pub fn with_until(mut self, until_ms: u64) -> FieldEntry {
+        self.until_ms = Some(until_ms);
+        self
+    }
+
+    /// The kind byte of the stored form: `v` value, `d` removed; upper case
+    /// when an `until` follows.
+    pub fn kind(&self) -> u8 {
+        match (self.value.is_some(), self.until_ms.is_some()) {
+            (true, false) => b'v',
+            (false, false) => b'd',
+            (true, true) => b'V',
+            (false, true) => b'D',
+        }
+    }
+
+    /// The stored form: `stamp(32) ‖ kind(1) ‖ until(12, if any) ‖ bytes`.
+    pub fn encode(&self) -> Vec<u8> {
+        let value_len = self.value.as_ref().map_or(0, Vec::len);
+        let mut out = Vec::with_capacity(crate::stamp::STAMP_LEN + 13 + value_len);
+        self.stamp.encode_into(&mut out);
+        out.push(self.kind());
+        if let Some(until) = self.until_ms {
+            out.extend_from_slice(encode_ms(until).as_bytes());
+        }
+        if let Some(value) = &self.value {
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// Parses the stored form; `None` if it is malformed.
+    pub fn decode(bytes: &[u8]) -> Option<FieldEntry> {
+        let stamp_len = crate::stamp::STAMP_LEN;
+        let stamp = Stamp::decode(bytes.get(..stamp_len)?)?;
+        let kind = *bytes.get(stamp_len)?;
+        let mut rest = &bytes[stamp_len + 1..];
+        let until_ms = if kind.is_ascii_uppercase() {
+            let until = crate::stamp::decode_ms(rest.get(..12)?)?;
+            rest = &rest[12..];
+            Some(until)
+        } else {
+            None
+        };
+        let value = match kind.to_ascii_lowercase() {
+            b'v' => Some(rest.to_vec()),
+            b'd' if rest.is_empty() => None,
+            _ => return None,
+        };
+        Some(FieldEntry {
+            stamp,
+            value,
+            until_ms,
+        })
+    }
+
+    /// The merge order between two entries of one field: stamp first, then
+    /// the rest of the stored form, byte by byte (as the Lua script does).
+    pub fn wins_over(&self, other: &FieldEntry) -> bool {
+        match self.stamp.cmp(&other.stamp) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => self.encode() > other.encode(),
+        }
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.until_ms.is_some_and(|until| until < now_ms)
+    }
+}
+
+/// A versioned map with record-level metadata. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Field name → entry. `BTreeMap`: iteration order is part of the
+    /// deterministic behaviour.
+    pub fields: BTreeMap<String, FieldEntry>,
+    /// Set once the record is deleted; wins over every field.
+    pub tombstone: Option<Stamp>,
+    /// Absolute expiry, ms since the Unix epoch; merged by maximum.
+    pub expiry_ms: u64,
+    /// Absolute lifetime cap, ms; merged by minimum.
+    pub cap_ms: u64,
+    /// Stamp of the create that made the record, if this copy saw it.
+    pub origin: Option<Stamp>,
+    /// True when this copy may lack fields (made by a field-only update on a
+    /// replica that did not hold the record). Merged by AND.
+    pub partial: bool,
+    /// The format version ([`FORMAT_VERSION`]).
+    pub format: u8,
+}
+
+impl Record {
+    /// An empty record with an expiry and a cap, not partial.
+    pub fn new(expiry_ms: u64, cap_ms: u64) -> Record {
+        Record {
+            fields: BTreeMap::new(),
+            tombstone: None,
+            expiry_ms,
+            cap_ms,
+            origin: None,
+            partial: false,
+            format: FORMAT_VERSION,
+        }
+    }
+
+    /// When the record stops existing: `min(expiry, cap)`.
+    pub fn effective_expiry_ms(&self) -> u64 {
+        self.expiry_ms.min(self.cap_ms)
+    }
+
+    /// True when the record is past its effective expiry at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.effective_expiry_ms() <= now_ms
+    }
+
+    /// True when deleted.
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone.is_some()
+    }
+
+    /// The value of a live field.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.fields.get(name)?.value.as_deref()
+    }
+
+    /// Live fields (removed ones skipped), in name order.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields
+            .iter()
+            .filter_map(|(name, entry)| Some((name.as_str(), entry.value.as_deref()?)))
+    }
+
+    /// The largest stamp this record holds (fields, tombstone, origin).
+    pub fn max_stamp(&self) -> Option<Stamp> {
+        let fields = self.fields.values().map(|entry| entry.stamp);
+        fields.chain(self.tombstone).chain(self.origin).max()
+    }
+
+    /// Merges `other` into `self` (the join described in the module docs).
+    pub fn merge_from(&mut self, other: &Record, now_ms: u64) {
+        for (name, entry) in &other.fields {
+            match self.fields.get_mut(name) {
+                Some(mine) if !entry.wins_over(mine) => {}
+                Some(mine) => *mine = entry.clone(),
+                None => {
+                    self.fields.insert(name.clone(), entry.clone());
+                }
+            }
+        }
+        self.tombstone = self.tombstone.max(other.tombstone);
+        self.expiry_ms = self.expiry_ms.max(other.expiry_ms);
+        self.cap_ms = self.cap_ms.min(other.cap_ms);
+        self.origin = match (self.origin, other.origin) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.partial = self.partial && other.partial;
+        self.format = self.format.max(other.format);
+        self.normalize(now_ms);
+    }
+
+    /// The join of two records.
+    ///
+    /// ```
+    /// use quorum_sessions::{FieldEntry, Record, Stamp};
+    /// let mut a = Record::new(10_000, 20_000);
+    /// a.fields.insert("cart".into(), FieldEntry::value(Stamp::new(5, 0, 1), "a"));
+    /// let mut b = Record::new(15_000, 18_000);
+    /// b.fields.insert("theme".into(), FieldEntry::value(Stamp::new(6, 0, 2), "dark"));
+    /// let m = Record::merge(&a, &b, 0);
+    /// assert_eq!(m.get("cart"), Some(&b"a"[..]));   // both fields survive
+    /// assert_eq!(m.get("theme"), Some(&b"dark"[..]));
+    /// assert_eq!(m.effective_expiry_ms(), 15_000);  // max expiry, min cap
+    /// ```
+    pub fn merge(a: &Record, b: &Record, now_ms: u64) -> Record {
+        let mut merged = a.clone();
+        merged.merge_from(b, now_ms);
+        merged
+    }
+
+    /// Applies the invariants the merge keeps: a tombstone holds no fields and
+    /// is never partial; entries past their `until` are dropped.
+    pub fn normalize(&mut self, now_ms: u64) {
+        if self.tombstone.is_some() {
+            self.fields.clear();
+            self.partial = false;
+        } else {
+            self.fields.retain(|_, entry| !entry.expired(now_ms));
+        }
+    }
+
+    /// Approximate stored size in bytes (names plus encoded entries).
+    pub fn stored_size(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .values()
+            .map(|e| crate::stamp::STAMP_LEN + 13 + e.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let names: usize = self.fields.keys().map(String::len).sum();
+        fields + names + 128
+    }
+
+    /// Checks the record against the structural rules every copy must keep.
+    ///
+    /// # Errors
+    ///
+    /// A description of the first rule broken.
+    pub fn check_shape(&self) -> Result<(), String> {
+        if self.format != FORMAT_VERSION {
+            return Err(format!("unknown format version {}", self.format));
+        }
+        if self.expiry_ms > PHYSICAL_MAX || self.cap_ms > PHYSICAL_MAX {
+            return Err("expiry or cap beyond 48 bits".into());
+        }
+        if self.tombstone.is_some() && !self.fields.is_empty() {
+            return Err("a tombstone holds fields".into());
+        }
+        for name in self.fields.keys() {
+            check_field_name(name, usize::MAX)?;
+        }
+        Ok(())
+    }
+}
+
+/// Field-name rules shared by validation and decoding: non-empty, at most
+/// `max_bytes`, no control characters.
+///
+/// # Errors
+///
+/// A description of the rule broken.
+pub fn check_field_name(name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty field name".into());
+    }
+    if name.len() > max_bytes {
+        return Err(format!(
+            "field name of {} bytes exceeds {max_bytes}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("field name holds a control character".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Small stamps so that equal stamps (and byte tie-breaks) really occur.
+    pub fn stamp_strategy() -> impl Strategy<Value = Stamp> {
+        (0u64..4, 0u32..3, 0u64..3).prop_map(|(p, l, w)| Stamp::new(p, l, w))
+    }
+
+    pub fn entry_strategy() -> impl Strategy<Value = FieldEntry> {
+        (
+            stamp_strategy(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4)),
+            proptest::option::of(0u64..20),
+        )
+            .prop_map(|(stamp, value, until_ms)| FieldEntry {
+                stamp,
+                value,
+                until_ms,
+            })
+    }
+
+    pub fn record_strategy() -> impl Strategy<Value = Record> {
+        (
+            proptest::collection::btree_map("[a-c]", entry_strategy(), 0..4),
+            proptest::option::weighted(0.2, stamp_strategy()),
+            0u64..1 << 40,
+            0u64..1 << 40,
+            proptest::option::of(stamp_strategy()),
+            any::<bool>(),
+        )
+            .prop_map(|(fields, tombstone, expiry_ms, cap_ms, origin, partial)| {
+                let mut record = Record {
+                    fields,
+                    tombstone,
+                    expiry_ms,
+                    cap_ms,
+                    origin,
+                    partial,
+                    format: FORMAT_VERSION,
+                };
+                record.normalize(10);
+                record
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in record_strategy(), b in record_strategy()) {
+            prop_assert_eq!(Record::merge(&a, &b, 10), Record::merge(&b, &a, 10));
+        }
+
+        #[test]
+        fn merge_is_associative(a in record_strategy(), b in record_strategy(), c in record_strategy()) {
+            let left = Record::merge(&Record::merge(&a, &b, 10), &c, 10);
+            let right = Record::merge(&a, &Record::merge(&b, &c, 10), 10);
+            prop_assert_eq!(left, right);
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in record_strategy()) {
+            prop_assert_eq!(Record::merge(&a, &a, 10), a);
+        }
+
+        #[test]
+        fn delete_wins_over_any_field_stamp(a in record_strategy(), b in record_strategy()) {
+            let mut deleted = a.clone();
+            deleted.tombstone = Some(Stamp::ZERO);
+            deleted.normalize(10);
+            let merged = Record::merge(&deleted, &b, 10);
+            prop_assert!(merged.is_tombstone());
+            prop_assert!(merged.fields.is_empty());
+        }
+
+        #[test]
+        fn entry_encoding_round_trips(entry in entry_strategy()) {
+            prop_assert_eq!(FieldEntry::decode(&entry.encode()), Some(entry));
+        }
+
+        #[test]
+        fn merge_keeps_the_larger_stamp_per_field(a in entry_strategy(), b in entry_strategy()) {
+            let mut ra = Record::new(100, 100);
+            ra.fields.insert("f".into(), a.clone());
+            let mut rb = Record::new(100, 100);
+            rb.fields.insert("f".into(), b.clone());
+            let merged = Record::merge(&ra, &rb, 0);
+            let kept = &merged.fields["f"];
+            prop_assert!(kept.stamp == a.stamp.max(b.stamp), "a lower stamp won");
+        }
+    }
+
+    #[test]
+    fn expired_field_entries_are_dropped_by_the_merge() {
+        let mut a = Record::new(100, 100);
+        a.fields.insert(
+            "old".into(),
+            FieldEntry::value(Stamp::new(1, 0, 1), "x").with_until(50),
+        );
+        a.fields.insert(
+            "new".into(),
+            FieldEntry::value(Stamp::new(1, 0, 1), "y").with_until(500),
+        );
+        let merged = Record::merge(&a, &Record::new(0, 1000), 60);
+        assert!(!merged.fields.contains_key("old"));
+        assert!(merged.fields.contains_key("new"));
+    }
+
+    #[test]
+    fn partial_is_cleared_by_one_full_copy() {
+        let mut partial = Record::new(1, 1);
+        partial.partial = true;
+        let full = Record::new(1, 1);
+        assert!(!Record::merge(&partial, &full, 0).partial);
+        assert!(Record::merge(&partial, &partial, 0).partial);
+    }
+
+    #[test]
+    fn malformed_entries_do_not_decode() {
+        let stamp = Stamp::new(1, 2, 3).encode();
+        assert!(FieldEntry::decode(stamp.as_bytes()).is_none(), "no kind");
+        assert!(FieldEntry::decode(format!("{stamp}x").as_bytes()).is_none());
+        assert!(FieldEntry::decode(format!("{stamp}dzz").as_bytes()).is_none());
+        assert!(FieldEntry::decode(format!("{stamp}V12").as_bytes()).is_none());
+        assert!(FieldEntry::decode(format!("{stamp}v").as_bytes()).is_some());
+    }
+}
