@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 pub mod codec;
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod record;
 pub mod replica;

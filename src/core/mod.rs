@@ -1,0 +1,14 @@
+//! The pure replication core: no tokio, no fred, no clock, no global RNG.
+//!
+//! Each piece takes facts (replies, failures, `now_ms`) and returns decisions
+//! (an outcome, which replica to ask next, which to read-repair). The
+//! coordinator and the simulator are its two drivers, so the decisions tested
+//! here are exactly the ones both make.
+
+pub mod epoch;
+pub mod health;
+pub mod quorum;
+pub mod read;
+
+/// Position of a replica in the coordinator's replica list.
+pub type ReplicaIndex = usize;

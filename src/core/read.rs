@@ -1,0 +1,313 @@
+//! Read plan: which replica to ask next, and when a read is conclusive.
+//!
+//! Rules (DESIGN §5):
+//! - ask R replicas, readable ones first; on an error or timeout, or when a
+//!   hedge timer fires, ask the next one;
+//! - a read completes with R answers, hits included; the answers are merged;
+//! - one tombstone is final on its own (delete wins), and so is a lifetime cap
+//!   in the past (caps only shrink); an expiry in the past is final once R
+//!   answers are merged (another replica may hold a later touch);
+//! - "not found" is final only after N − W + 1 misses from readable replicas
+//!   (complete epoch); a partial record is neither a hit nor a miss; without
+//!   enough answers the read is `Unavailable`, never "not found".
+
+use super::health::Health;
+use super::ReplicaIndex;
+use crate::config::ReadOrder;
+use crate::record::Record;
+
+/// A replica the plan may ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadCandidate {
+    /// The replica.
+    pub index: ReplicaIndex,
+    /// Its epoch is complete: its misses count.
+    pub readable: bool,
+}
+
+/// Orders the replicas for one key: readable Up replicas first, then readable
+/// Suspect ones, then write-only ones; Down replicas are left out. Within each
+/// group the order is the configured one, rotated per key when
+/// [`ReadOrder::PerKey`] so that R=1 reads spread over the replicas.
+///
+/// `states[i]` is replica i's `(health, readable)`.
+pub fn read_order(key: &str, states: &[(Health, bool)], mode: ReadOrder) -> Vec<ReadCandidate> {
+    let n = states.len();
+    let start = match mode {
+        ReadOrder::PerKey if n > 0 => (key_hash(key) % n as u64) as usize,
+        _ => 0,
+    };
+    let rotated = (0..n).map(|offset| (start + offset) % n);
+    let rank = |index: usize| match states[index] {
+        (Health::Down, _) => None,
+        (Health::Up, true) => Some(0),
+        (Health::Suspect, true) => Some(1),
+        (_, false) => Some(2),
+    };
+    let mut ranked: Vec<(u8, ReadCandidate)> = rotated
+        .filter_map(|index| {
+            let group = rank(index)?;
+            Some((
+                group,
+                ReadCandidate {
+                    index,
+                    readable: states[index].1,
+                },
+            ))
+        })
+        .collect();
+    ranked.sort_by_key(|(group, _)| *group); // stable: keeps the rotation
+    ranked.into_iter().map(|(_, candidate)| candidate).collect()
+}
+
+/// FNV-1a: a stable hash (the same in every process and Rust release), so a
+/// key's read order is the same on every app server.
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Why a read found nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absence {
+    /// A tombstone was seen.
+    Deleted,
+    /// The record is past its expiry or lifetime cap.
+    Expired,
+    /// N − W + 1 readable replicas do not hold it.
+    Absent,
+}
+
+/// A conclusive (or not) read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadResult {
+    /// The merged record.
+    Found(Record),
+    /// Nothing to return, and provably so.
+    NotFound(Absence),
+    /// Too few answers to conclude.
+    Unavailable {
+        /// Answers received.
+        answered: usize,
+        /// Answers a conclusion needed.
+        needed: usize,
+    },
+}
+
+/// What the driver does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadDecision {
+    /// Send a read to these replicas.
+    Ask(Vec<ReplicaIndex>),
+    /// Wait for replies (or the hedge timer).
+    Wait,
+    /// The read is over.
+    Done(ReadResult),
+}
+
+/// The state of one read. See the module docs for the rules.
+#[derive(Clone, Debug)]
+pub struct ReadPlan {
+    candidates: Vec<ReadCandidate>,
+    next_position: usize,
+    in_flight: Vec<ReplicaIndex>,
+    answers: Vec<(ReplicaIndex, Option<Record>)>,
+    failed: Vec<ReplicaIndex>,
+    read_quorum: usize,
+    misses_needed: usize,
+    counted_misses: usize,
+    now_ms: u64,
+    result: Option<ReadResult>,
+}
+
+impl ReadPlan {
+    /// A read over `candidates` (from [`read_order`]) needing `read_quorum`
+    /// answers, or `misses_needed` (N − W + 1) counted misses for "not found".
+    ///
+    /// # Panics
+    ///
+    /// If `read_quorum` or `misses_needed` is zero.
+    pub fn new(
+        candidates: Vec<ReadCandidate>,
+        read_quorum: usize,
+        misses_needed: usize,
+        now_ms: u64,
+    ) -> ReadPlan {
+        assert!(read_quorum >= 1, "R must be at least 1");
+        assert!(misses_needed >= 1, "N - W + 1 is at least 1");
+        ReadPlan {
+            candidates,
+            next_position: 0,
+            in_flight: Vec::new(),
+            answers: Vec::new(),
+            failed: Vec::new(),
+            read_quorum,
+            misses_needed,
+            counted_misses: 0,
+            now_ms,
+            result: None,
+        }
+    }
+
+    /// The first asks.
+    pub fn start(&mut self) -> ReadDecision {
+        self.evaluate()
+    }
+
+    /// A replica answered. `counts_as_miss`: its reply's epoch is complete, so
+    /// an absent record counts toward "not found".
+    pub fn on_answer(
+        &mut self,
+        index: ReplicaIndex,
+        record: Option<Record>,
+        counts_as_miss: bool,
+    ) -> ReadDecision {
+        if !self.take_in_flight(index) {
+            return self.current();
+        }
+        if record.is_none() && counts_as_miss {
+            self.counted_misses += 1;
+        }
+        self.answers.push((index, record));
+        self.evaluate()
+    }
+
+    /// A replica failed or timed out: ask the next one.
+    pub fn on_failure(&mut self, index: ReplicaIndex) -> ReadDecision {
+        if !self.take_in_flight(index) {
+            return self.current();
+        }
+        self.failed.push(index);
+        self.evaluate()
+    }
+
+    /// The hedge timer fired: ask one more replica, if any is left.
+    pub fn on_hedge(&mut self) -> ReadDecision {
+        if self.result.is_some() {
+            return self.current();
+        }
+        match self.ask_next() {
+            Some(index) => ReadDecision::Ask(vec![index]),
+            None => ReadDecision::Wait,
+        }
+    }
+
+    /// The merge of every answer so far (`None` when every answer was a miss).
+    pub fn merged(&self) -> Option<Record> {
+        let mut records = self.answers.iter().filter_map(|(_, r)| r.as_ref());
+        let mut merged = records.next()?.clone();
+        for record in records {
+            merged.merge_from(record, self.now_ms);
+        }
+        Some(merged)
+    }
+
+    /// Replicas that answered something other than `merged`: they get it
+    /// written back (read-repair). Empty unless the read found a record or a
+    /// tombstone.
+    pub fn repair_targets(&self) -> Vec<ReplicaIndex> {
+        let repairs_wanted = matches!(
+            self.result,
+            Some(ReadResult::Found(_)) | Some(ReadResult::NotFound(Absence::Deleted))
+        );
+        let Some(merged) = self.merged().filter(|_| repairs_wanted) else {
+            return Vec::new();
+        };
+        self.answers
+            .iter()
+            .filter(|(_, answer)| answer.as_ref() != Some(&merged))
+            .map(|(index, _)| *index)
+            .collect()
+    }
+
+    /// Replicas that failed during this read.
+    pub fn failed(&self) -> &[ReplicaIndex] {
+        &self.failed
+    }
+
+    /// Replicas that answered, in arrival order.
+    pub fn answered(&self) -> Vec<ReplicaIndex> {
+        self.answers.iter().map(|(index, _)| *index).collect()
+    }
+
+    fn current(&self) -> ReadDecision {
+        match &self.result {
+            Some(result) => ReadDecision::Done(result.clone()),
+            None => ReadDecision::Wait,
+        }
+    }
+
+    fn take_in_flight(&mut self, index: ReplicaIndex) -> bool {
+        if self.result.is_some() {
+            return false;
+        }
+        let Some(position) = self.in_flight.iter().position(|&i| i == index) else {
+            panic!("reply from replica {index}, which was not asked");
+        };
+        self.in_flight.swap_remove(position);
+        true
+    }
+
+    fn ask_next(&mut self) -> Option<ReplicaIndex> {
+        let candidate = *self.candidates.get(self.next_position)?;
+        self.next_position += 1;
+        self.in_flight.push(candidate.index);
+        Some(candidate.index)
+    }
+
+    fn conclusion(&self) -> Option<ReadResult> {
+        let answers = || self.answers.iter().filter_map(|(_, r)| r.as_ref());
+        if answers().any(Record::is_tombstone) {
+            return Some(ReadResult::NotFound(Absence::Deleted));
+        }
+        let merged = self.merged();
+        if merged.as_ref().is_some_and(|m| m.cap_ms <= self.now_ms) {
+            return Some(ReadResult::NotFound(Absence::Expired));
+        }
+        if self.answers.len() < self.read_quorum {
+            return None;
+        }
+        match merged {
+            Some(m) if !m.partial && m.is_expired(self.now_ms) => {
+                Some(ReadResult::NotFound(Absence::Expired))
+            }
+            Some(m) if !m.partial => Some(ReadResult::Found(m)),
+            _ if self.counted_misses >= self.misses_needed => {
+                Some(ReadResult::NotFound(Absence::Absent))
+            }
+            _ => None,
+        }
+    }
+
+    fn evaluate(&mut self) -> ReadDecision {
+        if let Some(result) = self.conclusion() {
+            self.result = Some(result.clone());
+            return ReadDecision::Done(result);
+        }
+        let wanted = self.read_quorum.saturating_sub(self.answers.len()).max(1);
+        let mut asks = Vec::new();
+        while self.in_flight.len() < wanted {
+            match self.ask_next() {
+                Some(index) => asks.push(index),
+                None => break,
+            }
+        }
+        if self.in_flight.is_empty() {
+            let result = ReadResult::Unavailable {
+                answered: self.answers.len(),
+                needed: self.read_quorum.max(self.misses_needed),
+            };
+            self.result = Some(result.clone());
+            return ReadDecision::Done(result);
+        }
+        if asks.is_empty() {
+            ReadDecision::Wait
+        } else {
+            ReadDecision::Ask(asks)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

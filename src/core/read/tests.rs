@@ -1,0 +1,313 @@
+//! Table tests of the read plan: each case feeds events and asserts the exact
+//! decisions.
+
+use super::*;
+use crate::record::FieldEntry;
+use crate::stamp::Stamp;
+
+const NOW: u64 = 1_000;
+
+fn hit() -> Option<Record> {
+    let mut record = Record::new(NOW + 500, NOW + 5_000);
+    record
+        .fields
+        .insert("a".into(), FieldEntry::value(Stamp::new(10, 0, 1), "x"));
+    Some(record)
+}
+
+fn newer_hit() -> Option<Record> {
+    let mut record = hit().unwrap();
+    record
+        .fields
+        .insert("b".into(), FieldEntry::value(Stamp::new(20, 0, 1), "y"));
+    Some(record)
+}
+
+fn tombstone() -> Option<Record> {
+    let mut record = Record::new(NOW + 5_000, NOW + 5_000);
+    record.tombstone = Some(Stamp::new(30, 0, 2));
+    Some(record)
+}
+
+fn partial() -> Option<Record> {
+    let mut record = newer_hit().unwrap();
+    record.partial = true;
+    Some(record)
+}
+
+fn expired() -> Option<Record> {
+    let mut record = hit().unwrap();
+    record.expiry_ms = NOW - 1;
+    Some(record)
+}
+
+fn candidates(readable: &[bool]) -> Vec<ReadCandidate> {
+    readable
+        .iter()
+        .enumerate()
+        .map(|(index, &readable)| ReadCandidate { index, readable })
+        .collect()
+}
+
+enum Event {
+    Answer(usize, Option<Record>, bool),
+    Fail(usize),
+    Hedge,
+}
+use Event::*;
+
+fn run(plan: &mut ReadPlan, events: Vec<Event>) -> Vec<ReadDecision> {
+    events
+        .into_iter()
+        .map(|event| match event {
+            Answer(i, record, counts) => plan.on_answer(i, record, counts),
+            Fail(i) => plan.on_failure(i),
+            Hedge => plan.on_hedge(),
+        })
+        .collect()
+}
+
+fn done(result: ReadResult) -> ReadDecision {
+    ReadDecision::Done(result)
+}
+
+#[test]
+fn read_plan_table() {
+    use ReadDecision::{Ask, Wait};
+    let found = |r: Option<Record>| done(ReadResult::Found(r.unwrap()));
+    let merged_hits = Record::merge(&hit().unwrap(), &newer_hit().unwrap(), NOW);
+    // (name, R, N-W+1, readable per replica, first decision, events, decisions)
+    type Case = (
+        &'static str,
+        usize,
+        usize,
+        Vec<bool>,
+        ReadDecision,
+        Vec<Event>,
+        Vec<ReadDecision>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "R=2: two hits merge",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![Answer(0, hit(), true), Answer(1, newer_hit(), true)],
+            vec![Wait, done(ReadResult::Found(merged_hits.clone()))],
+        ),
+        (
+            "R=2: a hit and a miss is found",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![Answer(0, None, true), Answer(1, hit(), true)],
+            vec![Wait, found(hit())],
+        ),
+        (
+            "R=1: falls through on error",
+            1,
+            2,
+            vec![true; 3],
+            Ask(vec![0]),
+            vec![Fail(0), Answer(1, hit(), true)],
+            vec![Ask(vec![1]), found(hit())],
+        ),
+        (
+            "R=1: one miss is not proof, two are",
+            1,
+            2,
+            vec![true; 3],
+            Ask(vec![0]),
+            vec![Answer(0, None, true), Answer(1, None, true)],
+            vec![Ask(vec![1]), done(ReadResult::NotFound(Absence::Absent))],
+        ),
+        (
+            "misses from incomplete epochs do not count",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![
+                Answer(0, None, false),
+                Answer(1, None, true),
+                Answer(2, None, false),
+            ],
+            vec![
+                Wait,
+                Ask(vec![2]),
+                done(ReadResult::Unavailable {
+                    answered: 3,
+                    needed: 2,
+                }),
+            ],
+        ),
+        (
+            "two failures: unavailable, never not-found",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![Fail(0), Answer(1, None, true), Fail(2)],
+            vec![
+                Ask(vec![2]),
+                Wait,
+                done(ReadResult::Unavailable {
+                    answered: 1,
+                    needed: 2,
+                }),
+            ],
+        ),
+        (
+            "a tombstone is final on its own",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![Answer(0, tombstone(), true)],
+            vec![done(ReadResult::NotFound(Absence::Deleted))],
+        ),
+        (
+            "a tombstone beats a hit",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![Answer(0, hit(), true), Answer(1, tombstone(), true)],
+            vec![Wait, done(ReadResult::NotFound(Absence::Deleted))],
+        ),
+        (
+            "a partial record is neither hit nor miss",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![
+                Answer(0, partial(), true),
+                Answer(1, None, true),
+                Answer(2, hit(), true),
+            ],
+            vec![
+                Wait,
+                Ask(vec![2]),
+                done(ReadResult::Found(merged_hits.clone())),
+            ],
+        ),
+        (
+            "an expiry in the past waits for R answers",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![Answer(0, expired(), true), Answer(1, hit(), true)],
+            vec![Wait, found(hit())],
+        ),
+        (
+            "an expired merge is not found",
+            1,
+            2,
+            vec![true; 3],
+            Ask(vec![0]),
+            vec![Answer(0, expired(), true)],
+            vec![done(ReadResult::NotFound(Absence::Expired))],
+        ),
+        (
+            "hedge asks the next replica",
+            1,
+            2,
+            vec![true; 3],
+            Ask(vec![0]),
+            vec![Hedge, Answer(1, hit(), true), Answer(0, hit(), true)],
+            vec![Ask(vec![1]), found(hit()), found(hit())],
+        ),
+        (
+            "hedge with nobody left waits",
+            3,
+            1,
+            vec![true; 3],
+            Ask(vec![0, 1, 2]),
+            vec![Hedge],
+            vec![Wait],
+        ),
+    ];
+    for (name, r, misses, readable, first, events, expected) in cases {
+        let mut plan = ReadPlan::new(candidates(&readable), r, misses, NOW);
+        assert_eq!(plan.start(), first, "{name}: first decision");
+        assert_eq!(run(&mut plan, events), expected, "{name}");
+    }
+}
+
+#[test]
+fn no_candidates_is_unavailable_at_once() {
+    let mut plan = ReadPlan::new(Vec::new(), 1, 2, NOW);
+    assert_eq!(
+        plan.start(),
+        ReadDecision::Done(ReadResult::Unavailable {
+            answered: 0,
+            needed: 2
+        })
+    );
+}
+
+#[test]
+fn repair_targets_are_the_answers_that_differ() {
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 3, 2, NOW);
+    plan.start();
+    plan.on_answer(0, newer_hit(), true);
+    plan.on_answer(1, hit(), true);
+    plan.on_answer(2, None, true);
+    assert_eq!(plan.repair_targets(), vec![1, 2]);
+
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, hit(), true);
+    plan.on_answer(1, tombstone(), true);
+    assert_eq!(
+        plan.repair_targets(),
+        vec![0],
+        "the stale replica gets the tombstone"
+    );
+
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 1, 2, NOW);
+    plan.start();
+    plan.on_answer(0, None, true);
+    plan.on_answer(1, None, true);
+    assert_eq!(
+        plan.repair_targets(),
+        Vec::<usize>::new(),
+        "nothing to repair on absence"
+    );
+}
+
+#[test]
+fn read_order_table() {
+    use Health::*;
+    let all_up = [(Up, true), (Up, true), (Up, true)];
+    let order = |states: &[(Health, bool)], mode| -> Vec<usize> {
+        read_order("s:{k}", states, mode)
+            .iter()
+            .map(|c| c.index)
+            .collect()
+    };
+    assert_eq!(order(&all_up, ReadOrder::Configured), vec![0, 1, 2]);
+    assert_eq!(
+        order(
+            &[(Down, true), (Up, true), (Up, true)],
+            ReadOrder::Configured
+        ),
+        vec![1, 2]
+    );
+    assert_eq!(
+        order(
+            &[(Up, false), (Suspect, true), (Up, true)],
+            ReadOrder::Configured
+        ),
+        vec![2, 1, 0]
+    );
+    // Per-key order is a rotation, and different keys start at different replicas.
+    let starts: std::collections::BTreeSet<usize> = (0..30)
+        .map(|k| read_order(&format!("s:{{{k}}}"), &all_up, ReadOrder::PerKey)[0].index)
+        .collect();
+    assert_eq!(starts.len(), 3, "R=1 load spreads over every replica");
+}
