@@ -93,11 +93,9 @@ pub struct ClusterConfig {
     pub write_quorum: usize,
     /// R: answers a read needs.
     pub read_quorum: usize,
-    /// Deadline of one request to one replica.
+    /// Deadline of one request to one replica. It also bounds the writes that
+    /// go on in the background after the quorum was reached.
     pub request_timeout: Duration,
-    /// How long the writes still running after the quorum may go on in the
-    /// background.
-    pub write_deadline: Duration,
     /// Ask the next replica too when one has not answered within this delay.
     pub hedge_delay: Option<Duration>,
     /// Read-repair mode.
@@ -118,7 +116,6 @@ impl Default for ClusterConfig {
             write_quorum: DEFAULT_WRITE_QUORUM,
             read_quorum: DEFAULT_READ_QUORUM,
             request_timeout: Duration::from_millis(500),
-            write_deadline: Duration::from_secs(2),
             hedge_delay: Some(Duration::from_millis(50)),
             read_repair: ReadRepair::Blocking,
             read_order: ReadOrder::PerKey,
@@ -157,13 +154,6 @@ impl ClusterConfig {
             ));
         }
         check_positive("request_timeout", self.request_timeout)?;
-        check_positive("write_deadline", self.write_deadline)?;
-        if self.write_deadline < self.request_timeout {
-            return Err(ConfigError::new(
-                "write_deadline",
-                "must be at least request_timeout",
-            ));
-        }
         if let Some(hedge) = self.hedge_delay {
             check_positive("hedge_delay", hedge)?;
         }
@@ -264,14 +254,6 @@ mod tests {
                 },
                 3,
                 "request_timeout",
-            ),
-            (
-                ClusterConfig {
-                    write_deadline: Duration::from_millis(1),
-                    ..base()
-                },
-                3,
-                "write_deadline",
             ),
             (
                 ClusterConfig {

@@ -1,13 +1,71 @@
-//! placeholder during build
+//! # quorum-sessions
+//!
+//! Web sessions replicated over N independent Redis servers (or any
+//! [`Replica`](replica::Replica)), so that one Redis dying, restarting empty or
+//! hanging never logs a user out.
+//!
+//! ## What it guarantees
+//!
+//! - A write returns `Ok` only after W replicas merged it; a read merges R
+//!   answers. With `R + W > N`, a read that begins after a write was
+//!   acknowledged sees it (for that field), while at most `N − W` replicas are
+//!   lost or wiped.
+//! - Concurrent updates of *different* fields of one record from different app
+//!   servers all survive (per-field versions, last-writer-wins per field).
+//! - Delete wins: once a record is deleted, no late write, touch, read-repair
+//!   or returning replica brings it back (until its lifetime cap, after which
+//!   it could not be alive anyway).
+//! - "Not found" is only answered when proven: a tombstone, a past expiry, or
+//!   N − W + 1 misses from replicas known to hold everything acknowledged. An
+//!   unreachable or emptied Redis reads as [`Error::Unavailable`], never as
+//!   "logged out".
+//!
+//! ## What it does not guarantee
+//!
+//! - Quorum reads and writes are **not linearizable**: two concurrent writes of
+//!   the same field resolve by hybrid-logical-clock order (last writer wins),
+//!   and a read concurrent with a write may or may not see it.
+//! - A write that failed (`QuorumNotReached`) may still have reached some
+//!   replicas and may surface later, as in Dynamo. Retrying is safe.
+//! - Clocks: stamps further ahead than `max_clock_skew` are refused by the
+//!   receive rule; within that bound, a server with a fast clock wins ties.
+//!
+//! ## Module map
+//!
+//! | module | role |
+//! | --- | --- |
+//! | [`stamp`] | hybrid logical clock stamps, fixed-width encoding |
+//! | [`record`] | versioned records and the merge (a join) |
+//! | [`codec`] | the stored (Redis hash) form of a record |
+//! | [`mutation`] | what a caller writes, before stamping |
+//! | [`core`] | pure decisions: write tally, read plan, health, epochs |
+//! | [`replica`] | the `Replica` trait; in-memory, faulty and Redis replicas |
+//! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes |
+//! | [`config`] | configuration, named limits, validation |
+//! | [`error`] | typed errors |
+//!
+//! ```text
+//!  app ─► Coordinator ─┬─► Replica 0 (Redis A)     write: stamp, merge on all, answer at W acks
+//!                      ├─► Replica 1 (Redis B)     read:  ask R, merge, repair the stale ones
+//!                      └─► Replica 2 (Redis C)
+//!            │
+//!            └─ core (pure): WriteTally, ReadPlan, HealthTracker, EpochTable, Hlc
+//! ```
 #![warn(missing_docs)]
+
 pub mod codec;
 pub mod config;
+pub mod coordinator;
 pub mod core;
 pub mod error;
+pub mod mutation;
 pub mod record;
 pub mod replica;
 pub mod stamp;
-pub use config::ClusterConfig;
-pub use error::{ConfigError, Error, ReplicaError, Result};
+
+pub use config::{ClusterConfig, ReadOrder, ReadRepair};
+pub use coordinator::{Coordinator, CoordinatorStats, ReplicaState, WriteAck};
+pub use error::{ConfigError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
+pub use mutation::Mutation;
 pub use record::{FieldEntry, Record};
 pub use stamp::Stamp;

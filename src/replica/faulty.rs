@@ -4,7 +4,8 @@
 //! Faults: `down` (every call errors at once), `hang` (calls never answer; the
 //! coordinator's deadline ends them), `delay` (fixed, or uniform in a range
 //! drawn from a seeded RNG), `drop_ack` (writes are applied, their replies
-//! lost), and `wipe` (the inner replica loses everything).
+//! lost), `corrupt` (calls fail as if the data did not decode), and `wipe`
+//! (the inner replica loses everything).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub enum Fault {
     },
     /// Apply writes, then lose the reply (reported as unreachable).
     DropAck,
+    /// Answer every read with [`ReplicaError::Corrupt`] (undecodable data).
+    Corrupt,
 }
 
 #[derive(Debug)]
@@ -141,6 +144,11 @@ impl<R: Replica> FaultyReplica<R> {
             match control.fault.clone() {
                 Fault::None => None,
                 Fault::DropAck => return Ok(true),
+                Fault::Corrupt => {
+                    return Err(ReplicaError::Corrupt {
+                        detail: format!("{} holds undecodable data (injected)", self.inner.name()),
+                    })
+                }
                 Fault::Down => {
                     return Err(ReplicaError::Unavailable {
                         detail: format!("{} is down (injected)", self.inner.name()),

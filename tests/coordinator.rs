@@ -1,0 +1,393 @@
+//! Coordinator behaviour on in-memory replicas wrapped in `FaultyReplica`,
+//! under tokio's paused clock (timeouts and delays are virtual, so the
+//! latency assertions are exact and not at the mercy of a noisy machine).
+//!
+//! Proves: writes survive one replica down and fail with a typed error within
+//! the timeout when W cannot be reached; a hung replica does not slow writes
+//! past the W-th fastest replica; hedged reads; read-repair; wiped replicas
+//! never make a record read as "not found"; deletes never come back; two
+//! coordinators' concurrent updates of different fields both survive; bad
+//! input is refused before any replica is contacted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorum_sessions::replica::faulty::{FaultHandle, FaultyReplica};
+use quorum_sessions::replica::memory::InMemoryReplica;
+use quorum_sessions::replica::Replica;
+use quorum_sessions::{ClusterConfig, Coordinator, Error, InvalidInput, Mutation, ReadOrder};
+use tokio::time::Instant;
+
+type Node = Arc<FaultyReplica<InMemoryReplica>>;
+
+struct Cluster {
+    coordinator: Coordinator,
+    handles: Vec<FaultHandle>,
+    nodes: Vec<Node>,
+}
+
+fn nodes(n: usize) -> (Vec<Node>, Vec<FaultHandle>) {
+    (0..n)
+        .map(|i| {
+            let (node, handle) =
+                FaultyReplica::new(InMemoryReplica::new(format!("r{i}")), i as u64);
+            (Arc::new(node), handle)
+        })
+        .unzip()
+}
+
+fn as_replicas(nodes: &[Node]) -> Vec<Arc<dyn Replica>> {
+    nodes
+        .iter()
+        .map(|n| n.clone() as Arc<dyn Replica>)
+        .collect()
+}
+
+fn config(w: usize, r: usize) -> ClusterConfig {
+    ClusterConfig {
+        write_quorum: w,
+        read_quorum: r,
+        request_timeout: Duration::from_millis(200),
+        hedge_delay: None,
+        read_order: ReadOrder::Configured,
+        ..ClusterConfig::default()
+    }
+}
+
+async fn cluster(n: usize, config: ClusterConfig) -> Cluster {
+    let (nodes, handles) = nodes(n);
+    let coordinator = Coordinator::connect(config, as_replicas(&nodes))
+        .await
+        .unwrap();
+    assert!(
+        coordinator.replica_states().iter().all(|s| s.readable),
+        "fresh cluster bootstrapped"
+    );
+    Cluster {
+        coordinator,
+        handles,
+        nodes,
+    }
+}
+
+fn create(c: &Coordinator) -> Mutation {
+    let now = c.now_ms();
+    Mutation::create(now + 60_000, now + 3_600_000)
+}
+
+fn update(c: &Coordinator) -> Mutation {
+    let now = c.now_ms();
+    Mutation::update(now + 60_000, now + 3_600_000)
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_of_three_down_every_write_succeeds_two_down_fails_within_the_timeout() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[2].down();
+    for i in 0..50 {
+        let key = format!("s:{{k{i}}}");
+        let ack = c
+            .write(&key, create(c).set("user", "u"))
+            .await
+            .expect("1 of 3 down: W=2 holds");
+        assert!(ack.acked >= 2);
+    }
+    cluster.handles[1].hang();
+    let started = Instant::now();
+    let err = c
+        .write("s:{k0}", update(c).set("x", "1"))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    match err {
+        Error::QuorumNotReached {
+            needed,
+            acked,
+            failures,
+        } => {
+            assert_eq!((needed, acked), (2, 1));
+            assert_eq!(failures.len(), 2, "each failed replica's error is kept");
+        }
+        other => panic!("expected QuorumNotReached, got {other:?}"),
+    }
+    assert!(
+        elapsed <= Duration::from_millis(210),
+        "failed after {elapsed:?}, timeout is 200 ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_replica_does_not_slow_writes_past_the_w_th_fastest() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[0].hang();
+    cluster.handles[1].delay(Duration::from_millis(10));
+    cluster.handles[2].delay(Duration::from_millis(30));
+    let started = Instant::now();
+    c.write("s:{slow}", create(c).set("a", "1")).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(30),
+        "answered before the 2nd ack: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(35),
+        "waited on the hung replica: {elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedged_read_is_answered_by_the_next_replica_when_the_first_hangs() {
+    let mut cfg = config(2, 1);
+    cfg.hedge_delay = Some(Duration::from_millis(20));
+    let cluster = cluster(3, cfg).await;
+    let c = &cluster.coordinator;
+    c.write("s:{h}", create(c).set("a", "1")).await.unwrap();
+    cluster.handles[0].hang();
+    let started = Instant::now();
+    let record = c
+        .read("s:{h}")
+        .await
+        .unwrap()
+        .expect("found through the hedge");
+    assert_eq!(record.get("a"), Some(&b"1"[..]));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(25),
+        "hedge fired late: {elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_repair_makes_a_stale_replica_equal_to_the_merged_record() {
+    let cluster = cluster(3, config(2, 3)).await;
+    let c = &cluster.coordinator;
+    c.write("s:{r}", create(c).set("a", "1")).await.unwrap();
+    cluster.handles[2].down();
+    c.write("s:{r}", update(c).set("b", "2")).await.unwrap();
+    cluster.handles[2].heal();
+    let stale = cluster.nodes[2].inner().get("s:{r}").unwrap();
+    assert_eq!(stale.get("b"), None, "replica 2 missed the update");
+    let merged = c.read("s:{r}").await.unwrap().unwrap();
+    assert_eq!(merged.get("b"), Some(&b"2"[..]));
+    for node in &cluster.nodes {
+        assert_eq!(
+            node.inner().get("s:{r}").as_ref(),
+            Some(&merged),
+            "{node:?} repaired"
+        );
+    }
+    assert!(c.stats().read_repairs >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wiped_replicas_never_make_a_record_read_as_not_found() {
+    let cluster = cluster(3, config(2, 1)).await;
+    let c = &cluster.coordinator;
+    c.write("s:{w}", create(c).set("a", "1")).await.unwrap();
+    // A wiped replica first in read order: its miss does not count.
+    cluster.handles[0].wipe().await.unwrap();
+    let record = c.read("s:{w}").await.unwrap();
+    assert!(record.is_some(), "found on the next replica");
+    assert!(
+        !c.replica_states()[0].readable,
+        "the wiped replica is write-only"
+    );
+    // A record only two replicas hold, both wiped: Unavailable, never None.
+    cluster.handles[2].down();
+    c.write("s:{only01}", create(c).set("a", "1"))
+        .await
+        .unwrap();
+    cluster.handles[2].heal();
+    cluster.handles[0].wipe().await.unwrap();
+    cluster.handles[1].wipe().await.unwrap();
+    c.read("s:{w}").await.ok(); // lets the coordinator see the new epochs
+    match c.read("s:{only01}").await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("two wiped replicas must give Unavailable, got {other:?}"),
+    }
+    match c.read("s:{never-written}").await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("absence cannot be proven by one complete replica: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_session_never_comes_back_and_the_stale_replica_gets_the_tombstone() {
+    // R=3 so that every read also asks the stale replica.
+    let cluster = cluster(3, config(2, 3)).await;
+    let c = &cluster.coordinator;
+    c.write("s:{d}", create(c).set("user", "u")).await.unwrap();
+    cluster.handles[0].down();
+    let now = c.now_ms();
+    c.write("s:{d}", Mutation::delete(now + 3_600_000))
+        .await
+        .unwrap();
+    cluster.handles[0].heal();
+    assert!(
+        !cluster.nodes[0]
+            .inner()
+            .get("s:{d}")
+            .unwrap()
+            .is_tombstone(),
+        "replica 0 is stale"
+    );
+    for _ in 0..5 {
+        assert_eq!(c.read("s:{d}").await.unwrap(), None, "the delete holds");
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await; // late answers are repaired in the background
+    assert!(
+        cluster.nodes[0]
+            .inner()
+            .get("s:{d}")
+            .unwrap()
+            .is_tombstone(),
+        "read-repaired"
+    );
+    match c.write("s:{d}", update(c).set("late", "touch")).await {
+        Err(Error::Gone) => {}
+        other => panic!("a write to a deleted session is Gone: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_coordinators_updating_different_fields_concurrently_both_survive() {
+    let (nodes, _handles) = nodes(3);
+    let build = |writer| {
+        Coordinator::builder(config(2, 2), as_replicas(&nodes))
+            .writer_id(writer)
+            .connect()
+    };
+    let (c1, c2) = (build(1).await.unwrap(), build(2).await.unwrap());
+    c1.write("s:{both}", create(&c1).set("init", "1"))
+        .await
+        .unwrap();
+    let writes = (0..50).flat_map(|i| {
+        let (c1, c2) = (c1.clone(), c2.clone());
+        [
+            tokio::spawn(async move {
+                c1.write("s:{both}", update(&c1).set(format!("a{i}"), "x"))
+                    .await
+            }),
+            tokio::spawn(async move {
+                c2.write("s:{both}", update(&c2).set(format!("b{i}"), "y"))
+                    .await
+            }),
+        ]
+    });
+    for write in futures::future::join_all(writes).await {
+        write.unwrap().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // background merges finish
+    for node in &nodes {
+        let record = node.inner().get("s:{both}").unwrap();
+        assert_eq!(
+            record.values().count(),
+            101,
+            "{node:?}: every field survives"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_below_quorum_errors_and_may_surface_later() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[1].down();
+    cluster.handles[2].down();
+    let err = c
+        .write("s:{dynamo}", create(c).set("a", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::QuorumNotReached { acked: 1, .. }),
+        "{err:?}"
+    );
+    cluster.handles[1].heal();
+    cluster.handles[2].heal();
+    // Documented behaviour: replica 0 applied it, so a later read may return it.
+    let surfaced = c.read("s:{dynamo}").await.unwrap();
+    assert!(
+        surfaced.is_some(),
+        "the failed write surfaced, as the docs warn"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_refused_before_any_replica_is_contacted() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    for handle in &cluster.handles {
+        handle.hang(); // any contact would take the full timeout
+    }
+    let started = Instant::now();
+    let big = vec![0u8; c.config().limits.max_value_bytes + 1];
+    let cases = [
+        ("s:{ok}", create(c).set("a", big)),
+        ("s:{ok}", create(c).set("", "x")),
+        ("", create(c).set("a", "x")),
+        ("s:{*}", create(c).set("a", "x")),
+        ("s:{ok}", Mutation::update(1, 1).set("a", "x")),
+    ];
+    for (key, mutation) in cases {
+        let err = c.write(key, mutation).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+    assert!(matches!(
+        c.read("bad key").await,
+        Err(Error::Invalid(InvalidInput::Key(_)))
+    ));
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no replica was contacted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_with_corrupt_data_counts_as_failed_and_the_read_goes_on() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    c.write("s:{c}", create(c).set("a", "1")).await.unwrap();
+    cluster.handles[0].set(quorum_sessions::replica::faulty::Fault::Corrupt);
+    let record = c
+        .read("s:{c}")
+        .await
+        .unwrap()
+        .expect("found on the other two");
+    assert_eq!(record.get("a"), Some(&b"1"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_configuration_names_the_field() {
+    let (nodes, _) = nodes(3);
+    let err = Coordinator::builder(config(4, 2), as_replicas(&nodes))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "write_quorum");
+    let twice = vec![nodes[0].clone() as Arc<dyn Replica>, nodes[0].clone()];
+    let err = Coordinator::builder(config(1, 1), twice)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "replicas");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_cluster_proves_absence_and_a_collision_is_refused() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    assert_eq!(c.read("s:{nobody}").await.unwrap(), None);
+    c.write("s:{dup}", create(c).set("a", "1")).await.unwrap();
+    let err = c
+        .write("s:{dup}", create(c).set("a", "2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Collision), "{err:?}");
+    let record = c.read("s:{dup}").await.unwrap().unwrap();
+    assert_eq!(
+        record.get("a"),
+        Some(&b"1"[..]),
+        "the first session was not overwritten"
+    );
+}
