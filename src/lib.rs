@@ -42,6 +42,7 @@
 //! | [`replica`] | the `Replica` trait; in-memory, faulty and Redis replicas |
 //! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes |
 //! | [`config`] | configuration, named limits, validation |
+//! | [`session`] | the session layer: `SessionStore`, ids, index, CSRF, admin, tower adapter |
 //! | [`error`] | typed errors |
 //!
 //! ```text
@@ -61,11 +62,15 @@ pub mod error;
 pub mod mutation;
 pub mod record;
 pub mod replica;
+pub mod session;
 pub mod stamp;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use config::{ClusterConfig, ReadOrder, ReadRepair};
 pub use coordinator::{Coordinator, CoordinatorStats, ReplicaState, WriteAck};
 pub use error::{ConfigError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
 pub use mutation::Mutation;
 pub use record::{FieldEntry, Record};
+pub use session::{NewSession, Session, SessionConfig, SessionError, SessionId, SessionStore};
 pub use stamp::Stamp;

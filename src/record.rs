@@ -115,12 +115,27 @@ impl FieldEntry {
 
     /// The merge order between two entries of one field: stamp first, then
     /// the rest of the stored form, byte by byte (as the Lua script does).
+    ///
+    /// With equal stamps the stored forms share their first 32 bytes, so the
+    /// comparison goes on with the kind byte, then the fixed-width `until`
+    /// (present on both or neither once the kinds are equal, and compared as
+    /// text exactly as a number), then the value bytes: the same order as
+    /// comparing [`FieldEntry::encode`] outputs, without building them.
     pub fn wins_over(&self, other: &FieldEntry) -> bool {
         match self.stamp.cmp(&other.stamp) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => self.encode() > other.encode(),
+            std::cmp::Ordering::Equal => self.tail_key() > other.tail_key(),
         }
+    }
+
+    /// The stored form after the stamp, as a comparable tuple.
+    fn tail_key(&self) -> (u8, Option<u64>, &[u8]) {
+        (
+            self.kind(),
+            self.until_ms,
+            self.value.as_deref().unwrap_or(&[]),
+        )
     }
 
     fn expired(&self, now_ms: u64) -> bool {
@@ -377,6 +392,11 @@ pub(crate) mod tests {
             let merged = Record::merge(&deleted, &b, 10);
             prop_assert!(merged.is_tombstone());
             prop_assert!(merged.fields.is_empty());
+        }
+
+        #[test]
+        fn wins_over_is_the_order_of_the_stored_forms(a in entry_strategy(), b in entry_strategy()) {
+            prop_assert_eq!(a.wins_over(&b), a.encode() > b.encode());
         }
 
         #[test]

@@ -5,8 +5,10 @@
 //! coordinator and the simulator are its two drivers, so the decisions tested
 //! here are exactly the ones both make.
 
+pub mod anti_entropy;
 pub mod epoch;
 pub mod health;
+pub mod hints;
 pub mod quorum;
 pub mod read;
 

@@ -113,6 +113,9 @@ pub struct ReadPlan {
     next_position: usize,
     in_flight: Vec<ReplicaIndex>,
     answers: Vec<(ReplicaIndex, Option<Record>)>,
+    /// The join of every record answered so far, kept as answers arrive (the
+    /// same fold as merging them all again, without re-cloning them).
+    merged: Option<Record>,
     failed: Vec<ReplicaIndex>,
     read_quorum: usize,
     misses_needed: usize,
@@ -141,6 +144,7 @@ impl ReadPlan {
             next_position: 0,
             in_flight: Vec::new(),
             answers: Vec::new(),
+            merged: None,
             failed: Vec::new(),
             read_quorum,
             misses_needed,
@@ -169,6 +173,12 @@ impl ReadPlan {
         if record.is_none() && counts_as_miss {
             self.counted_misses += 1;
         }
+        if let Some(record) = &record {
+            match &mut self.merged {
+                Some(merged) => merged.merge_from(record, self.now_ms),
+                None => self.merged = Some(record.clone()),
+            }
+        }
         self.answers.push((index, record));
         self.evaluate()
     }
@@ -195,12 +205,7 @@ impl ReadPlan {
 
     /// The merge of every answer so far (`None` when every answer was a miss).
     pub fn merged(&self) -> Option<Record> {
-        let mut records = self.answers.iter().filter_map(|(_, r)| r.as_ref());
-        let mut merged = records.next()?.clone();
-        for record in records {
-            merged.merge_from(record, self.now_ms);
-        }
-        Some(merged)
+        self.merged.clone()
     }
 
     /// Replicas that answered something other than `merged`: they get it
@@ -211,12 +216,12 @@ impl ReadPlan {
             self.result,
             Some(ReadResult::Found(_)) | Some(ReadResult::NotFound(Absence::Deleted))
         );
-        let Some(merged) = self.merged().filter(|_| repairs_wanted) else {
+        let Some(merged) = self.merged.as_ref().filter(|_| repairs_wanted) else {
             return Vec::new();
         };
         self.answers
             .iter()
-            .filter(|(_, answer)| answer.as_ref() != Some(&merged))
+            .filter(|(_, answer)| answer.as_ref() != Some(merged))
             .map(|(index, _)| *index)
             .collect()
     }
@@ -261,8 +266,8 @@ impl ReadPlan {
         if answers().any(Record::is_tombstone) {
             return Some(ReadResult::NotFound(Absence::Deleted));
         }
-        let merged = self.merged();
-        if merged.as_ref().is_some_and(|m| m.cap_ms <= self.now_ms) {
+        let merged = self.merged.as_ref();
+        if merged.is_some_and(|m| m.cap_ms <= self.now_ms) {
             return Some(ReadResult::NotFound(Absence::Expired));
         }
         if self.answers.len() < self.read_quorum {
@@ -272,7 +277,7 @@ impl ReadPlan {
             Some(m) if !m.partial && m.is_expired(self.now_ms) => {
                 Some(ReadResult::NotFound(Absence::Expired))
             }
-            Some(m) if !m.partial => Some(ReadResult::Found(m)),
+            Some(m) if !m.partial => Some(ReadResult::Found(m.clone())),
             _ if self.counted_misses >= self.misses_needed => {
                 Some(ReadResult::NotFound(Absence::Absent))
             }

@@ -12,6 +12,8 @@ use crate::stamp::Stamp;
 
 pub mod faulty;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A replica's data generation. A new id means the replica lost (or may have
 /// lost) what it held: it restarted empty, failed over, was restored from a

@@ -1,0 +1,500 @@
+//! `cargo bench --bench replication`: this library against a single Redis and
+//! the tutorial's naive fan-out, measured side by side in one run.
+//!
+//! It starts its own `redis-server` processes on 127.0.0.1 (Docker's port
+//! forwarding would blur the figures), interleaves the systems round by round
+//! so that machine drift hits all alike, prints a table, and writes the same
+//! figures to `target/bench/replication.json`.
+//!
+//! Systems: `single` (one Redis: HSET + PEXPIREAT pipelined, HGETALL),
+//! `naive` (each of 3 Redis in turn for writes, the first for reads), and
+//! `quorum` (this library, N=3 W=2 with R=1 and R=2; N=5 and N=7 with a
+//! majority W for the fan-out case). A session is 10 fields of 100 bytes.
+//!
+//! Environment: `QS_BENCH_OPS` scales the operation counts (default 1.0).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use quorum_sessions::replica::redis::{RedisReplica, RedisReplicaConfig};
+use quorum_sessions::replica::Replica;
+use quorum_sessions::{ClusterConfig, Coordinator, Mutation, ReadOrder};
+
+const FIELDS: usize = 10;
+const FIELD_BYTES: usize = 100;
+const SESSIONS: usize = 1_000;
+const ROUNDS: usize = 3;
+const SERVERS: usize = 7;
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn start_server() -> RedisServer {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)");
+    RedisServer { child, port }
+}
+
+async fn client(port: u16) -> Client {
+    let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url");
+    let client = Builder::from_config(config).build().expect("client");
+    for _ in 0..100 {
+        if client.init().await.is_ok() {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server on port {port} did not start");
+}
+
+fn session_fields() -> Vec<(String, Vec<u8>)> {
+    (0..FIELDS)
+        .map(|i| (format!("field{i}"), vec![b'a' + i as u8; FIELD_BYTES]))
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+enum System {
+    Single(Client),
+    Naive(Vec<Client>),
+    Quorum(Coordinator),
+}
+
+impl System {
+    fn key(&self, index: usize) -> String {
+        match self {
+            System::Single(_) => format!("single:s:{{{index}}}"),
+            System::Naive(_) => format!("naive:s:{{{index}}}"),
+            System::Quorum(_) => format!("s:{{{index}}}"),
+        }
+    }
+
+    async fn write(&self, index: usize) {
+        let key = self.key(index);
+        let expiry = now_ms() + 3_600_000;
+        match self {
+            System::Single(client) => plain_write(client, &key, expiry).await,
+            System::Naive(clients) => {
+                for client in clients {
+                    plain_write(client, &key, expiry).await;
+                }
+            }
+            System::Quorum(coordinator) => {
+                let mut mutation = Mutation::update(expiry, expiry + 3_600_000);
+                for (name, value) in session_fields() {
+                    mutation = mutation.set(name, value);
+                }
+                coordinator
+                    .write(&key, mutation)
+                    .await
+                    .expect("quorum write");
+            }
+        }
+    }
+
+    async fn read(&self, index: usize) {
+        let key = self.key(index);
+        match self {
+            System::Single(client) => plain_read(client, &key).await,
+            System::Naive(clients) => plain_read(&clients[0], &key).await,
+            System::Quorum(coordinator) => {
+                let record = coordinator.read(&key).await.expect("quorum read");
+                assert!(record.is_some(), "preloaded session missing");
+            }
+        }
+    }
+}
+
+async fn plain_write(client: &Client, key: &str, expiry: u64) {
+    let pipeline = client.pipeline();
+    let fields: Vec<(String, Vec<u8>)> = session_fields();
+    let _: () = pipeline.hset(key, fields).await.expect("queue hset");
+    let _: () = pipeline
+        .pexpire_at(key, expiry as i64, None)
+        .await
+        .expect("queue pexpireat");
+    let _: Vec<Value> = pipeline.all().await.expect("pipeline");
+}
+
+async fn plain_read(client: &Client, key: &str) {
+    let map: BTreeMap<String, Vec<u8>> = client.hgetall(key).await.expect("hgetall");
+    assert_eq!(map.len(), FIELDS, "preloaded session missing");
+}
+
+async fn quorum(
+    servers: &[RedisServer],
+    n: usize,
+    w: usize,
+    r: usize,
+    prefix: &str,
+) -> Coordinator {
+    let mut replicas: Vec<Arc<dyn Replica>> = Vec::new();
+    for server in &servers[..n] {
+        let mut config = RedisReplicaConfig::from_url(
+            format!("{prefix}{}", server.port),
+            format!("redis://127.0.0.1:{}", server.port),
+        );
+        config.key_prefix = format!("{prefix}:");
+        replicas.push(Arc::new(
+            RedisReplica::connect(config)
+                .await
+                .expect("connect replica"),
+        ));
+    }
+    let config = ClusterConfig {
+        write_quorum: w,
+        read_quorum: r,
+        read_order: ReadOrder::PerKey,
+        ..ClusterConfig::default()
+    };
+    Coordinator::connect(config, replicas)
+        .await
+        .expect("coordinator")
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Write,
+    Read,
+    Mixed,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Write => "write",
+            Workload::Read => "read",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Measure {
+    latencies_us: Vec<u32>,
+    ops: usize,
+    elapsed: Duration,
+}
+
+async fn run_round(
+    system: &Arc<System>,
+    workload: Workload,
+    concurrency: usize,
+    ops: usize,
+    measure: &mut Measure,
+) {
+    let per_worker = ops / concurrency;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let system = system.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_worker);
+                for op in 0..per_worker {
+                    let index = (worker * 7919 + op * 104_729) % SESSIONS;
+                    let write = match workload {
+                        Workload::Write => true,
+                        Workload::Read => false,
+                        Workload::Mixed => op % 5 == 0,
+                    };
+                    let t = Instant::now();
+                    if write {
+                        system.write(index).await;
+                    } else {
+                        system.read(index).await;
+                    }
+                    latencies.push(t.elapsed().as_micros() as u32);
+                }
+                latencies
+            })
+        })
+        .collect();
+    for worker in workers {
+        measure.latencies_us.extend(worker.await.expect("worker"));
+    }
+    measure.elapsed += started.elapsed();
+    measure.ops += per_worker * concurrency;
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank]
+}
+
+struct Case {
+    name: String,
+    system: String,
+    concurrency: usize,
+    ops_per_sec: f64,
+    p50_us: u32,
+    p99_us: u32,
+}
+
+fn summarize(name: &str, system: &str, concurrency: usize, mut measure: Measure) -> Case {
+    measure.latencies_us.sort_unstable();
+    Case {
+        name: name.to_owned(),
+        system: system.to_owned(),
+        concurrency,
+        ops_per_sec: measure.ops as f64 / measure.elapsed.as_secs_f64(),
+        p50_us: percentile(&measure.latencies_us, 0.50),
+        p99_us: percentile(&measure.latencies_us, 0.99),
+    }
+}
+
+async fn preload(system: &System) {
+    if let System::Quorum(coordinator) = system {
+        for index in 0..SESSIONS {
+            let now = now_ms();
+            let mutation = Mutation::create(now + 3_600_000, now + 7_200_000).set("created", "1");
+            let _ = coordinator.write(&system.key(index), mutation).await;
+        }
+    }
+    for index in 0..SESSIONS {
+        system.write(index).await;
+    }
+}
+
+async fn memory_usage(client: &Client, key: &str) -> u64 {
+    client
+        .memory_usage::<Option<u64>, _>(key, Some(0))
+        .await
+        .expect("memory usage")
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let scale: f64 = std::env::var("QS_BENCH_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let ops_for =
+        |concurrency: usize| ((if concurrency == 1 { 1_500.0 } else { 12_800.0 }) * scale) as usize;
+    let servers: Vec<RedisServer> = (0..SERVERS).map(|_| start_server()).collect();
+    let mut clients = Vec::new();
+    for server in &servers[..3] {
+        clients.push(client(server.port).await);
+    }
+    for server in &servers[3..] {
+        client(server.port).await; // waits until it answers
+    }
+    let mut systems: Vec<(String, Arc<System>)> = vec![
+        (
+            "single".into(),
+            Arc::new(System::Single(clients[0].clone())),
+        ),
+        ("naive".into(), Arc::new(System::Naive(clients.clone()))),
+        (
+            "quorum-r1".into(),
+            Arc::new(System::Quorum(quorum(&servers, 3, 2, 1, "q3").await)),
+        ),
+        (
+            "quorum-r2".into(),
+            Arc::new(System::Quorum(quorum(&servers, 3, 2, 2, "q3").await)),
+        ),
+    ];
+    let fanout: Vec<(String, Arc<System>)> = vec![
+        (
+            "quorum-n5".into(),
+            Arc::new(System::Quorum(quorum(&servers, 5, 3, 1, "q5").await)),
+        ),
+        (
+            "quorum-n7".into(),
+            Arc::new(System::Quorum(quorum(&servers, 7, 4, 1, "q7").await)),
+        ),
+    ];
+    for (_, system) in systems.iter().chain(&fanout) {
+        preload(system).await;
+    }
+    let mut cases = Vec::new();
+    for concurrency in [1, 64] {
+        for workload in [Workload::Write, Workload::Read, Workload::Mixed] {
+            let mut measures: Vec<Measure> = systems.iter().map(|_| Measure::default()).collect();
+            for _ in 0..ROUNDS {
+                for ((_, system), measure) in systems.iter().zip(&mut measures) {
+                    run_round(
+                        system,
+                        workload,
+                        concurrency,
+                        ops_for(concurrency) / ROUNDS,
+                        measure,
+                    )
+                    .await;
+                }
+            }
+            for ((name, _), measure) in systems.iter().zip(measures) {
+                cases.push(summarize(workload.name(), name, concurrency, measure));
+            }
+        }
+    }
+    // Fan-out: N = 3, 5, 7 writes at concurrency 1, interleaved.
+    systems.retain(|(name, _)| name == "quorum-r1");
+    let fanout_systems: Vec<_> = systems.iter().chain(&fanout).collect();
+    let mut measures: Vec<Measure> = fanout_systems.iter().map(|_| Measure::default()).collect();
+    for _ in 0..ROUNDS {
+        for ((_, system), measure) in fanout_systems.iter().zip(&mut measures) {
+            run_round(system, Workload::Write, 1, ops_for(1) / ROUNDS, measure).await;
+        }
+    }
+    for ((name, _), measure) in fanout_systems.iter().zip(measures) {
+        let label = if name == "quorum-r1" {
+            "quorum-n3"
+        } else {
+            name.as_str()
+        };
+        cases.push(summarize("write-fanout", label, 1, measure));
+    }
+    let single_bytes = memory_usage(&clients[0], "single:s:{0}").await;
+    let quorum_bytes = memory_usage(&clients[0], "q3:s:{0}").await;
+    report(&cases, single_bytes, quorum_bytes);
+}
+
+fn find<'a>(cases: &'a [Case], name: &str, system: &str, concurrency: usize) -> &'a Case {
+    cases
+        .iter()
+        .find(|c| c.name == name && c.system == system && c.concurrency == concurrency)
+        .unwrap_or_else(|| panic!("no case {name}/{system}/{concurrency}"))
+}
+
+fn report(cases: &[Case], single_bytes: u64, quorum_bytes: u64) {
+    println!(
+        "{:<14} {:<10} {:>5} {:>12} {:>9} {:>9}",
+        "case", "system", "conc", "ops/s", "p50 µs", "p99 µs"
+    );
+    for c in cases {
+        println!(
+            "{:<14} {:<10} {:>5} {:>12.0} {:>9} {:>9}",
+            c.name, c.system, c.concurrency, c.ops_per_sec, c.p50_us, c.p99_us
+        );
+    }
+    let p50 = |name, system, conc| f64::from(find(cases, name, system, conc).p50_us);
+    let ops = |name, system, conc| find(cases, name, system, conc).ops_per_sec;
+    // (ratio name, value, target, true when the target is an upper bound)
+    let ratios: Vec<(&str, f64, f64, bool)> = vec![
+        (
+            "write_p50_quorum_over_single",
+            p50("write", "quorum-r1", 1) / p50("write", "single", 1),
+            1.5,
+            true,
+        ),
+        (
+            "read_p50_r1_over_single",
+            p50("read", "quorum-r1", 1) / p50("read", "single", 1),
+            1.15,
+            true,
+        ),
+        (
+            "read_p50_r2_over_single",
+            p50("read", "quorum-r2", 1) / p50("read", "single", 1),
+            1.4,
+            true,
+        ),
+        (
+            "read_ops_r1_over_single_c64",
+            ops("read", "quorum-r1", 64) / ops("read", "single", 64),
+            0.85,
+            false,
+        ),
+        (
+            "mixed_ops_r1_over_single_c64",
+            ops("mixed", "quorum-r1", 64) / ops("mixed", "single", 64),
+            0.65,
+            false,
+        ),
+        (
+            "write_ops_over_single_c64",
+            ops("write", "quorum-r1", 64) / ops("write", "single", 64),
+            0.40,
+            false,
+        ),
+        (
+            "write_p50_quorum_over_naive",
+            p50("write", "quorum-r1", 1) / p50("write", "naive", 1),
+            0.6,
+            true,
+        ),
+        (
+            "write_p50_n7_over_n3",
+            p50("write-fanout", "quorum-n7", 1) / p50("write-fanout", "quorum-n3", 1),
+            1.3,
+            true,
+        ),
+        (
+            "memory_quorum_over_plain_hash",
+            quorum_bytes as f64 / single_bytes.max(1) as f64,
+            1.6,
+            true,
+        ),
+    ];
+    println!();
+    println!("{:<32} {:>8} {:>8}  met", "ratio", "value", "target");
+    for (name, value, target, upper) in &ratios {
+        let met = if *upper {
+            value <= target
+        } else {
+            value >= target
+        };
+        let sign = if *upper { "<=" } else { ">=" };
+        println!(
+            "{name:<32} {value:>8.3} {sign}{target:>6.2}  {}",
+            if met { "yes" } else { "NO" }
+        );
+    }
+    println!("redis bytes per session: plain hash {single_bytes}, quorum-sessions {quorum_bytes}");
+    let json = serde_json::json!({
+        "cases": cases.iter().map(|c| serde_json::json!({
+            "name": c.name, "system": c.system, "concurrency": c.concurrency,
+            "ops_per_sec": c.ops_per_sec, "p50_us": c.p50_us, "p99_us": c.p99_us,
+        })).collect::<Vec<_>>(),
+        "ratios": ratios.iter().map(|(name, value, target, upper)| {
+            (name.to_string(), serde_json::json!({
+                "value": value, "target": target,
+                "met": if *upper { value <= target } else { value >= target },
+            }))
+        }).collect::<serde_json::Map<_, _>>(),
+        "redis_bytes_per_session": { "plain_hash": single_bytes, "quorum_sessions": quorum_bytes },
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let path = dir.join("replication.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")).expect("write json");
+    println!("wrote {}", path.display());
+}

@@ -1,0 +1,251 @@
+//! The session-like workload: which client operation comes next, on which
+//! session. It knows only what a client (an app server's request handler)
+//! knows: the sessions it created and their idle timeout and lifetime cap.
+
+use std::rc::Rc;
+
+use rand::Rng;
+
+use crate::config::WorkloadConfig;
+
+/// Index of a session in [`Workload::sessions`].
+pub type SessionIndex = u32;
+
+/// The fields sessions hold. Creates write the first two; updates and
+/// removals pick among the others (a cart item per field, as the design
+/// recommends for collections).
+pub const FIELD_NAMES: [&str; 6] = ["user", "csrf", "theme", "cart:1", "cart:2", "cart:3"];
+/// Fields written by a create.
+pub const CREATE_FIELDS: [u8; 2] = [0, 1];
+/// First field index updates and removals use.
+const MUTABLE_FIELDS_START: u8 = 2;
+
+/// What a client knows of one session.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// The record's key.
+    pub key: Rc<str>,
+    /// Idle timeout: every mutation sets `expiry = now + ttl`.
+    pub ttl_ms: u64,
+    /// Absolute lifetime cap, fixed at creation, carried by every mutation.
+    pub cap_ms: u64,
+    /// The create was acknowledged.
+    pub created: bool,
+    /// A delete was issued.
+    pub deleted: bool,
+}
+
+/// One client operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Create a new session (the caller registers it).
+    Create,
+    /// Read a session.
+    Read(SessionIndex),
+    /// Write these fields (indexes into [`FIELD_NAMES`]).
+    Update(SessionIndex, Vec<u8>),
+    /// Extend the expiry.
+    Touch(SessionIndex),
+    /// Remove one field (a field tombstone).
+    RemoveField(SessionIndex, u8),
+    /// Delete the session.
+    Delete(SessionIndex),
+}
+
+impl ClientOp {
+    /// A short name for traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Create => "create",
+            ClientOp::Read(_) => "read",
+            ClientOp::Update(..) => "update",
+            ClientOp::Touch(_) => "touch",
+            ClientOp::RemoveField(..) => "remove-field",
+            ClientOp::Delete(_) => "delete",
+        }
+    }
+}
+
+/// Sessions and the operation mix.
+#[derive(Debug)]
+pub struct Workload {
+    config: WorkloadConfig,
+    /// Every session ever registered.
+    pub sessions: Vec<SessionInfo>,
+    /// Sessions clients still use, oldest first.
+    active: Vec<SessionIndex>,
+    cumulative: [u32; 7],
+}
+
+impl Workload {
+    /// An empty workload.
+    pub fn new(config: &WorkloadConfig) -> Workload {
+        let w = config.weights;
+        let mut running = 0;
+        let cumulative = [
+            w.read,
+            w.update,
+            w.touch,
+            w.remove_field,
+            w.create,
+            w.delete,
+            w.revisit,
+        ]
+        .map(|weight| {
+            running += weight;
+            running
+        });
+        assert!(running > 0, "some operation must have a weight");
+        Workload {
+            config: config.clone(),
+            sessions: Vec::new(),
+            active: Vec::new(),
+            cumulative,
+        }
+    }
+
+    /// The next operation. Creates come first while no session is active.
+    pub fn next_op<R: Rng + ?Sized>(&mut self, rng: &mut R) -> ClientOp {
+        if self.active.is_empty() {
+            return ClientOp::Create;
+        }
+        let total = self.cumulative[6];
+        let pick = rng.random_range(0..total);
+        let kind = self.cumulative.iter().position(|&c| pick < c).unwrap_or(0);
+        if kind == 4 {
+            return ClientOp::Create;
+        }
+        if kind == 6 {
+            let index = rng.random_range(0..self.sessions.len());
+            return ClientOp::Read(index as SessionIndex);
+        }
+        let session = self.pick_active(rng);
+        match kind {
+            0 => ClientOp::Read(session),
+            1 => {
+                let count = rng.random_range(1..=3usize);
+                let mut fields: Vec<u8> = Vec::with_capacity(count);
+                while fields.len() < count {
+                    let field = rng.random_range(MUTABLE_FIELDS_START..FIELD_NAMES.len() as u8);
+                    if !fields.contains(&field) {
+                        fields.push(field);
+                    }
+                }
+                ClientOp::Update(session, fields)
+            }
+            2 => ClientOp::Touch(session),
+            3 => ClientOp::RemoveField(
+                session,
+                rng.random_range(MUTABLE_FIELDS_START..FIELD_NAMES.len() as u8),
+            ),
+            _ => ClientOp::Delete(session),
+        }
+    }
+
+    fn pick_active<R: Rng + ?Sized>(&self, rng: &mut R) -> SessionIndex {
+        const HOT: usize = 6;
+        let len = self.active.len();
+        let position = if len > HOT && rng.random_bool(self.config.hot_probability) {
+            len - 1 - rng.random_range(0..HOT)
+        } else {
+            rng.random_range(0..len)
+        };
+        self.active[position]
+    }
+
+    /// Registers a new session created at `now_ms` on its coordinator's
+    /// clock; its TTL and cap are drawn here.
+    pub fn register<R: Rng + ?Sized>(&mut self, rng: &mut R, now_ms: u64) -> SessionIndex {
+        let index = self.sessions.len() as SessionIndex;
+        let (ttl_ms, lifetime_ms) = if rng.random_bool(self.config.short_ttl_fraction) {
+            self.config.short_ttl_ms
+        } else {
+            self.config.long_ttl_ms
+        };
+        self.sessions.push(SessionInfo {
+            key: Rc::from(format!("s:{{{index:07}}}")),
+            ttl_ms,
+            cap_ms: now_ms + lifetime_ms,
+            created: false,
+            deleted: false,
+        });
+        index
+    }
+
+    /// The create of `session` was acknowledged: clients start using it.
+    pub fn on_created(&mut self, session: SessionIndex) {
+        self.sessions[session as usize].created = true;
+        self.active.push(session);
+        if self.active.len() > self.config.active_sessions_max {
+            self.active.remove(0);
+        }
+    }
+
+    /// A delete of `session` was issued; most clients stop using it (some
+    /// other tab may still send requests with the old cookie).
+    pub fn on_delete_issued<R: Rng + ?Sized>(&mut self, rng: &mut R, session: SessionIndex) {
+        self.sessions[session as usize].deleted = true;
+        if rng.random_bool(0.7) {
+            if let Some(position) = self.active.iter().position(|&s| s == session) {
+                self.active.remove(position);
+            }
+        }
+    }
+
+    /// The session.
+    pub fn session(&self, session: SessionIndex) -> &SessionInfo {
+        &self.sessions[session as usize]
+    }
+
+    /// Sessions clients still use.
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn the_mix_follows_the_weights_and_creates_first() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut workload = Workload::new(&WorkloadConfig::default());
+        assert_eq!(workload.next_op(&mut rng), ClientOp::Create);
+        for _ in 0..10 {
+            let session = workload.register(&mut rng, 1_000);
+            workload.on_created(session);
+        }
+        let mut reads = 0;
+        for _ in 0..10_000 {
+            match workload.next_op(&mut rng) {
+                ClientOp::Read(_) => reads += 1,
+                ClientOp::Update(_, fields) => {
+                    assert!((1..=3).contains(&fields.len()));
+                    assert!(fields.iter().all(|&f| f >= MUTABLE_FIELDS_START));
+                }
+                _ => {}
+            }
+        }
+        // read 50 + revisit 6 of 100.
+        assert!((5_200..6_000).contains(&reads), "{reads}");
+    }
+
+    #[test]
+    fn the_active_pool_is_bounded() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let config = WorkloadConfig {
+            active_sessions_max: 5,
+            ..WorkloadConfig::default()
+        };
+        let mut workload = Workload::new(&config);
+        for _ in 0..20 {
+            let session = workload.register(&mut rng, 0);
+            workload.on_created(session);
+        }
+        assert_eq!(workload.active_count(), 5);
+        assert_eq!(&*workload.session(3).key, "s:{0000003}");
+    }
+}

@@ -1,0 +1,965 @@
+//! `RedisReplica`: a [`Replica`] on one Redis deployment (standalone,
+//! Sentinel or Cluster), through fred and three Lua scripts.
+//!
+//! # Stored layout
+//!
+//! ```text
+//! <prefix><key>     hash    one record (key = "s:{id}", "u:{user}", …)
+//!   f:<name>        stamp(32 hex) ‖ kind(v|d|V|D) ‖ until(12 hex, kinds V/D) ‖ value bytes
+//!   m:v             "1"                format version
+//!   m:e             12 hex             expiry, ms since the Unix epoch
+//!   m:c             12 hex             lifetime cap, ms
+//!   m:t             stamp (32 hex)     tombstone (absent when live)
+//!   m:o             stamp (32 hex)     origin: the create's stamp (absent when unknown)
+//!   m:p             "1"                partial (absent when full)
+//!   TTL             PEXPIREAT min(m:e, m:c) + EXPIRY_MARGIN_MS
+//! <prefix>epoch     string  16 hex ‖ ":n" (new) or ":c" (complete)
+//! ```
+//!
+//! (See [`crate::codec`]; the default prefix is `qs:`.)
+//!
+//! # The scripts
+//!
+//! - `merge.lua` applies a delta to one record atomically, with exactly the
+//!   rules of [`apply_merge`](super::apply_merge), `Record::merge_from` and
+//!   `Record::normalize`. It never decodes a value: entries are compared as
+//!   byte strings (stamps first, fixed width, so text order is number order),
+//!   with a byte-by-byte comparison, because Lua's `<` on strings follows the
+//!   server's locale. It validates the key's type, every stored hash field
+//!   and the delta **before its first write** (a Lua error after a write is
+//!   not rolled back) and answers `CORRUPT …` without touching foreign data.
+//!   It writes only the hash fields that change, then sets `PEXPIREAT` to
+//!   the effective expiry plus [`EXPIRY_MARGIN_MS`] (never `GT`: a key with no
+//!   TTL would stay immortal); the 12-hex expiry becomes a number with
+//!   `tonumber(hex, 16)`, exact for 48 bits. A record whose effective expiry
+//!   is not after `now` is deleted (the coordinator never serves it anyway;
+//!   give a tombstone an expiry up to its cap so it outlives the session).
+//!   It returns the status, the epoch, and the largest stamp the record held
+//!   before the merge.
+//! - `read.lua` returns the epoch and the raw hash in one step; Rust decodes
+//!   it with [`codec::decode_pairs`](crate::codec::decode_pairs).
+//! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
+//!
+//! Every call carries a fresh random epoch candidate: when the epoch key is
+//! missing (a Redis restarted empty, or flushed) the script stores the
+//! candidate as a new, incomplete epoch, so the coordinator sees the change.
+//! Scripts are loaded once and called with `EVALSHA` (reloaded on `NOSCRIPT`).
+//!
+//! # Deadlines and errors
+//!
+//! Every command runs under [`RedisReplicaConfig::request_timeout`] with
+//! `tokio::time::timeout` (fred ignores per-command timeouts for `EVALSHA`).
+//! A merge that timed out may still have been applied (merges are
+//! idempotent: retrying is safe). Connection errors are
+//! [`ReplicaError::Unavailable`], deadlines [`ReplicaError::Timeout`],
+//! `WRONGTYPE`/`CORRUPT` [`ReplicaError::Corrupt`], and `OOM`, `READONLY`,
+//! `NOPERM`, `BUSY` and script errors [`ReplicaError::Refused`]. Logs name a
+//! key by its first 8 characters only and never show values.
+//!
+//! # Cluster mode
+//!
+//! A record's keys share a slot through their hash tag, but the epoch key
+//! cannot share every record's slot. In Cluster mode the scripts therefore
+//! get the record key only and the epoch is read by a second script call on
+//! the epoch key's node, after the record call. Limitation: the epoch then
+//! detects the loss of the node that holds the epoch key only; a Cluster
+//! shard that loses its data without a failover is not seen by the epoch
+//! (rely on Cluster replicas for that, and on anti-entropy). Scans walk every
+//! primary in turn (the cursor is `node:cursor`). Standalone and Sentinel
+//! deployments keep everything atomic.
+
+mod config;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::ConnectHandle;
+use rand::Rng;
+
+pub use config::{
+    EvictionCheck, RedisConnectError, RedisReplicaConfig, RedisTarget, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEY_PREFIX, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
+    DEFAULT_REQUEST_TIMEOUT, KEY_PREFIX_MAX_BYTES,
+};
+
+use super::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica, ScanPage};
+use crate::codec;
+use crate::error::ReplicaError;
+use crate::record::Record;
+use crate::stamp::{encode_ms, parse_hex, Stamp, PHYSICAL_MAX};
+
+/// Added to a record's effective expiry for its Redis TTL, so that a Redis
+/// clock a little ahead never drops a record the coordinators still count
+/// on (they enforce the exact expiry on reads).
+pub const EXPIRY_MARGIN_MS: u64 = 60_000;
+/// Keys fetched and unlinked per round by [`Replica::wipe`].
+pub const WIPE_BATCH: usize = 500;
+/// Largest `COUNT` hint a scan sends.
+pub const SCAN_COUNT_MAX: usize = 10_000;
+/// Characters of a key that logs may show (a key holds a session id).
+const LOG_KEY_CHARS: usize = 8;
+/// Name of the epoch key, after the prefix.
+const EPOCH_KEY_SUFFIX: &str = "epoch";
+
+const MERGE_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/merge.lua")
+);
+const READ_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/read.lua")
+);
+const EPOCH_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/epoch.lua")
+);
+
+const EVICTION_UNCHECKED: u8 = 0;
+const EVICTION_OK: u8 = 1;
+const EVICTION_REFUSED: u8 = 2;
+
+/// A replica on one Redis deployment. See the module docs.
+pub struct RedisReplica {
+    name: String,
+    client: Client,
+    prefix: String,
+    epoch_key: String,
+    timeout: Duration,
+    clustered: bool,
+    eviction_check: EvictionCheck,
+    eviction_state: AtomicU8,
+    merge_script: Script,
+    read_script: Script,
+    epoch_script: Script,
+    connection: Mutex<Option<ConnectHandle>>,
+}
+
+impl std::fmt::Debug for RedisReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisReplica")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("clustered", &self.clustered)
+            .field("state", &self.client.state())
+            .finish()
+    }
+}
+
+impl RedisReplica {
+    /// Makes a replica and starts connecting.
+    ///
+    /// Waits up to `connect_timeout` for the first connection. A node that is
+    /// down (or slow) is not an error: the replica is returned and fred keeps
+    /// reconnecting in the background (its requests fail as
+    /// [`ReplicaError::Unavailable`] meanwhile), because a coordinator must be
+    /// able to start with a replica down. When the node answers, its
+    /// `maxmemory-policy` is checked (see [`EvictionCheck`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RedisConnectError`]: invalid configuration, TLS asked for in a build
+    /// without the `tls` feature, credentials refused, or an evicting Redis
+    /// with [`EvictionCheck::Refuse`].
+    pub async fn connect(config: RedisReplicaConfig) -> Result<RedisReplica, RedisConnectError> {
+        config.validate()?;
+        let fred_config = config.fred_config()?;
+        let clustered = fred_config.server.is_clustered();
+        let client = build_client(&config, fred_config)?;
+        // Subscribe to the first connection result and to connection errors
+        // before the connection task starts, so that a fast failure (a wrong
+        // password) is not missed. fred retries authentication errors
+        // forever: they only show on the error stream.
+        let errors = client.error_rx();
+        let waiter = client.clone();
+        let mut wait = Box::pin(waiter.wait_for_connect());
+        let _ = futures::poll!(wait.as_mut());
+        let handle = client.connect();
+        let first = first_connection(wait, errors);
+        let replica = RedisReplica {
+            name: config.name.clone(),
+            prefix: config.key_prefix.clone(),
+            epoch_key: format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix),
+            timeout: config.request_timeout,
+            clustered,
+            eviction_check: config.eviction_check,
+            eviction_state: AtomicU8::new(EVICTION_UNCHECKED),
+            merge_script: Script::from_lua(MERGE_LUA),
+            read_script: Script::from_lua(READ_LUA),
+            epoch_script: Script::from_lua(EPOCH_LUA),
+            connection: Mutex::new(Some(handle)),
+            client,
+        };
+        match tokio::time::timeout(config.connect_timeout, first).await {
+            Ok(Ok(())) => replica.check_eviction().await?,
+            Ok(Err(error)) if *error.kind() == ErrorKind::Auth => {
+                // Dropping the replica aborts the connection task.
+                return Err(RedisConnectError::Auth {
+                    replica: config.name,
+                    source: error,
+                });
+            }
+            Ok(Err(error)) if matches!(error.kind(), ErrorKind::Config | ErrorKind::Url) => {
+                return Err(RedisConnectError::Config {
+                    replica: config.name,
+                    detail: "fred refused the configuration".into(),
+                    source: Some(error),
+                });
+            }
+            Ok(Err(error)) => tracing::warn!(
+                replica = %replica.name, %error,
+                "Redis unreachable at connect; reconnecting in the background"
+            ),
+            Err(_) => tracing::warn!(
+                replica = %replica.name, after = ?config.connect_timeout,
+                "Redis not connected yet; reconnecting in the background"
+            ),
+        }
+        Ok(replica)
+    }
+
+    /// The fred client (for diagnostics and tests; prefer the trait methods).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis key of the epoch (`<prefix>epoch`).
+    pub fn epoch_key(&self) -> &str {
+        &self.epoch_key
+    }
+
+    /// The Redis key that holds the record `key`: the prefix, then the key.
+    pub fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The deadline of every command.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Closes the connection; every later request fails as unavailable.
+    pub async fn quit(&self) {
+        let _ = tokio::time::timeout(self.timeout, self.client.quit()).await;
+        if let Some(handle) = self.lock_connection().take() {
+            handle.abort();
+        }
+    }
+
+    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Option<ConnectHandle>> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks `maxmemory-policy` once per replica, when the node answers.
+    async fn check_eviction(&self) -> Result<(), RedisConnectError> {
+        if self.eviction_state.load(Ordering::Relaxed) != EVICTION_UNCHECKED {
+            return Ok(());
+        }
+        let answer = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .config_get::<Vec<(String, String)>, _>("maxmemory-policy"),
+        )
+        .await;
+        let policy = match answer {
+            Ok(Ok(pairs)) => pairs.into_iter().find(|(k, _)| k == "maxmemory-policy"),
+            // Unreachable or slow: check again at the next request.
+            Ok(Err(error))
+                if matches!(
+                    error.kind(),
+                    ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(_) => return Ok(()),
+            // NOPERM, or CONFIG renamed away: the policy cannot be known.
+            Ok(Err(error)) => {
+                tracing::warn!(replica = %self.name, %error, "cannot read maxmemory-policy; make sure it is noeviction");
+                self.eviction_state.store(EVICTION_OK, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        let Some((_, policy)) = policy else {
+            tracing::warn!(replica = %self.name, "CONFIG GET maxmemory-policy answered nothing; make sure it is noeviction");
+            self.eviction_state.store(EVICTION_OK, Ordering::Relaxed);
+            return Ok(());
+        };
+        if policy == "noeviction" {
+            self.eviction_state.store(EVICTION_OK, Ordering::Relaxed);
+            return Ok(());
+        }
+        match self.eviction_check {
+            EvictionCheck::Warn => {
+                tracing::warn!(replica = %self.name, %policy, "this Redis can evict keys: tombstones and records may silently disappear");
+                self.eviction_state.store(EVICTION_OK, Ordering::Relaxed);
+                Ok(())
+            }
+            EvictionCheck::Refuse => {
+                self.eviction_state
+                    .store(EVICTION_REFUSED, Ordering::Relaxed);
+                Err(RedisConnectError::Eviction {
+                    replica: self.name.clone(),
+                    policy,
+                })
+            }
+        }
+    }
+
+    /// Before every request: the replica must not be refused for eviction,
+    /// and must be connected (a disconnected fred client would queue the
+    /// command until the deadline; answering at once lets the coordinator
+    /// skip the replica).
+    async fn ensure_usable(&self) -> Result<(), ReplicaError> {
+        if !self.client.is_connected() {
+            return Err(ReplicaError::Unavailable {
+                detail: format!("{}: not connected (reconnecting)", self.name),
+                source: None,
+            });
+        }
+        if let Err(error) = self.check_eviction().await {
+            return Err(ReplicaError::Refused {
+                detail: error.to_string(),
+                source: None,
+            });
+        }
+        if self.eviction_state.load(Ordering::Relaxed) == EVICTION_REFUSED {
+            return Err(ReplicaError::Refused {
+                detail: format!(
+                    "{}: this Redis can evict keys (maxmemory-policy)",
+                    self.name
+                ),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs a script under the deadline and maps its errors.
+    async fn eval(
+        &self,
+        op: &'static str,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        key: Option<&str>,
+    ) -> Result<Value, ReplicaError> {
+        self.ensure_usable().await?;
+        let call = script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args);
+        self.finish(op, key, tokio::time::timeout(self.timeout, call).await)
+    }
+
+    /// Maps a command's outcome (deadline, then fred's result).
+    fn finish<T>(
+        &self,
+        op: &'static str,
+        key: Option<&str>,
+        outcome: Result<Result<T, fred::error::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ReplicaError> {
+        let error = match outcome {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => map_error(&self.name, error, self.timeout),
+            Err(_) => ReplicaError::Timeout {
+                after: self.timeout,
+            },
+        };
+        tracing::debug!(
+            replica = %self.name, op, key = %short_key(key.unwrap_or("")),
+            kind = error.kind(), %error, "Redis request failed"
+        );
+        Err(error)
+    }
+
+    /// The script keys: the record key, then the epoch key (standalone and
+    /// Sentinel only; see the module docs on Cluster mode).
+    fn script_keys(&self, key: &str) -> Vec<String> {
+        let mut keys = vec![self.redis_key(key)];
+        if !self.clustered {
+            keys.push(self.epoch_key.clone());
+        }
+        keys
+    }
+
+    /// The epoch from a script reply, or (Cluster mode) from the epoch key.
+    async fn epoch_from(&self, value: Option<&Value>) -> Result<Epoch, ReplicaError> {
+        if self.clustered {
+            return self.ping_epoch().await;
+        }
+        let text = value.and_then(Value::as_bytes).unwrap_or_default();
+        parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
+            detail: format!("{}: malformed epoch in a script reply", self.name),
+        })
+    }
+
+    async fn ping_epoch(&self) -> Result<Epoch, ReplicaError> {
+        let args = vec![Value::from("get"), Value::from(epoch_candidate())];
+        let keys = vec![self.epoch_key.clone()];
+        let reply = self
+            .eval("ping", &self.epoch_script, keys, args, None)
+            .await?;
+        parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| ReplicaError::Corrupt {
+            detail: format!("{}: malformed epoch", self.name),
+        })
+    }
+
+    /// Refuses a logical key that would collide with the epoch key.
+    fn check_key(&self, key: &str) -> Result<(), ReplicaError> {
+        if key == EPOCH_KEY_SUFFIX || key.is_empty() {
+            return Err(ReplicaError::Refused {
+                detail: format!("{}: key {key:?} is reserved or empty", self.name),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// The nodes a scan walks: one `None` (the client's node) unless
+    /// clustered, else every primary, in a stable order.
+    fn scan_nodes(&self) -> Vec<Option<Server>> {
+        if !self.clustered {
+            return vec![None];
+        }
+        let mut nodes = self
+            .client
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default();
+        nodes.sort_by_key(|server| server.to_string());
+        nodes.into_iter().map(Some).collect()
+    }
+
+    /// One `SCAN` page of full Redis keys under the prefix, on one node.
+    async fn scan_raw(
+        &self,
+        node: &Option<Server>,
+        cursor: &str,
+        count: usize,
+    ) -> Result<(String, Vec<String>), ReplicaError> {
+        self.ensure_usable().await?;
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let count = Some(count.clamp(1, SCAN_COUNT_MAX) as u32);
+        let call = async {
+            let (next, keys): (String, Vec<Key>) = match node {
+                Some(server) => {
+                    self.client
+                        .with_cluster_node(server.clone())
+                        .scan_page(cursor.to_owned(), pattern, count, None)
+                        .await?
+                }
+                None => {
+                    self.client
+                        .scan_page(cursor.to_owned(), pattern, count, None)
+                        .await?
+                }
+            };
+            let keys = keys
+                .iter()
+                .filter_map(|key| key.as_str().map(str::to_owned))
+                .collect();
+            Ok::<_, fred::error::Error>((next, keys))
+        };
+        self.finish("scan", None, tokio::time::timeout(self.timeout, call).await)
+    }
+
+    /// Deletes full Redis keys (in Cluster mode one by one: they may live in
+    /// different slots).
+    async fn unlink(&self, keys: Vec<String>) -> Result<(), ReplicaError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.ensure_usable().await?;
+        let call = async {
+            if self.clustered {
+                let deletes = keys.iter().map(|key| self.client.unlink::<i64, _>(key));
+                for result in futures::future::join_all(deletes).await {
+                    result?;
+                }
+            } else {
+                self.client.unlink::<i64, _>(keys).await?;
+            }
+            Ok::<_, fred::error::Error>(())
+        };
+        self.finish(
+            "unlink",
+            None,
+            tokio::time::timeout(self.timeout, call).await,
+        )
+    }
+}
+
+impl Drop for RedisReplica {
+    fn drop(&mut self) {
+        // The connection task would otherwise reconnect forever.
+        if let Some(handle) = self.lock_connection().take() {
+            handle.abort();
+        }
+    }
+}
+
+/// The result of the first connection: success, or the first error that
+/// retrying cannot fix (authentication, configuration). Errors such as a
+/// refused connection are retried by fred and waited through.
+async fn first_connection(
+    wait: impl std::future::Future<Output = Result<(), fred::error::Error>>,
+    mut errors: tokio::sync::broadcast::Receiver<(fred::error::Error, Option<Server>)>,
+) -> Result<(), fred::error::Error> {
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut wait => return result,
+            received = errors.recv() => match received {
+                Ok((error, _)) if is_fatal_at_connect(&error) => return Err(error),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return wait.await,
+            },
+        }
+    }
+}
+
+fn is_fatal_at_connect(error: &fred::error::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url
+    ) || error.details().starts_with("WRONGPASS")
+        || error.details().starts_with("NOAUTH")
+}
+
+fn build_client(
+    config: &RedisReplicaConfig,
+    fred_config: Config,
+) -> Result<Client, RedisConnectError> {
+    let timeout = config.request_timeout;
+    let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    // TRAP: without a reconnect policy fred never reconnects after a restart.
+    let policy = ReconnectPolicy::new_exponential(
+        0,
+        millis(config.reconnect_delay_min),
+        millis(config.reconnect_delay_max),
+        2,
+    );
+    let unresponsive = (timeout * 4).max(Duration::from_secs(2));
+    Builder::from_config(fred_config)
+        .with_connection_config(|c| {
+            c.connection_timeout = config.connect_timeout;
+            c.internal_command_timeout = timeout.max(Duration::from_millis(500));
+            // Merges are idempotent, but the coordinator owns retries.
+            c.max_command_attempts = 1;
+            // A hung (paused) node: drop the connection, reconnect.
+            c.unresponsive.max_timeout = Some(unresponsive);
+            c.unresponsive.interval = (unresponsive / 4).max(Duration::from_millis(100));
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .set_policy(policy)
+        .build()
+        .map_err(|error| RedisConnectError::Config {
+            replica: config.name.clone(),
+            detail: "cannot build the Redis client".into(),
+            source: Some(error),
+        })
+}
+
+/// Maps a fred error: server error replies by their first word, the rest by
+/// fred's kind.
+fn map_error(replica: &str, error: fred::error::Error, after: Duration) -> ReplicaError {
+    match error.kind() {
+        ErrorKind::Timeout => return ReplicaError::Timeout { after },
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing | ErrorKind::Backpressure => {
+            return unavailable(replica, error)
+        }
+        _ => {}
+    }
+    let first = error.details().split_whitespace().next().unwrap_or("");
+    match first {
+        "CORRUPT" | "WRONGTYPE" => ReplicaError::Corrupt {
+            detail: format!("{replica}: {}", error.details()),
+        },
+        "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" => {
+            unavailable(replica, error)
+        }
+        _ if matches!(error.kind(), ErrorKind::Sentinel | ErrorKind::Cluster) => {
+            unavailable(replica, error)
+        }
+        // OOM, READONLY, NOPERM, BUSY, NOAUTH, script errors (ERR …), …
+        _ => ReplicaError::Refused {
+            detail: format!("{replica}: {}", error.details()),
+            source: Some(Box::new(error)),
+        },
+    }
+}
+
+fn unavailable(replica: &str, error: fred::error::Error) -> ReplicaError {
+    ReplicaError::Unavailable {
+        detail: format!("{replica}: {error}"),
+        source: Some(Box::new(error)),
+    }
+}
+
+/// A fresh random epoch id, 16 hex digits.
+fn epoch_candidate() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+/// Parses `16 hex ‖ ":c" | ":n"`.
+fn parse_epoch(text: &[u8]) -> Option<Epoch> {
+    if text.len() != 18 {
+        return None;
+    }
+    let id = parse_hex(&text[..16])?;
+    let complete = match &text[16..] {
+        b":c" => true,
+        b":n" => false,
+        _ => return None,
+    };
+    Some(Epoch { id, complete })
+}
+
+/// Escapes the glob characters of `text` for `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// At most the first [`LOG_KEY_CHARS`] characters of a key, for logs.
+fn short_key(key: &str) -> &str {
+    match key.char_indices().nth(LOG_KEY_CHARS) {
+        Some((end, _)) => &key[..end],
+        None => key,
+    }
+}
+
+/// Splits a scan cursor: `"node:cursor"` (Cluster) or a plain cursor.
+fn split_cursor(cursor: &str) -> Option<(usize, &str)> {
+    match cursor.split_once(':') {
+        Some((node, rest)) => Some((node.parse().ok()?, rest)),
+        None => Some((0, cursor)),
+    }
+}
+
+/// The delta as it is sent: a tombstone's fields and partial flag are
+/// dropped first (the merge drops them anyway, and the encoded form of a
+/// tombstone holds none).
+fn delta_for_wire(delta: &Record) -> std::borrow::Cow<'_, Record> {
+    if delta.tombstone.is_some() && (!delta.fields.is_empty() || delta.partial) {
+        let mut clean = delta.clone();
+        clean.fields.clear();
+        clean.partial = false;
+        return std::borrow::Cow::Owned(clean);
+    }
+    std::borrow::Cow::Borrowed(delta)
+}
+
+#[async_trait]
+impl Replica for RedisReplica {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read(&self, key: &str) -> Result<ReadReply, ReplicaError> {
+        self.check_key(key)?;
+        let args = vec![Value::from(epoch_candidate())];
+        let reply = self
+            .eval(
+                "read",
+                &self.read_script,
+                self.script_keys(key),
+                args,
+                Some(key),
+            )
+            .await?;
+        let Value::Array(mut items) = reply else {
+            return Err(self.malformed("read"));
+        };
+        let flat = match items.pop() {
+            Some(Value::Array(flat)) if items.len() == 1 && flat.len() % 2 == 0 => flat,
+            _ => return Err(self.malformed("read")),
+        };
+        let epoch = self.epoch_from(items.first()).await?;
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            match (pair[0].as_bytes(), pair[1].as_bytes()) {
+                (Some(name), Some(value)) => pairs.push((name, value)),
+                _ => return Err(self.malformed("read")),
+            }
+        }
+        let record = codec::decode_pairs(pairs).map_err(|detail| {
+            tracing::debug!(replica = %self.name, key = %short_key(key), %detail, "corrupt record");
+            ReplicaError::Corrupt {
+                detail: format!("{}: {detail}", self.name),
+            }
+        })?;
+        Ok(ReadReply { record, epoch })
+    }
+
+    async fn merge(
+        &self,
+        key: &str,
+        delta: &Record,
+        mode: MergeMode,
+        now_ms: u64,
+    ) -> Result<MergeReply, ReplicaError> {
+        self.check_key(key)?;
+        let delta = delta_for_wire(delta);
+        if let Err(detail) = delta.check_shape() {
+            return Err(ReplicaError::Refused {
+                detail: format!("{}: invalid delta: {detail}", self.name),
+                source: None,
+            });
+        }
+        let mode = match mode {
+            MergeMode::Upsert => "u",
+            MergeMode::Create => "c",
+        };
+        let pairs = codec::encode_pairs(&delta);
+        let mut args = Vec::with_capacity(4 + 2 * pairs.len());
+        args.push(Value::from(mode));
+        args.push(Value::from(encode_ms(now_ms.min(PHYSICAL_MAX))));
+        args.push(Value::from(epoch_candidate()));
+        args.push(Value::from(EXPIRY_MARGIN_MS.to_string()));
+        for (name, value) in pairs {
+            args.push(Value::Bytes(name.into()));
+            args.push(Value::Bytes(value.into()));
+        }
+        let reply = self
+            .eval(
+                "merge",
+                &self.merge_script,
+                self.script_keys(key),
+                args,
+                Some(key),
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(self.malformed("merge"));
+        };
+        let [status, epoch, held] = items.as_slice() else {
+            return Err(self.malformed("merge"));
+        };
+        let status = match status.as_bytes() {
+            Some(b"applied") => MergeStatus::Applied,
+            Some(b"gone") => MergeStatus::Gone,
+            Some(b"exists") => MergeStatus::Exists,
+            _ => return Err(self.malformed("merge")),
+        };
+        let held_max = match held.as_bytes() {
+            Some(b"") => None,
+            Some(text) => Some(Stamp::decode(text).ok_or_else(|| self.malformed("merge"))?),
+            None => return Err(self.malformed("merge")),
+        };
+        let epoch = self.epoch_from(Some(epoch)).await?;
+        Ok(MergeReply {
+            status,
+            epoch,
+            held_max,
+        })
+    }
+
+    async fn scan(&self, cursor: &str, count: usize) -> Result<ScanPage, ReplicaError> {
+        let nodes = self.scan_nodes();
+        let bad_cursor = || ReplicaError::Refused {
+            detail: format!("{}: bad scan cursor {cursor:?}", self.name),
+            source: None,
+        };
+        let (node_index, redis_cursor) = split_cursor(cursor).ok_or_else(bad_cursor)?;
+        let node = nodes.get(node_index).ok_or_else(bad_cursor)?;
+        let (next, full_keys) = self.scan_raw(node, redis_cursor, count).await?;
+        let keys = full_keys
+            .iter()
+            .filter(|key| **key != self.epoch_key)
+            .filter_map(|key| key.strip_prefix(&self.prefix).map(str::to_owned))
+            .collect();
+        let next_cursor = match (next.as_str(), self.clustered) {
+            ("0", _) if node_index + 1 < nodes.len() => Some(format!("{}:0", node_index + 1)),
+            ("0", _) => None,
+            (next, true) => Some(format!("{node_index}:{next}")),
+            (next, false) => Some(next.to_owned()),
+        };
+        Ok(ScanPage { keys, next_cursor })
+    }
+
+    async fn ping(&self) -> Result<Epoch, ReplicaError> {
+        self.ping_epoch().await
+    }
+
+    async fn mark_epoch_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
+        let args = vec![
+            Value::from("complete"),
+            Value::from(format!("{epoch_id:016x}")),
+        ];
+        let keys = vec![self.epoch_key.clone()];
+        let reply = self
+            .eval("mark_epoch_complete", &self.epoch_script, keys, args, None)
+            .await?;
+        match reply {
+            Value::Integer(1) => Ok(true),
+            Value::Integer(0) => Ok(false),
+            _ => Err(self.malformed("mark_epoch_complete")),
+        }
+    }
+
+    /// Deletes every key under the prefix (SCAN + UNLINK in batches of
+    /// [`WIPE_BATCH`]) and the epoch key, which goes first and last so the
+    /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
+    /// shared.
+    async fn wipe(&self) -> Result<(), ReplicaError> {
+        self.unlink(vec![self.epoch_key.clone()]).await?;
+        for node in self.scan_nodes() {
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, keys) = self.scan_raw(&node, &cursor, WIPE_BATCH).await?;
+                self.unlink(keys).await?;
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        self.unlink(vec![self.epoch_key.clone()]).await
+    }
+}
+
+impl RedisReplica {
+    fn malformed(&self, op: &str) -> ReplicaError {
+        ReplicaError::Refused {
+            detail: format!("{}: unexpected reply shape from the {op} script", self.name),
+            source: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_parse_only_in_their_exact_form() {
+        assert_eq!(
+            parse_epoch(b"00000000000000ff:c"),
+            Some(Epoch {
+                id: 255,
+                complete: true
+            })
+        );
+        assert_eq!(
+            parse_epoch(b"ffffffffffffffff:n"),
+            Some(Epoch {
+                id: u64::MAX,
+                complete: false
+            })
+        );
+        assert_eq!(parse_epoch(b"00000000000000ff:x"), None);
+        assert_eq!(parse_epoch(b"00000000000000FF:c"), None);
+        assert_eq!(parse_epoch(b"0000000000000ff:c"), None);
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("qs:"), "qs:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn logs_show_at_most_eight_characters_of_a_key() {
+        assert_eq!(short_key("s:{abcdefghijkl}"), "s:{abcde");
+        assert_eq!(short_key("s:{é}"), "s:{é}");
+        assert_eq!(short_key("ééééééééé"), "éééééééé");
+    }
+
+    #[test]
+    fn cursors_split_into_node_and_redis_cursor() {
+        assert_eq!(split_cursor("0"), Some((0, "0")));
+        assert_eq!(split_cursor("1234"), Some((0, "1234")));
+        assert_eq!(split_cursor("2:77"), Some((2, "77")));
+        assert_eq!(split_cursor("x:77"), None);
+    }
+
+    #[test]
+    fn a_tombstone_delta_is_sent_without_fields() {
+        let mut delta = Record::new(10, 10);
+        delta.fields.insert(
+            "a".into(),
+            crate::FieldEntry::value(Stamp::new(1, 0, 1), "x"),
+        );
+        delta.partial = true;
+        assert!(matches!(
+            delta_for_wire(&delta),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        delta.tombstone = Some(Stamp::new(2, 0, 1));
+        let wire = delta_for_wire(&delta);
+        assert!(wire.fields.is_empty());
+        assert!(!wire.partial);
+    }
+
+    #[test]
+    fn server_errors_map_by_their_first_word() {
+        let map = |text: &str| {
+            map_error(
+                "r",
+                fred::error::Error::new(ErrorKind::Unknown, text.to_owned()),
+                Duration::from_millis(5),
+            )
+        };
+        assert!(matches!(
+            map("CORRUPT bad entry"),
+            ReplicaError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            map("WRONGTYPE Operation"),
+            ReplicaError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            map("OOM command not allowed"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("READONLY You can't"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("NOPERM this user"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("BUSY Redis is busy"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("ERR user_script:1"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("LOADING Redis is loading"),
+            ReplicaError::Unavailable { .. }
+        ));
+        let io = fred::error::Error::new(ErrorKind::IO, "reset");
+        assert!(matches!(
+            map_error("r", io, Duration::ZERO),
+            ReplicaError::Unavailable { .. }
+        ));
+        let canceled = fred::error::Error::new(ErrorKind::Canceled, "x");
+        assert!(matches!(
+            map_error("r", canceled, Duration::ZERO),
+            ReplicaError::Unavailable { .. }
+        ));
+        let timeout = fred::error::Error::new(ErrorKind::Timeout, "x");
+        assert!(matches!(
+            map_error("r", timeout, Duration::ZERO),
+            ReplicaError::Timeout { .. }
+        ));
+    }
+}

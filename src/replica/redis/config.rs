@@ -1,0 +1,328 @@
+//! Configuration of a [`RedisReplica`](super::RedisReplica) and the errors of
+//! connecting one.
+
+use std::time::Duration;
+
+use fred::prelude::{Config, ServerConfig};
+
+/// Default key prefix: every key this library writes starts with it.
+pub const DEFAULT_KEY_PREFIX: &str = "qs:";
+/// Default deadline of one command (scripts included).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default time [`RedisReplica::connect`](super::RedisReplica::connect) waits
+/// for the first connection before returning a replica that keeps trying in
+/// the background.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default shortest delay between two reconnection attempts.
+pub const DEFAULT_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
+/// Default longest delay between two reconnection attempts.
+pub const DEFAULT_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Longest key prefix accepted.
+pub const KEY_PREFIX_MAX_BYTES: usize = 64;
+
+/// Where the Redis deployment of one replica is.
+#[derive(Clone, Debug)]
+pub enum RedisTarget {
+    /// A URL as fred reads it: `redis://[user:password@]host[:port][/db]`,
+    /// `rediss://…` (TLS, needs the `tls` feature), `redis-sentinel://…`,
+    /// `redis-cluster://…`.
+    Url(String),
+    /// A standalone server, a Sentinel group or a Cluster, by address.
+    Server {
+        /// The servers (`ServerConfig::new_centralized`, `new_sentinel`,
+        /// `new_clustered`).
+        server: ServerConfig,
+        /// The database index (standalone and Sentinel only).
+        database: Option<u8>,
+        /// Connect with TLS (rustls, the system's root certificates). Needs
+        /// the `tls` feature.
+        tls: bool,
+    },
+    /// A complete fred configuration, for what the other forms cannot say
+    /// (a custom TLS connector, RESP3, …). Reconnection, timeouts and
+    /// `fail_fast` are still set by the replica.
+    Fred(Box<Config>),
+}
+
+/// What to do when a Redis can evict keys (its `maxmemory-policy` is not
+/// `noeviction`): eviction silently drops tombstones and records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EvictionCheck {
+    /// Refuse the replica ([`RedisConnectError::Eviction`] at connect, or
+    /// every request refused when it was unreachable at connect).
+    #[default]
+    Refuse,
+    /// Log a warning and use it anyway.
+    Warn,
+}
+
+/// Configuration of one [`RedisReplica`](super::RedisReplica).
+///
+/// ```
+/// use quorum_sessions::replica::redis::RedisReplicaConfig;
+/// use std::time::Duration;
+/// let mut config = RedisReplicaConfig::from_url("redis-a", "redis://127.0.0.1:6379/0");
+/// config.request_timeout = Duration::from_millis(200);
+/// assert_eq!(config.key_prefix, "qs:");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisReplicaConfig {
+    /// The replica's name, in logs and errors.
+    pub name: String,
+    /// Where the Redis deployment is.
+    pub target: RedisTarget,
+    /// ACL user name; overrides the one of the URL or fred configuration.
+    pub username: Option<String>,
+    /// Password; overrides the one of the URL or fred configuration.
+    pub password: Option<String>,
+    /// Prefix of every key (records and the epoch key). Default `qs:`.
+    pub key_prefix: String,
+    /// Deadline of every command, scripts included.
+    pub request_timeout: Duration,
+    /// How long `connect` waits for the first connection.
+    pub connect_timeout: Duration,
+    /// What to do with a Redis that can evict keys.
+    pub eviction_check: EvictionCheck,
+    /// Shortest delay between reconnection attempts.
+    pub reconnect_delay_min: Duration,
+    /// Longest delay between reconnection attempts (exponential backoff).
+    pub reconnect_delay_max: Duration,
+}
+
+impl RedisReplicaConfig {
+    /// A configuration with defaults for the deployment at `url`.
+    pub fn from_url(name: impl Into<String>, url: impl Into<String>) -> RedisReplicaConfig {
+        RedisReplicaConfig::new(name, RedisTarget::Url(url.into()))
+    }
+
+    /// A configuration with defaults for `server`, without TLS.
+    pub fn from_server(name: impl Into<String>, server: ServerConfig) -> RedisReplicaConfig {
+        let target = RedisTarget::Server {
+            server,
+            database: None,
+            tls: false,
+        };
+        RedisReplicaConfig::new(name, target)
+    }
+
+    /// A configuration with defaults around a complete fred configuration.
+    pub fn from_fred_config(name: impl Into<String>, config: Config) -> RedisReplicaConfig {
+        RedisReplicaConfig::new(name, RedisTarget::Fred(Box::new(config)))
+    }
+
+    /// A configuration with defaults for `target`.
+    pub fn new(name: impl Into<String>, target: RedisTarget) -> RedisReplicaConfig {
+        RedisReplicaConfig {
+            name: name.into(),
+            target,
+            username: None,
+            password: None,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            eviction_check: EvictionCheck::default(),
+            reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
+            reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
+        }
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisConnectError::Config`] naming the rule broken: empty name, empty
+    /// or too long prefix, a prefix with control characters, zero timeouts.
+    pub fn validate(&self) -> Result<(), RedisConnectError> {
+        let fail = |detail: &str| {
+            Err(RedisConnectError::Config {
+                replica: self.name.clone(),
+                detail: detail.to_owned(),
+                source: None,
+            })
+        };
+        if self.name.is_empty() {
+            return fail("the replica name is empty");
+        }
+        if self.key_prefix.is_empty() {
+            // An empty prefix would make `wipe` delete the whole database.
+            return fail("the key prefix is empty");
+        }
+        if self.key_prefix.len() > KEY_PREFIX_MAX_BYTES {
+            return fail("the key prefix exceeds 64 bytes");
+        }
+        if self.key_prefix.chars().any(char::is_control) {
+            return fail("the key prefix holds a control character");
+        }
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return fail("a timeout is zero");
+        }
+        if self.reconnect_delay_min.is_zero() || self.reconnect_delay_min > self.reconnect_delay_max
+        {
+            return fail("reconnect delays must satisfy 0 < min <= max");
+        }
+        Ok(())
+    }
+
+    /// The fred configuration: target, credentials, TLS, `fail_fast = false`.
+    pub(super) fn fred_config(&self) -> Result<Config, RedisConnectError> {
+        let config_error =
+            |detail: String, source: Option<fred::error::Error>| RedisConnectError::Config {
+                replica: self.name.clone(),
+                detail,
+                source,
+            };
+        let mut config = match &self.target {
+            RedisTarget::Url(url) => {
+                let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+                let wants_tls = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
+                if wants_tls && !cfg!(feature = "tls") {
+                    return Err(RedisConnectError::TlsNotEnabled {
+                        replica: self.name.clone(),
+                    });
+                }
+                Config::from_url(url).map_err(|error| {
+                    // The URL may hold a password: never repeat it.
+                    config_error("the Redis URL does not parse".into(), Some(error))
+                })?
+            }
+            RedisTarget::Server {
+                server,
+                database,
+                tls,
+            } => {
+                let mut config = Config {
+                    server: server.clone(),
+                    database: *database,
+                    ..Config::default()
+                };
+                if *tls {
+                    enable_tls(&mut config, &self.name)?;
+                }
+                config
+            }
+            RedisTarget::Fred(config) => (**config).clone(),
+        };
+        if self.username.is_some() {
+            config.username = self.username.clone();
+        }
+        if self.password.is_some() {
+            config.password = self.password.clone();
+        }
+        // Connect in the background when the node is down right now: a
+        // coordinator must start with a replica down.
+        config.fail_fast = false;
+        Ok(config)
+    }
+}
+
+#[cfg(feature = "tls")]
+fn enable_tls(config: &mut Config, replica: &str) -> Result<(), RedisConnectError> {
+    let connector = fred::prelude::TlsConnector::default_rustls().map_err(|error| {
+        RedisConnectError::Config {
+            replica: replica.to_owned(),
+            detail: "cannot build the TLS connector".into(),
+            source: Some(error),
+        }
+    })?;
+    config.tls = Some(connector.into());
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn enable_tls(_config: &mut Config, replica: &str) -> Result<(), RedisConnectError> {
+    Err(RedisConnectError::TlsNotEnabled {
+        replica: replica.to_owned(),
+    })
+}
+
+/// Why [`RedisReplica::connect`](super::RedisReplica::connect) refused to make
+/// a replica. A node that is merely down is not an error: the replica is made
+/// and keeps reconnecting.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConnectError {
+    /// The configuration is invalid (bad URL, empty prefix, …).
+    #[error("replica {replica}: invalid configuration: {detail}")]
+    Config {
+        /// The replica's name.
+        replica: String,
+        /// The rule broken.
+        detail: String,
+        /// fred's error, when there is one.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+    /// TLS was asked for (`rediss://` or `tls: true`) in a build without the
+    /// `tls` feature: refused rather than connecting in plain text.
+    #[error(
+        "replica {replica}: TLS was requested but this build has no TLS support \
+         (enable the `tls` cargo feature of quorum-sessions)"
+    )]
+    TlsNotEnabled {
+        /// The replica's name.
+        replica: String,
+    },
+    /// Redis refused the credentials (wrong password, unknown ACL user).
+    #[error("replica {replica}: authentication failed (wrong user name or password?)")]
+    Auth {
+        /// The replica's name.
+        replica: String,
+        /// fred's error.
+        #[source]
+        source: fred::error::Error,
+    },
+    /// The Redis can evict keys and [`EvictionCheck::Refuse`] is configured.
+    #[error(
+        "replica {replica}: maxmemory-policy is {policy:?}; only noeviction is safe \
+         (eviction silently drops tombstones)"
+    )]
+    Eviction {
+        /// The replica's name.
+        replica: String,
+        /// The policy found.
+        policy: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_an_empty_prefix_and_zero_timeouts() {
+        let mut config = RedisReplicaConfig::from_url("a", "redis://127.0.0.1:1");
+        assert!(config.validate().is_ok());
+        config.key_prefix.clear();
+        assert!(matches!(
+            config.validate(),
+            Err(RedisConnectError::Config { .. })
+        ));
+        config.key_prefix = "qs:".into();
+        config.request_timeout = Duration::ZERO;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn tls_urls_follow_the_feature() {
+        let config = RedisReplicaConfig::from_url("a", "rediss://127.0.0.1:6380");
+        let result = config.fred_config();
+        if cfg!(feature = "tls") {
+            assert!(result.is_ok(), "{result:?}");
+        } else {
+            assert!(matches!(
+                result,
+                Err(RedisConnectError::TlsNotEnabled { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn fred_config_never_fails_fast_and_takes_credentials() {
+        let mut config = RedisReplicaConfig::from_url("a", "redis://u:p@127.0.0.1:7000/2");
+        config.password = Some("other".into());
+        let fred = config.fred_config().unwrap();
+        assert!(!fred.fail_fast);
+        assert_eq!(fred.username.as_deref(), Some("u"));
+        assert_eq!(fred.password.as_deref(), Some("other"));
+        assert_eq!(fred.database, Some(2));
+    }
+}

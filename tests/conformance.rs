@@ -1,0 +1,253 @@
+//! Proves that every replica implementation follows the `Replica` contract:
+//! the conformance suite (`quorum_sessions::testing`) runs against
+//! `InMemoryReplica`, a healthy `FaultyReplica<InMemoryReplica>`, and a
+//! `RedisReplica` on a real Redis container (the Lua merge). It also proves
+//! the Redis-specific promises: foreign data is reported `Corrupt` and left
+//! untouched, a Redis restarted empty gets a new epoch, an evicting Redis is
+//! refused, a wrong password and a `rediss://` URL without TLS fail clearly,
+//! and a replica connects while its node is down.
+
+mod support;
+
+use std::time::Duration;
+
+use quorum_sessions::replica::faulty::FaultyReplica;
+use quorum_sessions::replica::memory::InMemoryReplica;
+use quorum_sessions::replica::redis::{
+    EvictionCheck, RedisConnectError, RedisReplica, RedisReplicaConfig,
+};
+use quorum_sessions::replica::{MergeMode, Replica};
+use quorum_sessions::testing::{live_record, run_conformance, stamp_at, wall_clock_ms};
+use quorum_sessions::{FieldEntry, ReplicaError};
+
+#[tokio::test]
+async fn in_memory_replica_conforms() {
+    run_conformance(&InMemoryReplica::new("memory")).await;
+}
+
+#[tokio::test]
+async fn healthy_faulty_replica_conforms() {
+    let (replica, _handle) = FaultyReplica::new(InMemoryReplica::new("faulty"), 1);
+    run_conformance(&replica).await;
+}
+
+#[tokio::test]
+async fn redis_replica_conforms_and_guards_its_data() {
+    let nodes = support::RedisNodes::start(1).await;
+    let node = nodes.node(0);
+    let replica = node.replica().await;
+    run_conformance(&replica).await;
+
+    foreign_data_is_corrupt_and_untouched(node, &replica).await;
+    restart_empty_gives_a_new_epoch(node, &replica).await;
+    evicting_redis_is_refused_or_warned(node).await;
+    wrong_password_is_a_clear_error(node).await;
+}
+
+async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replica: &RedisReplica) {
+    let now = wall_clock_ms();
+    let mut delta = live_record(now);
+    delta
+        .fields
+        .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
+    let cases: [(&str, &[&str]); 5] = [
+        ("t:{string}", &["SET", "qs:t:{string}", "hello"]),
+        ("t:{unknown}", &["HSET", "qs:t:{unknown}", "name", "alice"]),
+        (
+            "t:{short}",
+            &[
+                "HSET",
+                "qs:t:{short}",
+                "m:v",
+                "1",
+                "m:e",
+                "000000000001",
+                "m:c",
+                "000000000001",
+                "f:a",
+                "x",
+            ],
+        ),
+        (
+            "t:{format}",
+            &[
+                "HSET",
+                "qs:t:{format}",
+                "m:v",
+                "2",
+                "m:e",
+                "000000000001",
+                "m:c",
+                "000000000001",
+            ],
+        ),
+        (
+            "t:{nometa}",
+            &[
+                "HSET",
+                "qs:t:{nometa}",
+                "f:a",
+                "0000000000000000000000000000000000v",
+            ],
+        ),
+    ];
+    for (key, write) in cases {
+        node.command(write).await;
+        let redis_key = format!("qs:{key}");
+        let dump_before = node.command(&["DUMP", &redis_key]).await;
+        let merged = replica.merge(key, &delta, MergeMode::Upsert, now).await;
+        assert!(
+            matches!(merged, Err(ReplicaError::Corrupt { .. })),
+            "{key}: merge gave {merged:?}"
+        );
+        let read = replica.read(key).await;
+        assert!(
+            matches!(read, Err(ReplicaError::Corrupt { .. })),
+            "{key}: read gave {read:?}"
+        );
+        assert_eq!(
+            node.command(&["DUMP", &redis_key]).await,
+            dump_before,
+            "{key}: foreign data changed"
+        );
+    }
+    // A foreign value in the epoch key is corrupt too, and left alone.
+    node.command(&["SET", "qs:epoch", "not-an-epoch"]).await;
+    assert!(matches!(
+        replica.ping().await,
+        Err(ReplicaError::Corrupt { .. })
+    ));
+    assert_eq!(node.command(&["GET", "qs:epoch"]).await, "$12");
+    node.command(&["DEL", "qs:epoch"]).await;
+}
+
+async fn restart_empty_gives_a_new_epoch(node: &support::RedisNode, replica: &RedisReplica) {
+    let now = wall_clock_ms();
+    replica
+        .merge("t:{kept}", &live_record(now), MergeMode::Upsert, now)
+        .await
+        .expect("merge");
+    let before = replica.ping().await.expect("ping");
+    assert!(replica.mark_epoch_complete(before.id).await.expect("mark"));
+    node.restart_empty().await;
+    let after = poll_until_ok(|| replica.ping()).await;
+    assert_ne!(
+        after.id, before.id,
+        "a Redis restarted empty has a new epoch"
+    );
+    assert!(!after.complete, "the new epoch is incomplete");
+    let read = replica.read("t:{kept}").await.expect("read");
+    assert_eq!(read.record, None);
+    assert_eq!(read.epoch, after);
+}
+
+/// Retries while fred reconnects after a restart.
+async fn poll_until_ok<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ReplicaError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(error) if tokio::time::Instant::now() < deadline && error.is_health_failure() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("replica did not come back: {error}"),
+        }
+    }
+}
+
+async fn evicting_redis_is_refused_or_warned(node: &support::RedisNode) {
+    assert_eq!(
+        node.command(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"])
+            .await,
+        "+OK"
+    );
+    let refused = RedisReplica::connect(node.replica_config()).await;
+    assert!(
+        matches!(&refused, Err(RedisConnectError::Eviction { policy, .. }) if policy == "volatile-lru"),
+        "an evicting Redis is refused: {refused:?}"
+    );
+    let mut config = node.replica_config();
+    config.eviction_check = EvictionCheck::Warn;
+    let warned = RedisReplica::connect(config)
+        .await
+        .expect("warn mode connects");
+    warned.ping().await.expect("warn mode serves");
+    assert_eq!(
+        node.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+            .await,
+        "+OK"
+    );
+}
+
+async fn wrong_password_is_a_clear_error(node: &support::RedisNode) {
+    assert_eq!(
+        node.command(&["ACL", "SETUSER", "app", "on", ">right", "~qs:*", "+@all"])
+            .await,
+        "+OK"
+    );
+    let mut config = node.replica_config();
+    config.username = Some("app".into());
+    config.password = Some("wrong".into());
+    let started = std::time::Instant::now();
+    let result = RedisReplica::connect(config).await;
+    match result {
+        Err(error @ RedisConnectError::Auth { .. }) => {
+            assert!(
+                error.to_string().contains("redis-0"),
+                "the error names the replica: {error}"
+            );
+        }
+        other => panic!("a wrong password must fail clearly, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the auth error came at once"
+    );
+    let mut config = node.replica_config();
+    config.username = Some("app".into());
+    config.password = Some("right".into());
+    let replica = RedisReplica::connect(config).await.expect("right password");
+    replica.ping().await.expect("ACL user can run the scripts");
+}
+
+#[tokio::test]
+async fn a_rediss_url_needs_the_tls_feature() {
+    // Without `tls` the connect is refused before any plain-text connection;
+    // with it, the replica is made (the node on port 1 is simply down).
+    let mut config = RedisReplicaConfig::from_url("tls-check", "rediss://127.0.0.1:1");
+    config.connect_timeout = Duration::from_millis(200);
+    let result = RedisReplica::connect(config).await;
+    if cfg!(feature = "tls") {
+        assert!(result.is_ok(), "{result:?}");
+    } else {
+        assert!(
+            matches!(result, Err(RedisConnectError::TlsNotEnabled { .. })),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replica_connects_while_its_node_is_down_and_serves_once_it_is_up() {
+    let nodes = support::RedisNodes::start(1).await;
+    let node = nodes.node(0);
+    node.stop().await;
+    let started = std::time::Instant::now();
+    let replica = node.replica().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "connect does not hang on a down node"
+    );
+    let down = replica.ping().await;
+    assert!(
+        matches!(&down, Err(e) if e.is_health_failure()),
+        "a down node is a health failure: {down:?}"
+    );
+    node.start().await;
+    let epoch = poll_until_ok(|| replica.ping()).await;
+    assert!(!epoch.complete);
+}
