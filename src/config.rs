@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::core::hints::HintLimits;
 use crate::error::ConfigError;
 
 /// Default write quorum.
@@ -78,6 +79,35 @@ impl Default for Limits {
     }
 }
 
+/// Anti-entropy passes: how they walk the keyspace and how much they may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AntiEntropyConfig {
+    /// Keys asked per SCAN page.
+    pub scan_batch: usize,
+    /// Keys of one page compared and repaired concurrently.
+    pub key_concurrency: usize,
+    /// Pause after each page, to leave the replicas to foreground requests
+    /// (the pass's share of the replicas' time).
+    pub pause_between_pages: Duration,
+    /// Start a pass by itself when a replica rejoins with a new epoch or its
+    /// hint queue overflowed.
+    pub on_rejoin: bool,
+    /// Also run a pass on this schedule (`None`: only on rejoin and demand).
+    pub interval: Option<Duration>,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        AntiEntropyConfig {
+            scan_batch: 512,
+            key_concurrency: 64,
+            pause_between_pages: Duration::ZERO,
+            on_rejoin: true,
+            interval: None,
+        }
+    }
+}
+
 /// Everything a coordinator needs besides its replicas.
 ///
 /// ```
@@ -108,6 +138,12 @@ pub struct ClusterConfig {
     pub health: HealthConfig,
     /// Input size limits.
     pub limits: Limits,
+    /// Hinted handoff: per-replica queue bounds and replay rate.
+    pub hints: HintLimits,
+    /// How often queued hints are replayed to replicas that are up.
+    pub handoff_interval: Duration,
+    /// Anti-entropy passes.
+    pub anti_entropy: AntiEntropyConfig,
 }
 
 impl Default for ClusterConfig {
@@ -122,6 +158,9 @@ impl Default for ClusterConfig {
             max_clock_skew: Duration::from_secs(60),
             health: HealthConfig::default(),
             limits: Limits::default(),
+            hints: HintLimits::default(),
+            handoff_interval: Duration::from_millis(100),
+            anti_entropy: AntiEntropyConfig::default(),
         }
     }
 }
@@ -170,6 +209,23 @@ impl ClusterConfig {
                 "health.probe_interval_max",
                 "must be at least probe_interval_min",
             ));
+        }
+        check_positive("handoff_interval", self.handoff_interval)?;
+        let hints = &self.hints;
+        for (field, value) in [
+            ("hints.entries_max", hints.entries_max),
+            ("hints.bytes_max", hints.bytes_max),
+            ("hints.replay_per_sec", hints.replay_per_sec as usize),
+            ("hints.replay_burst", hints.replay_burst as usize),
+            ("anti_entropy.scan_batch", self.anti_entropy.scan_batch),
+            (
+                "anti_entropy.key_concurrency",
+                self.anti_entropy.key_concurrency,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be positive"));
+            }
         }
         let limits = &self.limits;
         for (field, value) in [

@@ -25,6 +25,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::config::{ClusterConfig, ReadRepair};
 use crate::core::epoch::{EpochChange, EpochTable};
 use crate::core::health::{Health, HealthTracker};
+use crate::core::hints::{HintPush, HintQueues};
 use crate::core::quorum::{WriteOutcome, WriteReply, WriteTally};
 use crate::core::read::{read_order, Absence, ReadDecision, ReadPlan, ReadResult};
 use crate::core::ReplicaIndex;
@@ -77,10 +78,22 @@ pub struct CoordinatorStats {
     pub clock_skew_rejections: u64,
     /// Requests to replicas that failed or timed out.
     pub replica_failures: u64,
+    /// Missed writes queued as hints (coalesced ones included).
+    pub hints_queued: u64,
+    /// Hints handed out for replay.
+    pub hints_replayed: u64,
+    /// Hints dropped (queue overflow or age): anti-entropy covers them.
+    pub hints_dropped: u64,
+    /// Hints waiting, all replicas together.
+    pub hints_pending: u64,
+    /// Anti-entropy passes finished.
+    pub anti_entropy_passes: u64,
+    /// Records sent by anti-entropy passes.
+    pub anti_entropy_records_sent: u64,
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     writes_acknowledged: AtomicU64,
     writes_failed: AtomicU64,
     reads_conclusive: AtomicU64,
@@ -89,9 +102,11 @@ struct Counters {
     read_repairs: AtomicU64,
     epochs_changed: AtomicU64,
     replica_failures: AtomicU64,
+    pub(crate) anti_entropy_passes: AtomicU64,
+    pub(crate) anti_entropy_records_sent: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -105,23 +120,30 @@ pub struct ReplicaState {
     /// The last epoch seen.
     pub epoch: Option<Epoch>,
     /// True when its misses count and it may be read first; false while it
-    /// is write-only (new epoch, not yet refilled).
+    /// is write-only (new epoch, not yet refilled: "Refilling").
     pub readable: bool,
+    /// Hints queued for it.
+    pub pending_hints: usize,
+    /// Its hint queue dropped hints: only anti-entropy can bring it level.
+    pub needs_anti_entropy: bool,
 }
 
-struct CoreState {
-    clock: Hlc,
-    health: HealthTracker,
-    epochs: EpochTable,
+pub(crate) struct CoreState {
+    pub(crate) clock: Hlc,
+    pub(crate) health: HealthTracker,
+    pub(crate) epochs: EpochTable,
+    pub(crate) hints: HintQueues,
 }
 
-struct Inner {
-    replicas: Vec<Arc<dyn Replica>>,
-    config: ClusterConfig,
+pub(crate) struct Inner {
+    pub(crate) replicas: Vec<Arc<dyn Replica>>,
+    pub(crate) config: ClusterConfig,
     state: Mutex<CoreState>,
-    counters: Counters,
+    pub(crate) counters: Counters,
     wall_clock: WallClock,
     started: Instant,
+    /// True while an anti-entropy pass runs in this coordinator.
+    pub(crate) anti_entropy_running: std::sync::atomic::AtomicBool,
 }
 
 /// Replicates records over N replicas with quorum writes and reads. Cheap to
@@ -149,7 +171,7 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Coordinator {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -213,6 +235,7 @@ impl CoordinatorBuilder {
             clock: Hlc::new(writer_id, skew_ms),
             health: HealthTracker::new(n, &self.config.health),
             epochs: EpochTable::new(n),
+            hints: HintQueues::new(n, self.config.hints.clone()),
         };
         Ok(Coordinator {
             inner: Arc::new(Inner {
@@ -222,6 +245,7 @@ impl CoordinatorBuilder {
                 counters: Counters::default(),
                 wall_clock: self.wall_clock,
                 started: Instant::now(),
+                anti_entropy_running: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -348,6 +372,8 @@ impl Coordinator {
                 health: state.health.health(index),
                 epoch: state.epochs.current(index),
                 readable: state.epochs.is_readable(index),
+                pending_hints: state.hints.len(index),
+                needs_anti_entropy: state.hints.needs_anti_entropy(index),
             })
             .collect()
     }
@@ -356,7 +382,18 @@ impl Coordinator {
     pub fn stats(&self) -> CoordinatorStats {
         let c = &self.inner.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let state = self.lock();
+        let hint_stats: Vec<_> = (0..self.replica_count())
+            .map(|i| state.hints.stats(i))
+            .collect();
+        let sum = |f: fn(&crate::core::hints::HintStats) -> u64| hint_stats.iter().map(f).sum();
         CoordinatorStats {
+            hints_queued: sum(|h| h.pushed_count),
+            hints_replayed: sum(|h| h.replayed_count),
+            hints_dropped: sum(|h| h.overflow_dropped_count + h.aged_dropped_count),
+            hints_pending: state.hints.total_len() as u64,
+            anti_entropy_passes: load(&c.anti_entropy_passes),
+            anti_entropy_records_sent: load(&c.anti_entropy_records_sent),
             writes_acknowledged: load(&c.writes_acknowledged),
             writes_failed: load(&c.writes_failed),
             reads_conclusive: load(&c.reads_conclusive),
@@ -364,7 +401,7 @@ impl Coordinator {
             inconclusive_misses: load(&c.inconclusive_misses),
             read_repairs: load(&c.read_repairs),
             epochs_changed: load(&c.epochs_changed),
-            clock_skew_rejections: self.lock().clock.rejected_count(),
+            clock_skew_rejections: state.clock.rejected_count(),
             replica_failures: load(&c.replica_failures),
         }
     }
@@ -406,6 +443,7 @@ impl Coordinator {
         let mut outcome = WriteOutcome::Pending;
         for index in 0..n {
             if self.lock().health.is_down(index) {
+                self.queue_hint(index, key, &delta, now_ms);
                 failures.push(self.failure(index, ReplicaError::Skipped));
                 outcome = tally.record(index, WriteReply::Failed);
                 continue;
@@ -414,6 +452,9 @@ impl Coordinator {
                 (self.clone(), key.to_owned(), delta.clone(), sender.clone());
             let task = async move {
                 let result = this.merge_on(index, &key, &delta, mode, now_ms).await;
+                if result.is_err() {
+                    this.queue_hint(index, &key, &delta, now_ms);
+                }
                 let _ = sender.send((index, result)).await; // the caller may be gone
             };
             tokio::spawn(task.in_current_span());
@@ -471,7 +512,7 @@ impl Coordinator {
 
     /// One merge on one replica, with its deadline; the reply's facts (epoch,
     /// held stamps, health) are fed to the core whoever is still waiting.
-    async fn merge_on(
+    pub(crate) async fn merge_on(
         &self,
         index: ReplicaIndex,
         key: &str,
@@ -688,7 +729,7 @@ impl Coordinator {
 
     /// Runs one replica call under `request_timeout`, and feeds the result to
     /// the health tracker.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         index: ReplicaIndex,
         request: impl std::future::Future<Output = Result<T, ReplicaError>>,
@@ -716,7 +757,23 @@ impl Coordinator {
         result
     }
 
-    fn observe_epoch(&self, index: ReplicaIndex, epoch: Epoch) {
+    /// Queues a missed write for replay (hinted handoff). Overflow drops the
+    /// oldest hint and marks the replica for anti-entropy.
+    pub(crate) fn queue_hint(&self, index: ReplicaIndex, key: &str, delta: &Record, now_ms: u64) {
+        let push = self.lock().hints.push(index, key, delta, now_ms);
+        if matches!(
+            push,
+            HintPush::QueuedDroppingOldest { .. } | HintPush::TooLarge
+        ) {
+            debug!(
+                replica = self.inner.replicas[index].name(),
+                ?push,
+                "hint queue overflow: anti-entropy due"
+            );
+        }
+    }
+
+    pub(crate) fn observe_epoch(&self, index: ReplicaIndex, epoch: Epoch) {
         let change = self.lock().epochs.observe(index, epoch);
         if change == EpochChange::Changed {
             bump(&self.inner.counters.epochs_changed);
@@ -768,11 +825,11 @@ impl Coordinator {
         Ok(())
     }
 
-    fn monotonic_ms(&self) -> u64 {
+    pub(crate) fn monotonic_ms(&self) -> u64 {
         u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CoreState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CoreState> {
         self.inner
             .state
             .lock()
@@ -802,7 +859,12 @@ impl Coordinator {
 
     fn spawn_probe_task(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let tick = self.inner.config.health.probe_interval_min;
+        let tick = self
+            .inner
+            .config
+            .health
+            .probe_interval_min
+            .min(self.inner.config.handoff_interval);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick.max(Duration::from_millis(1)));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -815,6 +877,8 @@ impl Coordinator {
                 if coordinator.replica_states().iter().all(|s| !s.readable) {
                     coordinator.initialize().await;
                 }
+                coordinator.replay_hints().await;
+                coordinator.maybe_start_anti_entropy();
             }
         });
     }

@@ -61,16 +61,18 @@ pub mod core;
 pub mod error;
 pub mod mutation;
 pub mod record;
+pub mod recovery;
 pub mod replica;
 pub mod session;
 pub mod stamp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::{ClusterConfig, ReadOrder, ReadRepair};
+pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair};
 pub use coordinator::{Coordinator, CoordinatorStats, ReplicaState, WriteAck};
 pub use error::{ConfigError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
 pub use mutation::Mutation;
 pub use record::{FieldEntry, Record};
+pub use recovery::AntiEntropyReport;
 pub use session::{NewSession, Session, SessionConfig, SessionError, SessionId, SessionStore};
 pub use stamp::Stamp;

@@ -1,0 +1,160 @@
+//! Recovery on in-memory replicas (paused tokio time): hinted handoff brings
+//! a replica that missed writes level; anti-entropy refills a wiped replica
+//! and marks it complete; a replica restored from an old snapshot never
+//! brings deleted records back; a hint queue overflow is counted and
+//! anti-entropy still converges. The same scenarios on real Redis are in
+//! `tests/recovery.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorum_sessions::replica::faulty::{FaultHandle, FaultyReplica};
+use quorum_sessions::replica::memory::InMemoryReplica;
+use quorum_sessions::replica::Replica;
+use quorum_sessions::{ClusterConfig, Coordinator, Mutation};
+
+type Node = Arc<FaultyReplica<InMemoryReplica>>;
+
+async fn cluster(config: ClusterConfig) -> (Coordinator, Vec<Node>, Vec<FaultHandle>) {
+    let (nodes, handles): (Vec<Node>, Vec<FaultHandle>) = (0..3)
+        .map(|i| {
+            let (node, handle) = FaultyReplica::new(InMemoryReplica::new(format!("r{i}")), i);
+            (Arc::new(node), handle)
+        })
+        .unzip();
+    let replicas: Vec<Arc<dyn Replica>> = nodes
+        .iter()
+        .map(|n| n.clone() as Arc<dyn Replica>)
+        .collect();
+    let coordinator = Coordinator::connect(config, replicas).await.unwrap();
+    (coordinator, nodes, handles)
+}
+
+fn manual() -> ClusterConfig {
+    let mut config = ClusterConfig {
+        request_timeout: Duration::from_millis(100),
+        ..ClusterConfig::default()
+    };
+    config.anti_entropy.on_rejoin = false; // passes only when the test asks
+    config
+}
+
+fn key(i: usize) -> String {
+    format!("s:{{m{i}}}")
+}
+
+async fn write_many(c: &Coordinator, count: usize, field: &str) {
+    for i in 0..count {
+        let now = c.now_ms();
+        let mutation = Mutation::update(now + 60_000, now + 3_600_000).set(field, i.to_string());
+        c.write(&key(i), mutation).await.unwrap();
+    }
+}
+
+fn assert_identical(nodes: &[Node]) {
+    let reference = nodes[0].inner().snapshot();
+    assert!(!reference.is_empty());
+    for node in &nodes[1..] {
+        assert_eq!(
+            node.inner().snapshot(),
+            reference,
+            "{node:?} differs from replica 0"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hinted_handoff_replays_every_missed_write() {
+    let (c, nodes, handles) = cluster(manual()).await;
+    handles[2].down();
+    write_many(&c, 200, "a").await;
+    assert!(nodes[2].inner().is_empty(), "replica 2 missed everything");
+    assert!(c.stats().hints_queued >= 200);
+    handles[2].heal();
+    // Down replicas are probed, then hints replayed at the configured rate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.stats().hints_pending, 0, "{:?}", c.stats());
+    assert_identical(&nodes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn anti_entropy_refills_a_wiped_replica_and_marks_it_complete() {
+    let (c, nodes, handles) = cluster(manual()).await;
+    write_many(&c, 500, "a").await;
+    handles[1].wipe().await.unwrap();
+    write_many(&c, 10, "b").await; // the coordinator sees the new epoch
+    assert!(!c.replica_states()[1].readable, "write-only until refilled");
+    let report = c.anti_entropy().await.expect("no pass was running");
+    assert_eq!(report.marked_complete, vec!["r1".to_owned()]);
+    assert!(report.stats.records_sent >= 490, "{report:?}");
+    assert!(c.replica_states()[1].readable);
+    assert_identical(&nodes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_restored_from_an_old_snapshot_never_brings_deletes_back() {
+    let (c, nodes, _handles) = cluster(manual()).await;
+    write_many(&c, 100, "a").await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let old = nodes[2].inner().snapshot();
+    for i in (0..100).step_by(2) {
+        let cap = c.now_ms() + 3_600_000;
+        c.write(&key(i), Mutation::delete(cap)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    nodes[2].inner().restore(old); // back from the snapshot: deleted sessions live there
+    assert!(!nodes[2].inner().get(&key(0)).unwrap().is_tombstone());
+    for i in (0..100).step_by(2) {
+        assert_eq!(
+            c.read(&key(i)).await.unwrap(),
+            None,
+            "a deleted session reads as deleted"
+        );
+    }
+    c.anti_entropy().await.unwrap();
+    for i in (0..100).step_by(2) {
+        for node in &nodes {
+            assert!(
+                node.inner().get(&key(i)).unwrap().is_tombstone(),
+                "{node:?} holds the tombstone"
+            );
+        }
+    }
+    assert_identical(&nodes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_queue_overflow_is_counted_and_anti_entropy_still_converges() {
+    let mut config = manual();
+    config.hints.entries_max = 10;
+    let (c, nodes, handles) = cluster(config).await;
+    handles[0].down();
+    write_many(&c, 100, "a").await;
+    let stats = c.stats();
+    assert!(stats.hints_dropped >= 90, "{stats:?}");
+    assert!(c.replica_states()[0].needs_anti_entropy);
+    handles[0].heal();
+    tokio::time::sleep(Duration::from_secs(3)).await; // probe + replay the 10 kept hints
+    assert!(
+        nodes[0].inner().len() < 100,
+        "hints alone cannot bring it level"
+    );
+    c.anti_entropy().await.unwrap();
+    assert!(!c.replica_states()[0].needs_anti_entropy);
+    assert_identical(&nodes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejoin_starts_a_pass_by_itself() {
+    let (c, nodes, handles) = cluster(ClusterConfig::default()).await;
+    write_many(&c, 50, "a").await;
+    handles[2].wipe().await.unwrap();
+    write_many(&c, 5, "b").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(c.stats().anti_entropy_passes >= 1);
+    assert!(
+        c.replica_states()[2].readable,
+        "refilled and complete again"
+    );
+    assert_identical(&nodes);
+}
