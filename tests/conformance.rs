@@ -3,7 +3,8 @@
 //! `InMemoryReplica`, a healthy `FaultyReplica<InMemoryReplica>`, and a
 //! `RedisReplica` on a real Redis container (the Lua merge). It also proves
 //! the Redis-specific promises: foreign data is reported `Corrupt` and left
-//! untouched, a Redis restarted empty gets a new epoch, an evicting Redis is
+//! untouched, a Redis restarted empty or from a snapshot gets a new epoch
+//! (and keeps the snapshot's data), an evicting Redis is
 //! refused, a wrong password and a `rediss://` URL without TLS fail clearly,
 //! and a replica connects while its node is down.
 
@@ -40,6 +41,7 @@ async fn redis_replica_conforms_and_guards_its_data() {
 
     foreign_data_is_corrupt_and_untouched(node, &replica).await;
     restart_empty_gives_a_new_epoch(node, &replica).await;
+    restart_from_a_snapshot_gives_a_new_epoch(node, &replica).await;
     evicting_redis_is_refused_or_warned(node).await;
     wrong_password_is_a_clear_error(node).await;
 }
@@ -141,6 +143,45 @@ async fn restart_empty_gives_a_new_epoch(node: &support::RedisNode, replica: &Re
     assert_eq!(read.epoch, after);
 }
 
+async fn restart_from_a_snapshot_gives_a_new_epoch(
+    node: &support::RedisNode,
+    replica: &RedisReplica,
+) {
+    let now = wall_clock_ms();
+    let before = replica.ping().await.expect("ping");
+    assert!(replica.mark_epoch_complete(before.id).await.expect("mark"));
+    replica
+        .merge("t:{saved}", &live_record(now), MergeMode::Upsert, now)
+        .await
+        .expect("merge");
+    node.save().await;
+    replica
+        .merge("t:{after-save}", &live_record(now), MergeMode::Upsert, now)
+        .await
+        .expect("merge");
+    node.stop().await;
+    node.start().await;
+    let after = poll_until_ok(|| replica.ping()).await;
+    assert_ne!(
+        after.id, before.id,
+        "a Redis restored from a snapshot has a new epoch"
+    );
+    assert!(!after.complete, "the new epoch is incomplete");
+    assert!(
+        !replica.mark_epoch_complete(before.id).await.expect("mark"),
+        "the old epoch is gone"
+    );
+    let saved = replica.read("t:{saved}").await.expect("read");
+    assert!(saved.record.is_some(), "the snapshot's data is back");
+    assert_eq!(saved.epoch, after);
+    assert_eq!(
+        replica.read("t:{after-save}").await.expect("read").record,
+        None
+    );
+    node.restart_empty().await; // the dump is gone with the old container
+    assert_eq!(node.dbsize().await, 0);
+}
+
 /// Retries while fred reconnects after a restart.
 async fn poll_until_ok<T, F, Fut>(mut call: F) -> T
 where
@@ -212,6 +253,18 @@ async fn wrong_password_is_a_clear_error(node: &support::RedisNode) {
     config.password = Some("right".into());
     let replica = RedisReplica::connect(config).await.expect("right password");
     replica.ping().await.expect("ACL user can run the scripts");
+    // A user without CONFIG: the policy cannot be checked, a warning only.
+    let acl = [
+        "ACL", "SETUSER", "noconfig", "on", ">pw", "~qs:*", "+@all", "-config",
+    ];
+    assert_eq!(node.command(&acl).await, "+OK");
+    let mut config = node.replica_config();
+    config.username = Some("noconfig".into());
+    config.password = Some("pw".into());
+    let replica = RedisReplica::connect(config)
+        .await
+        .expect("no CONFIG permission");
+    replica.ping().await.expect("serves without CONFIG");
 }
 
 #[tokio::test]

@@ -71,12 +71,15 @@ fn expiry(c: &Coordinator) -> (u64, u64) {
     (now + 600_000, now + 3_600_000)
 }
 
+/// A read: the session, when it began, the fields it returned (None: absent).
+type ReadSeen = (usize, Instant, Option<BTreeMap<String, u64>>);
+
 #[derive(Default)]
 struct History {
     /// (session, field) → acknowledged (value, acked_at).
     acked: BTreeMap<(usize, String), Vec<(u64, Instant)>>,
     /// Reads: (session, started_at, fields seen).
-    reads: Vec<(usize, Instant, Option<BTreeMap<String, u64>>)>,
+    reads: Vec<ReadSeen>,
     latencies_us: Vec<u64>,
     errors: Vec<(Instant, String)>,
     operations: usize,
@@ -569,7 +572,7 @@ async fn d_one_node_restarted_empty() {
 async fn f_delete_while_down_and_the_node_returns_with_old_data() {
     let _serial = SERIAL.lock().await;
     let nodes = RedisNodes::start(3).await;
-    let servers = vec![
+    let servers = [
         app_server(&nodes, &[0, 1, 2], config(ReadOrder::PerKey)).await,
         app_server(&nodes, &[2, 1, 0], config(ReadOrder::Configured)).await,
     ];

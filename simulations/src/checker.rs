@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use quorum_sessions::core::read::{Absence, ReadResult};
 use quorum_sessions::{Record, Stamp};
 
-use crate::workload::{SessionIndex, FIELD_NAMES};
+use crate::workload::{FieldSet, SessionIndex, FIELD_NAMES};
 
 const FIELD_COUNT: usize = FIELD_NAMES.len();
 /// Violation examples kept for the report.
@@ -88,8 +88,8 @@ pub struct WriteInfo {
     pub kind: WriteKind,
     /// Its stamp (every field it writes carries it).
     pub stamp: Stamp,
-    /// Fields it writes or removes (indexes into [`FIELD_NAMES`]).
-    pub fields: Vec<u8>,
+    /// Fields it writes or removes.
+    pub fields: FieldSet,
     /// The expiry it carries.
     pub expiry_ms: u64,
 }
@@ -111,7 +111,7 @@ pub enum WriteResult {
 struct AckedWrite {
     kind: WriteKind,
     stamp: Stamp,
-    fields: Vec<u8>,
+    fields: FieldSet,
     expiry_ms: u64,
 }
 
@@ -192,7 +192,7 @@ impl Checker {
         }
         if write.kind != WriteKind::Delete {
             history.acked_expiry_max = history.acked_expiry_max.max(write.expiry_ms);
-            for &field in &write.fields {
+            for field in write.fields.iter() {
                 let slot = &mut history.acked_field_max[field as usize];
                 *slot = (*slot).max(Some(write.stamp));
             }
@@ -200,7 +200,7 @@ impl Checker {
         history.acked_writes.push(AckedWrite {
             kind: write.kind,
             stamp: write.stamp,
-            fields: write.fields.clone(),
+            fields: write.fields,
             expiry_ms: write.expiry_ms,
         });
     }
@@ -374,7 +374,7 @@ fn lost_because(write: &AckedWrite, merged: Option<&Record>) -> Option<String> {
     if merged.is_tombstone() {
         return Some("tombstoned without a delete".to_owned());
     }
-    for &field in &write.fields {
+    for field in write.fields.iter() {
         let seen = merged
             .fields
             .get(FIELD_NAMES[field as usize])
@@ -455,7 +455,7 @@ mod tests {
             session: 0,
             kind,
             stamp: stamp(physical),
-            fields: fields.to_vec(),
+            fields: FieldSet::of(fields),
             expiry_ms: 500_000,
         }
     }

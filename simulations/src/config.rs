@@ -100,8 +100,8 @@ impl Default for FaultConfig {
     fn default() -> Self {
         FaultConfig {
             kinds: FaultKind::ALL.to_vec(),
-            mean_interval_ms: 1_200.0,
-            duration_ms: (300, 3_000),
+            mean_interval_ms: 2_500.0,
+            duration_ms: (300, 2_500),
             concurrent_max: 2,
             loss_probability: (0.05, 0.3),
             skew_jump_max_ms: 2_000,
@@ -225,7 +225,7 @@ pub struct AntiEntropyConfig {
 impl Default for AntiEntropyConfig {
     fn default() -> Self {
         AntiEntropyConfig {
-            interval_ms: 10_000,
+            interval_ms: 30_000,
             page_keys: 256,
             page_cost_us: 2_000,
         }

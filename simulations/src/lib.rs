@@ -18,6 +18,7 @@
 //! | [`report`] | run report (text and JSON) |
 //! | [`sweep`] | the (N, W, R) sweep table and its SVG chart |
 //! | [`pbs`] | probabilistically bounded staleness (t-visibility) |
+//! | [`queue`] | the deterministic event queue |
 //! | [`trace`] | bounded event trace for `replay` |
 //!
 //! [`WriteTally`]: quorum_sessions::core::quorum::WriteTally
@@ -33,6 +34,7 @@ pub mod checker;
 pub mod config;
 pub mod latency;
 pub mod pbs;
+pub mod queue;
 pub mod report;
 pub mod sim;
 mod slab;

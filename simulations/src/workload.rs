@@ -14,11 +14,55 @@ pub type SessionIndex = u32;
 /// The fields sessions hold. Creates write the first two; updates and
 /// removals pick among the others (a cart item per field, as the design
 /// recommends for collections).
-pub const FIELD_NAMES: [&str; 6] = ["user", "csrf", "theme", "cart:1", "cart:2", "cart:3"];
+pub const FIELD_NAMES: [&str; 5] = ["user", "csrf", "theme", "cart:1", "cart:2"];
 /// Fields written by a create.
 pub const CREATE_FIELDS: [u8; 2] = [0, 1];
 /// First field index updates and removals use.
 const MUTABLE_FIELDS_START: u8 = 2;
+
+/// A set of fields (indexes into [`FIELD_NAMES`]), as a bit mask: no
+/// allocation on the hot path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldSet(u8);
+
+const _: () = assert!(FIELD_NAMES.len() <= 8, "a FieldSet holds at most 8 fields");
+
+impl FieldSet {
+    /// The set of these fields.
+    pub fn of(fields: &[u8]) -> FieldSet {
+        let mut set = FieldSet::default();
+        for &field in fields {
+            set.insert(field);
+        }
+        set
+    }
+
+    /// Adds a field.
+    pub fn insert(&mut self, field: u8) {
+        assert!((field as usize) < FIELD_NAMES.len(), "field index in range");
+        self.0 |= 1 << field;
+    }
+
+    /// True when the field is in the set.
+    pub fn contains(self, field: u8) -> bool {
+        self.0 & (1 << field) != 0
+    }
+
+    /// Number of fields.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// True when empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The fields, in index order.
+    pub fn iter(self) -> impl Iterator<Item = u8> {
+        (0..FIELD_NAMES.len() as u8).filter(move |&f| self.contains(f))
+    }
+}
 
 /// What a client knows of one session.
 #[derive(Clone, Debug)]
@@ -42,8 +86,8 @@ pub enum ClientOp {
     Create,
     /// Read a session.
     Read(SessionIndex),
-    /// Write these fields (indexes into [`FIELD_NAMES`]).
-    Update(SessionIndex, Vec<u8>),
+    /// Write these fields.
+    Update(SessionIndex, FieldSet),
     /// Extend the expiry.
     Touch(SessionIndex),
     /// Remove one field (a field tombstone).
@@ -124,12 +168,9 @@ impl Workload {
             0 => ClientOp::Read(session),
             1 => {
                 let count = rng.random_range(1..=3usize);
-                let mut fields: Vec<u8> = Vec::with_capacity(count);
+                let mut fields = FieldSet::default();
                 while fields.len() < count {
-                    let field = rng.random_range(MUTABLE_FIELDS_START..FIELD_NAMES.len() as u8);
-                    if !fields.contains(&field) {
-                        fields.push(field);
-                    }
+                    fields.insert(rng.random_range(MUTABLE_FIELDS_START..FIELD_NAMES.len() as u8));
                 }
                 ClientOp::Update(session, fields)
             }
@@ -224,7 +265,7 @@ mod tests {
                 ClientOp::Read(_) => reads += 1,
                 ClientOp::Update(_, fields) => {
                     assert!((1..=3).contains(&fields.len()));
-                    assert!(fields.iter().all(|&f| f >= MUTABLE_FIELDS_START));
+                    assert!(fields.iter().all(|f| f >= MUTABLE_FIELDS_START));
                 }
                 _ => {}
             }

@@ -27,7 +27,7 @@
 //!
 //! [`MergeMode::Upsert`]: crate::replica::MergeMode::Upsert
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::ReplicaIndex;
 use crate::record::Record;
@@ -110,18 +110,23 @@ pub struct HintStats {
     pub aged_dropped_count: u64,
 }
 
-/// Pushed hints are numbered from here up; restored ones go below the front,
-/// so the numbering leaves this much room for them.
+/// Sequence numbers start here: restored hints take the numbers before the
+/// front, so the numbering leaves this much room for them.
 const RESTORE_SEQUENCE_ROOM: u64 = 1 << 62;
 
 #[derive(Clone, Debug, Default)]
 struct ReplicaHints {
-    /// Sequence number → hint: iteration order is oldest first.
-    queue: BTreeMap<u64, Hint>,
+    /// Oldest first. A slot is `None` once its hint left from the middle (a
+    /// restored hint absorbed a newer one); empty slots are trimmed from the
+    /// front.
+    slots: VecDeque<Option<Hint>>,
+    /// Sequence number of `slots[0]`.
+    front_seq: u64,
+    /// Hints in `slots`.
+    len: usize,
     /// Key → its hint's sequence number (coalescing).
     by_key: BTreeMap<String, u64>,
     bytes: usize,
-    next_seq: u64,
     /// Replay budget in thousandths of a hint (integer, so deterministic).
     tokens_milli: u64,
     last_refill_ms: Option<u64>,
@@ -130,38 +135,70 @@ struct ReplicaHints {
 }
 
 impl ReplicaHints {
-    fn insert(&mut self, seq: u64, hint: Hint) {
+    fn slot(&mut self, seq: u64) -> &mut Option<Hint> {
+        let index = usize::try_from(seq - self.front_seq).expect("in range");
+        &mut self.slots[index]
+    }
+
+    fn account(&mut self, hint: &Hint, seq: u64) {
         self.bytes += hint.size_bytes();
-        self.by_key.insert(hint.key.clone(), seq);
-        let previous = self.queue.insert(seq, hint);
-        assert!(previous.is_none(), "hint sequence numbers are unique");
+        self.len += 1;
+        let previous = self.by_key.insert(hint.key.clone(), seq);
+        assert!(previous.is_none(), "one hint per key");
+    }
+
+    /// Queues a hint behind every other.
+    fn push_back(&mut self, hint: Hint) {
+        let seq = self.front_seq + self.slots.len() as u64;
+        self.account(&hint, seq);
+        self.slots.push_back(Some(hint));
+    }
+
+    /// Queues a hint before every other.
+    fn push_front(&mut self, hint: Hint) {
+        assert!(self.front_seq > 0, "restore sequence numbers exhausted");
+        self.front_seq -= 1;
+        self.account(&hint, self.front_seq);
+        self.slots.push_front(Some(hint));
     }
 
     fn remove(&mut self, seq: u64) -> Hint {
-        let hint = self.queue.remove(&seq).expect("sequence is queued");
+        let hint = self.slot(seq).take().expect("sequence is queued");
         let size = hint.size_bytes();
         assert!(self.bytes >= size, "byte count covers every queued hint");
         self.bytes -= size;
+        self.len -= 1;
         self.by_key.remove(&hint.key);
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.front_seq += 1;
+        }
         hint
     }
 
     /// Merges `delta` into the hint queued at `seq`, keeping its place.
     fn coalesce(&mut self, seq: u64, delta: &Record, now_ms: u64) {
-        let hint = self.queue.get_mut(&seq).expect("by_key points into queue");
+        let hint = self.slot(seq).as_mut().expect("by_key points into slots");
         let before = hint.size_bytes();
         hint.delta.merge_from(delta, now_ms);
         let after = hint.size_bytes();
         self.bytes = self.bytes - before + after;
     }
 
+    fn oldest(&self) -> Option<&Hint> {
+        self.slots
+            .front()
+            .map(|slot| slot.as_ref().expect("the front slot is full"))
+    }
+
     fn pop_oldest(&mut self) -> Option<Hint> {
-        let seq = *self.queue.keys().next()?;
-        Some(self.remove(seq))
+        self.oldest()?;
+        Some(self.remove(self.front_seq))
     }
 
     fn check(&self) {
-        assert_eq!(self.queue.len(), self.by_key.len(), "one hint per key");
+        assert_eq!(self.len, self.by_key.len(), "one hint per key");
+        assert!(self.len <= self.slots.len(), "every hint has a slot");
     }
 }
 
@@ -205,7 +242,7 @@ impl HintQueues {
         assert!(limits.replay_burst >= 1, "replay_burst must be positive");
         let full_bucket = ReplicaHints {
             tokens_milli: u64::from(limits.replay_burst) * 1000,
-            next_seq: RESTORE_SEQUENCE_ROOM,
+            front_seq: RESTORE_SEQUENCE_ROOM,
             ..ReplicaHints::default()
         };
         HintQueues {
@@ -248,14 +285,12 @@ impl HintQueues {
                     queue.needs_anti_entropy = true;
                     return HintPush::TooLarge;
                 }
-                let seq = queue.next_seq;
-                queue.next_seq += 1;
-                queue.insert(seq, hint);
+                queue.push_back(hint);
                 false
             }
         };
         let mut dropped = 0;
-        while queue.queue.len() > limits.entries_max || queue.bytes > limits.bytes_max {
+        while queue.len > limits.entries_max || queue.bytes > limits.bytes_max {
             queue
                 .pop_oldest()
                 .expect("an over-bound queue is not empty");
@@ -282,11 +317,11 @@ impl HintQueues {
     pub fn take_batch(&mut self, replica: ReplicaIndex, now_ms: u64) -> Vec<Hint> {
         let limits = self.limits.clone();
         let queue = &mut self.replicas[replica];
-        while let Some((&seq, hint)) = queue.queue.iter().next() {
+        while let Some(hint) = queue.oldest() {
             if now_ms.saturating_sub(hint.enqueued_at_ms) <= limits.age_max_ms {
                 break;
             }
-            queue.remove(seq);
+            queue.pop_oldest();
             queue.stats.aged_dropped_count += 1;
             queue.needs_anti_entropy = true;
         }
@@ -303,7 +338,7 @@ impl HintQueues {
                 .saturating_add(elapsed.saturating_mul(u64::from(limits.replay_per_sec))),
         );
         let allowed = usize::try_from(queue.tokens_milli / 1000).unwrap_or(usize::MAX);
-        let count = allowed.min(queue.queue.len());
+        let count = allowed.min(queue.len);
         let mut batch = Vec::with_capacity(count);
         for _ in 0..count {
             batch.push(queue.pop_oldest().expect("count is at most the length"));
@@ -320,18 +355,16 @@ impl HintQueues {
     pub fn restore(&mut self, replica: ReplicaIndex, hints: Vec<Hint>, now_ms: u64) {
         let limits = self.limits.clone();
         let queue = &mut self.replicas[replica];
-        let front = queue.queue.keys().next().copied().unwrap_or(queue.next_seq);
-        let count = hints.len() as u64;
-        assert!(front >= count, "restore sequence numbers exhausted");
-        for (offset, mut hint) in (0u64..).zip(hints) {
+        // Newest first, each before the previous: they end up in order.
+        for mut hint in hints.into_iter().rev() {
             if let Some(&newer_seq) = queue.by_key.get(&hint.key) {
                 let newer = queue.remove(newer_seq);
                 hint.delta.merge_from(&newer.delta, now_ms);
             }
-            queue.insert(front - count + offset, hint);
+            queue.push_front(hint);
         }
         let mut dropped = 0u64;
-        while queue.queue.len() > limits.entries_max || queue.bytes > limits.bytes_max {
+        while queue.len > limits.entries_max || queue.bytes > limits.bytes_max {
             queue
                 .pop_oldest()
                 .expect("an over-bound queue is not empty");
@@ -346,17 +379,17 @@ impl HintQueues {
 
     /// Hints queued for `replica`.
     pub fn len(&self, replica: ReplicaIndex) -> usize {
-        self.replicas[replica].queue.len()
+        self.replicas[replica].len
     }
 
     /// True when no hint is queued for `replica`.
     pub fn is_empty(&self, replica: ReplicaIndex) -> bool {
-        self.replicas[replica].queue.is_empty()
+        self.replicas[replica].len == 0
     }
 
     /// Hints queued for every replica.
     pub fn total_len(&self) -> usize {
-        self.replicas.iter().map(|q| q.queue.len()).sum()
+        self.replicas.iter().map(|q| q.len).sum()
     }
 
     /// Bytes queued for `replica`.
@@ -385,8 +418,10 @@ impl HintQueues {
     /// returns how many were discarded. Not counted as dropped.
     pub fn clear(&mut self, replica: ReplicaIndex) -> usize {
         let queue = &mut self.replicas[replica];
-        let count = queue.queue.len();
-        queue.queue.clear();
+        let count = queue.len;
+        queue.front_seq += queue.slots.len() as u64;
+        queue.slots.clear();
+        queue.len = 0;
         queue.by_key.clear();
         queue.bytes = 0;
         count

@@ -147,7 +147,9 @@ mod tests {
     #[test]
     fn tally_table() {
         // (W, N, replies in arrival order, outcome after each reply)
-        let cases: Vec<(usize, usize, Vec<(usize, WriteReply)>, Vec<WriteOutcome>)> = vec![
+        // (W, N, replies in arrival order, outcome after each reply)
+        type Case = (usize, usize, Vec<(usize, WriteReply)>, Vec<WriteOutcome>);
+        let cases: Vec<Case> = vec![
             (
                 2,
                 3,

@@ -121,7 +121,17 @@ pub struct ReadPlan {
     misses_needed: usize,
     counted_misses: usize,
     now_ms: u64,
-    result: Option<ReadResult>,
+    /// The conclusion, once reached. A found record is `merged` itself
+    /// (nothing is merged after the conclusion), so it is not kept twice.
+    result: Option<Conclusion>,
+}
+
+/// A [`ReadResult`] without the record (which is the plan's `merged`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conclusion {
+    Found,
+    NotFound(Absence),
+    Unavailable { answered: usize, needed: usize },
 }
 
 impl ReadPlan {
@@ -214,7 +224,7 @@ impl ReadPlan {
     pub fn repair_targets(&self) -> Vec<ReplicaIndex> {
         let repairs_wanted = matches!(
             self.result,
-            Some(ReadResult::Found(_)) | Some(ReadResult::NotFound(Absence::Deleted))
+            Some(Conclusion::Found) | Some(Conclusion::NotFound(Absence::Deleted))
         );
         let Some(merged) = self.merged.as_ref().filter(|_| repairs_wanted) else {
             return Vec::new();
@@ -237,9 +247,22 @@ impl ReadPlan {
     }
 
     fn current(&self) -> ReadDecision {
-        match &self.result {
-            Some(result) => ReadDecision::Done(result.clone()),
+        match self.result {
+            Some(conclusion) => ReadDecision::Done(self.result_of(conclusion)),
             None => ReadDecision::Wait,
+        }
+    }
+
+    fn result_of(&self, conclusion: Conclusion) -> ReadResult {
+        match conclusion {
+            Conclusion::Found => {
+                let merged = self.merged.clone().expect("found means merged");
+                ReadResult::Found(merged)
+            }
+            Conclusion::NotFound(absence) => ReadResult::NotFound(absence),
+            Conclusion::Unavailable { answered, needed } => {
+                ReadResult::Unavailable { answered, needed }
+            }
         }
     }
 
@@ -261,34 +284,35 @@ impl ReadPlan {
         Some(candidate.index)
     }
 
-    fn conclusion(&self) -> Option<ReadResult> {
+    fn conclusion(&self) -> Option<Conclusion> {
         let answers = || self.answers.iter().filter_map(|(_, r)| r.as_ref());
         if answers().any(Record::is_tombstone) {
-            return Some(ReadResult::NotFound(Absence::Deleted));
+            return Some(Conclusion::NotFound(Absence::Deleted));
         }
         let merged = self.merged.as_ref();
         if merged.is_some_and(|m| m.cap_ms <= self.now_ms) {
-            return Some(ReadResult::NotFound(Absence::Expired));
+            return Some(Conclusion::NotFound(Absence::Expired));
         }
         if self.answers.len() < self.read_quorum {
             return None;
         }
         match merged {
-            Some(m) if !m.partial && m.is_expired(self.now_ms) => {
-                Some(ReadResult::NotFound(Absence::Expired))
-            }
-            Some(m) if !m.partial => Some(ReadResult::Found(m.clone())),
+            // The merge of R answers holds the expiry of every acknowledged
+            // touch (R + W > N), partial copies included: past it, the
+            // record is expired whether or not a full copy was seen.
+            Some(m) if m.is_expired(self.now_ms) => Some(Conclusion::NotFound(Absence::Expired)),
+            Some(m) if !m.partial => Some(Conclusion::Found),
             _ if self.counted_misses >= self.misses_needed => {
-                Some(ReadResult::NotFound(Absence::Absent))
+                Some(Conclusion::NotFound(Absence::Absent))
             }
             _ => None,
         }
     }
 
     fn evaluate(&mut self) -> ReadDecision {
-        if let Some(result) = self.conclusion() {
-            self.result = Some(result.clone());
-            return ReadDecision::Done(result);
+        if let Some(conclusion) = self.conclusion() {
+            self.result = Some(conclusion);
+            return ReadDecision::Done(self.result_of(conclusion));
         }
         let wanted = self.read_quorum.saturating_sub(self.answers.len()).max(1);
         let mut asks = Vec::new();
@@ -299,12 +323,12 @@ impl ReadPlan {
             }
         }
         if self.in_flight.is_empty() {
-            let result = ReadResult::Unavailable {
+            let conclusion = Conclusion::Unavailable {
                 answered: self.answers.len(),
                 needed: self.read_quorum.max(self.misses_needed),
             };
-            self.result = Some(result.clone());
-            return ReadDecision::Done(result);
+            self.result = Some(conclusion);
+            return ReadDecision::Done(self.result_of(conclusion));
         }
         if asks.is_empty() {
             ReadDecision::Wait

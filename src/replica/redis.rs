@@ -14,6 +14,7 @@
 //!   m:p             "1"                partial (absent when full)
 //!   TTL             PEXPIREAT min(m:e, m:c) + EXPIRY_MARGIN_MS
 //! <prefix>epoch     string  16 hex ‖ ":n" (new) or ":c" (complete)
+//! <prefix>epoch:run string  run_id of the Redis process that made or confirmed the epoch
 //! ```
 //!
 //! (See [`crate::codec`]; the default prefix is `qs:`.)
@@ -37,12 +38,17 @@
 //!   It returns the status, the epoch, and the largest stamp the record held
 //!   before the merge.
 //! - `read.lua` returns the epoch and the raw hash in one step; Rust decodes
-//!   it with [`codec::decode_pairs`](crate::codec::decode_pairs).
+//!   it with [`codec::decode_pairs`].
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
 //!
 //! Every call carries a fresh random epoch candidate: when the epoch key is
 //! missing (a Redis restarted empty, or flushed) the script stores the
 //! candidate as a new, incomplete epoch, so the coordinator sees the change.
+//! The same happens when the epoch was not made by the running Redis process
+//! (`<prefix>epoch:run` differs from `INFO server`'s `run_id`): the keyspace
+//! was loaded from a snapshot or an AOF, or a replica was promoted by a
+//! failover, and may lack acknowledged writes. A planned restart with
+//! persistence therefore also starts a new epoch; anti-entropy refills it.
 //! Scripts are loaded once and called with `EVALSHA` (reloaded on `NOSCRIPT`).
 //!
 //! # Deadlines and errors
@@ -56,19 +62,28 @@
 //! `NOPERM`, `BUSY` and script errors [`ReplicaError::Refused`]. Logs name a
 //! key by its first 8 characters only and never show values.
 //!
+//! # Permissions
+//!
+//! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `INFO`
+//! (the run id), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
+//! `~<prefix>*`; `CONFIG GET` is optional (without it the eviction policy
+//! cannot be checked and a warning is logged).
+//!
 //! # Cluster mode
 //!
 //! A record's keys share a slot through their hash tag, but the epoch key
 //! cannot share every record's slot. In Cluster mode the scripts therefore
 //! get the record key only and the epoch is read by a second script call on
-//! the epoch key's node, after the record call. Limitation: the epoch then
-//! detects the loss of the node that holds the epoch key only; a Cluster
-//! shard that loses its data without a failover is not seen by the epoch
-//! (rely on Cluster replicas for that, and on anti-entropy). Scans walk every
+//! the epoch key's node, after the record call, without the run-id check
+//! (the run key may live in a third slot). Limitation: the epoch then
+//! detects only that the epoch key's node restarted empty; a Cluster shard
+//! that loses or reloads its data is not seen by the epoch (rely on Cluster
+//! replicas for that, and on anti-entropy). Scans walk every
 //! primary in turn (the cursor is `node:cursor`). Standalone and Sentinel
 //! deployments keep everything atomic.
 
 mod config;
+mod wire;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -78,7 +93,6 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::ConnectHandle;
-use rand::Rng;
 
 pub use config::{
     EvictionCheck, RedisConnectError, RedisReplicaConfig, RedisTarget, DEFAULT_CONNECT_TIMEOUT,
@@ -90,7 +104,10 @@ use super::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica, ScanP
 use crate::codec;
 use crate::error::ReplicaError;
 use crate::record::Record;
-use crate::stamp::{encode_ms, parse_hex, Stamp, PHYSICAL_MAX};
+use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
+use wire::{
+    delta_for_wire, epoch_candidate, glob_escape, map_error, parse_epoch, short_key, split_cursor,
+};
 
 /// Added to a record's effective expiry for its Redis TTL, so that a Redis
 /// clock a little ahead never drops a record the coordinators still count
@@ -100,10 +117,11 @@ pub const EXPIRY_MARGIN_MS: u64 = 60_000;
 pub const WIPE_BATCH: usize = 500;
 /// Largest `COUNT` hint a scan sends.
 pub const SCAN_COUNT_MAX: usize = 10_000;
-/// Characters of a key that logs may show (a key holds a session id).
-const LOG_KEY_CHARS: usize = 8;
 /// Name of the epoch key, after the prefix.
 const EPOCH_KEY_SUFFIX: &str = "epoch";
+/// Name of the key holding the run id of the Redis process that made or
+/// confirmed the epoch, after the prefix.
+const RUN_KEY_SUFFIX: &str = "epoch:run";
 
 const MERGE_LUA: &str = concat!(
     include_str!("redis/common.lua"),
@@ -128,6 +146,7 @@ pub struct RedisReplica {
     client: Client,
     prefix: String,
     epoch_key: String,
+    run_key: String,
     timeout: Duration,
     clustered: bool,
     eviction_check: EvictionCheck,
@@ -183,6 +202,7 @@ impl RedisReplica {
             name: config.name.clone(),
             prefix: config.key_prefix.clone(),
             epoch_key: format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix),
+            run_key: format!("{}{RUN_KEY_SUFFIX}", config.key_prefix),
             timeout: config.request_timeout,
             clustered,
             eviction_check: config.eviction_check,
@@ -378,12 +398,23 @@ impl RedisReplica {
         Err(error)
     }
 
-    /// The script keys: the record key, then the epoch key (standalone and
-    /// Sentinel only; see the module docs on Cluster mode).
+    /// The script keys: the record key, then the epoch and run keys
+    /// (standalone and Sentinel only; see the module docs on Cluster mode).
     fn script_keys(&self, key: &str) -> Vec<String> {
         let mut keys = vec![self.redis_key(key)];
         if !self.clustered {
             keys.push(self.epoch_key.clone());
+            keys.push(self.run_key.clone());
+        }
+        keys
+    }
+
+    /// The epoch script's keys: the epoch key, then the run key (not in
+    /// Cluster mode: it may live in another slot).
+    fn epoch_keys(&self) -> Vec<String> {
+        let mut keys = vec![self.epoch_key.clone()];
+        if !self.clustered {
+            keys.push(self.run_key.clone());
         }
         keys
     }
@@ -401,7 +432,7 @@ impl RedisReplica {
 
     async fn ping_epoch(&self) -> Result<Epoch, ReplicaError> {
         let args = vec![Value::from("get"), Value::from(epoch_candidate())];
-        let keys = vec![self.epoch_key.clone()];
+        let keys = self.epoch_keys();
         let reply = self
             .eval("ping", &self.epoch_script, keys, args, None)
             .await?;
@@ -410,9 +441,9 @@ impl RedisReplica {
         })
     }
 
-    /// Refuses a logical key that would collide with the epoch key.
+    /// Refuses a logical key that would collide with the epoch keys.
     fn check_key(&self, key: &str) -> Result<(), ReplicaError> {
-        if key == EPOCH_KEY_SUFFIX || key.is_empty() {
+        if key == EPOCH_KEY_SUFFIX || key == RUN_KEY_SUFFIX || key.is_empty() {
             return Err(ReplicaError::Refused {
                 detail: format!("{}: key {key:?} is reserved or empty", self.name),
                 source: None,
@@ -567,102 +598,6 @@ fn build_client(
         })
 }
 
-/// Maps a fred error: server error replies by their first word, the rest by
-/// fred's kind.
-fn map_error(replica: &str, error: fred::error::Error, after: Duration) -> ReplicaError {
-    match error.kind() {
-        ErrorKind::Timeout => return ReplicaError::Timeout { after },
-        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing | ErrorKind::Backpressure => {
-            return unavailable(replica, error)
-        }
-        _ => {}
-    }
-    let first = error.details().split_whitespace().next().unwrap_or("");
-    match first {
-        "CORRUPT" | "WRONGTYPE" => ReplicaError::Corrupt {
-            detail: format!("{replica}: {}", error.details()),
-        },
-        "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" => {
-            unavailable(replica, error)
-        }
-        _ if matches!(error.kind(), ErrorKind::Sentinel | ErrorKind::Cluster) => {
-            unavailable(replica, error)
-        }
-        // OOM, READONLY, NOPERM, BUSY, NOAUTH, script errors (ERR …), …
-        _ => ReplicaError::Refused {
-            detail: format!("{replica}: {}", error.details()),
-            source: Some(Box::new(error)),
-        },
-    }
-}
-
-fn unavailable(replica: &str, error: fred::error::Error) -> ReplicaError {
-    ReplicaError::Unavailable {
-        detail: format!("{replica}: {error}"),
-        source: Some(Box::new(error)),
-    }
-}
-
-/// A fresh random epoch id, 16 hex digits.
-fn epoch_candidate() -> String {
-    format!("{:016x}", rand::rng().random::<u64>())
-}
-
-/// Parses `16 hex ‖ ":c" | ":n"`.
-fn parse_epoch(text: &[u8]) -> Option<Epoch> {
-    if text.len() != 18 {
-        return None;
-    }
-    let id = parse_hex(&text[..16])?;
-    let complete = match &text[16..] {
-        b":c" => true,
-        b":n" => false,
-        _ => return None,
-    };
-    Some(Epoch { id, complete })
-}
-
-/// Escapes the glob characters of `text` for `SCAN MATCH`.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 4);
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// At most the first [`LOG_KEY_CHARS`] characters of a key, for logs.
-fn short_key(key: &str) -> &str {
-    match key.char_indices().nth(LOG_KEY_CHARS) {
-        Some((end, _)) => &key[..end],
-        None => key,
-    }
-}
-
-/// Splits a scan cursor: `"node:cursor"` (Cluster) or a plain cursor.
-fn split_cursor(cursor: &str) -> Option<(usize, &str)> {
-    match cursor.split_once(':') {
-        Some((node, rest)) => Some((node.parse().ok()?, rest)),
-        None => Some((0, cursor)),
-    }
-}
-
-/// The delta as it is sent: a tombstone's fields and partial flag are
-/// dropped first (the merge drops them anyway, and the encoded form of a
-/// tombstone holds none).
-fn delta_for_wire(delta: &Record) -> std::borrow::Cow<'_, Record> {
-    if delta.tombstone.is_some() && (!delta.fields.is_empty() || delta.partial) {
-        let mut clean = delta.clone();
-        clean.fields.clear();
-        clean.partial = false;
-        return std::borrow::Cow::Owned(clean);
-    }
-    std::borrow::Cow::Borrowed(delta)
-}
-
 #[async_trait]
 impl Replica for RedisReplica {
     fn name(&self) -> &str {
@@ -779,7 +714,7 @@ impl Replica for RedisReplica {
         let (next, full_keys) = self.scan_raw(node, redis_cursor, count).await?;
         let keys = full_keys
             .iter()
-            .filter(|key| **key != self.epoch_key)
+            .filter(|key| **key != self.epoch_key && **key != self.run_key)
             .filter_map(|key| key.strip_prefix(&self.prefix).map(str::to_owned))
             .collect();
         let next_cursor = match (next.as_str(), self.clustered) {
@@ -800,7 +735,7 @@ impl Replica for RedisReplica {
             Value::from("complete"),
             Value::from(format!("{epoch_id:016x}")),
         ];
-        let keys = vec![self.epoch_key.clone()];
+        let keys = self.epoch_keys();
         let reply = self
             .eval("mark_epoch_complete", &self.epoch_script, keys, args, None)
             .await?;
@@ -816,7 +751,7 @@ impl Replica for RedisReplica {
     /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
     /// shared.
     async fn wipe(&self) -> Result<(), ReplicaError> {
-        self.unlink(vec![self.epoch_key.clone()]).await?;
+        self.unlink(self.epoch_keys()).await?;
         for node in self.scan_nodes() {
             let mut cursor = "0".to_owned();
             loop {
@@ -828,7 +763,7 @@ impl Replica for RedisReplica {
                 cursor = next;
             }
         }
-        self.unlink(vec![self.epoch_key.clone()]).await
+        self.unlink(self.epoch_keys()).await
     }
 }
 
@@ -838,128 +773,5 @@ impl RedisReplica {
             detail: format!("{}: unexpected reply shape from the {op} script", self.name),
             source: None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epochs_parse_only_in_their_exact_form() {
-        assert_eq!(
-            parse_epoch(b"00000000000000ff:c"),
-            Some(Epoch {
-                id: 255,
-                complete: true
-            })
-        );
-        assert_eq!(
-            parse_epoch(b"ffffffffffffffff:n"),
-            Some(Epoch {
-                id: u64::MAX,
-                complete: false
-            })
-        );
-        assert_eq!(parse_epoch(b"00000000000000ff:x"), None);
-        assert_eq!(parse_epoch(b"00000000000000FF:c"), None);
-        assert_eq!(parse_epoch(b"0000000000000ff:c"), None);
-    }
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(glob_escape("qs:"), "qs:");
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
-
-    #[test]
-    fn logs_show_at_most_eight_characters_of_a_key() {
-        assert_eq!(short_key("s:{abcdefghijkl}"), "s:{abcde");
-        assert_eq!(short_key("s:{é}"), "s:{é}");
-        assert_eq!(short_key("ééééééééé"), "éééééééé");
-    }
-
-    #[test]
-    fn cursors_split_into_node_and_redis_cursor() {
-        assert_eq!(split_cursor("0"), Some((0, "0")));
-        assert_eq!(split_cursor("1234"), Some((0, "1234")));
-        assert_eq!(split_cursor("2:77"), Some((2, "77")));
-        assert_eq!(split_cursor("x:77"), None);
-    }
-
-    #[test]
-    fn a_tombstone_delta_is_sent_without_fields() {
-        let mut delta = Record::new(10, 10);
-        delta.fields.insert(
-            "a".into(),
-            crate::FieldEntry::value(Stamp::new(1, 0, 1), "x"),
-        );
-        delta.partial = true;
-        assert!(matches!(
-            delta_for_wire(&delta),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        delta.tombstone = Some(Stamp::new(2, 0, 1));
-        let wire = delta_for_wire(&delta);
-        assert!(wire.fields.is_empty());
-        assert!(!wire.partial);
-    }
-
-    #[test]
-    fn server_errors_map_by_their_first_word() {
-        let map = |text: &str| {
-            map_error(
-                "r",
-                fred::error::Error::new(ErrorKind::Unknown, text.to_owned()),
-                Duration::from_millis(5),
-            )
-        };
-        assert!(matches!(
-            map("CORRUPT bad entry"),
-            ReplicaError::Corrupt { .. }
-        ));
-        assert!(matches!(
-            map("WRONGTYPE Operation"),
-            ReplicaError::Corrupt { .. }
-        ));
-        assert!(matches!(
-            map("OOM command not allowed"),
-            ReplicaError::Refused { .. }
-        ));
-        assert!(matches!(
-            map("READONLY You can't"),
-            ReplicaError::Refused { .. }
-        ));
-        assert!(matches!(
-            map("NOPERM this user"),
-            ReplicaError::Refused { .. }
-        ));
-        assert!(matches!(
-            map("BUSY Redis is busy"),
-            ReplicaError::Refused { .. }
-        ));
-        assert!(matches!(
-            map("ERR user_script:1"),
-            ReplicaError::Refused { .. }
-        ));
-        assert!(matches!(
-            map("LOADING Redis is loading"),
-            ReplicaError::Unavailable { .. }
-        ));
-        let io = fred::error::Error::new(ErrorKind::IO, "reset");
-        assert!(matches!(
-            map_error("r", io, Duration::ZERO),
-            ReplicaError::Unavailable { .. }
-        ));
-        let canceled = fred::error::Error::new(ErrorKind::Canceled, "x");
-        assert!(matches!(
-            map_error("r", canceled, Duration::ZERO),
-            ReplicaError::Unavailable { .. }
-        ));
-        let timeout = fred::error::Error::new(ErrorKind::Timeout, "x");
-        assert!(matches!(
-            map_error("r", timeout, Duration::ZERO),
-            ReplicaError::Timeout { .. }
-        ));
     }
 }

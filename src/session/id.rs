@@ -26,8 +26,10 @@ const REDACTED_CHARS: usize = 8;
 /// let text = id.to_string();
 /// assert_eq!(text.len(), 32);
 /// assert_eq!(SessionId::parse(&text).unwrap(), id);
-/// assert!(SessionId::parse(&text.to_uppercase()).is_err());
-/// assert!(format!("{id:?}").len() < 20);
+/// assert!(SessionId::parse("0123456789ab4def8123456789abcdef").is_ok());
+/// assert!(SessionId::parse("0123456789AB4DEF8123456789ABCDEF").is_err()); // upper case
+/// assert!(SessionId::parse("01234567-89ab-4def-8123-456789abcdef").is_err()); // hyphens
+/// assert!(!format!("{id:?}").contains(&text)); // Debug is redacted
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(u128);

@@ -113,7 +113,7 @@
 //!
 //! # tower-sessions
 //!
-//! With the `tower` feature, [`tower::TowerSessionStore`] implements
+//! With the `tower` feature, `session::tower::TowerSessionStore` implements
 //! `tower_sessions_core::SessionStore` (0.15).
 
 pub mod admin;

@@ -303,7 +303,7 @@ impl SessionStore {
         }
         if let Some(user) = session.user.as_deref() {
             let index = self.read_index(user).await?;
-            let view = IndexView::new(index.as_ref());
+            let view = IndexView::new(index.as_ref(), self.now_ms());
             if let Some(reason) = view.rejects(&session, self.inner.config.max_sessions_per_user) {
                 debug!(session = %id.redacted(), reason, "session rejected on load");
                 self.destroy_quietly(&session).await;
@@ -374,11 +374,16 @@ impl SessionStore {
     /// # Errors
     ///
     /// [`SessionError::Store`] when the tombstone did not reach its write
-    /// quorum (503; deleting again is safe).
+    /// quorum (503; deleting again is safe). A failure to remove the index
+    /// entry is only logged: the session is dead once tombstoned.
     pub async fn delete(&self, session: &Session) -> Result<(), SessionError> {
         self.tombstone(&session.id, session.cap_ms).await?;
         if let Some(user) = session.user.as_deref() {
-            self.remove_index_entries(user, &[session.id]).await?;
+            // The session is dead once tombstoned: a leftover entry is pruned
+            // by the user's next login, or drops at the session's cap.
+            if let Err(error) = self.remove_index_entries(user, &[session.id]).await {
+                debug!(%error, "index entry of a deleted session not removed");
+            }
         }
         Ok(())
     }

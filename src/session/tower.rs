@@ -10,7 +10,7 @@
 //! survive. Two concurrent requests of one session on the *same* app server
 //! share one snapshot: a request that loaded before the other saved may
 //! write back the older value of a key it did not change; the native
-//! [`Session`](super::Session) API tracks changes per request and has no
+//! [`Session`] API tracks changes per request and has no
 //! such window.
 //!
 //! Other behaviour:
@@ -51,6 +51,37 @@
 //! let loaded = store.load(&record.id).await.unwrap().unwrap();
 //! assert_eq!(loaded.data["theme"], "dark");
 //! # });
+//! ```
+//!
+//! In an axum app (`no_run`: it serves forever):
+//!
+//! ```no_run
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use axum::{routing::get, Router};
+//! use quorum_sessions::replica::{memory::InMemoryReplica, Replica};
+//! use quorum_sessions::session::{tower::TowerSessionStore, SessionConfig, SessionStore};
+//! use quorum_sessions::{ClusterConfig, Coordinator};
+//! use tower_sessions::{Session, SessionManagerLayer};
+//!
+//! let replicas: Vec<Arc<dyn Replica>> = ["a", "b", "c"]
+//!     .into_iter()
+//!     .map(|name| Arc::new(InMemoryReplica::new(name)) as Arc<dyn Replica>)
+//!     .collect();
+//! let coordinator = Coordinator::connect(ClusterConfig::default(), replicas).await?;
+//! let store = SessionStore::new(coordinator, SessionConfig::default())?;
+//! let visits = |session: Session| async move {
+//!     let n: u32 = session.get("visits").await.ok().flatten().unwrap_or(0);
+//!     session.insert("visits", n + 1).await.ok();
+//!     format!("visit {}", n + 1)
+//! };
+//! let app = Router::new()
+//!     .route("/", get(visits))
+//!     .layer(SessionManagerLayer::new(TowerSessionStore::new(store)));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

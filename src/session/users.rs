@@ -32,13 +32,20 @@ pub(crate) struct IndexView {
 }
 
 impl IndexView {
-    pub(crate) fn new(record: Option<&Record>) -> IndexView {
+    /// The view of an index record at `now_ms` (entries past their `until`
+    /// are ignored even if a copy still holds them).
+    pub(crate) fn new(record: Option<&Record>, now_ms: u64) -> IndexView {
         let Some(record) = record else {
             return IndexView::default();
         };
         let mut entries: Vec<(SessionId, Stamp)> = record
-            .values()
-            .filter_map(|(name, value)| Some((keys::index_entry_id(name)?, Stamp::decode(value)?)))
+            .fields
+            .iter()
+            .filter(|(_, entry)| !entry.until_ms.is_some_and(|until| until < now_ms))
+            .filter_map(|(name, entry)| {
+                let value = entry.value.as_deref()?;
+                Some((keys::index_entry_id(name)?, Stamp::decode(value)?))
+            })
             .collect();
         entries.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
         entries.truncate(USER_INDEX_ENTRIES_MAX);
@@ -129,7 +136,7 @@ impl SessionStore {
                 return Err(error);
             }
         };
-        let view = IndexView::new(index.as_ref());
+        let view = IndexView::new(index.as_ref(), self.now_ms());
         if view
             .revoked
             .is_some_and(|revoked| session.login_stamp < revoked)
@@ -262,7 +269,7 @@ impl SessionStore {
                 m.set_until(keys::INDEX_REVOKED, now.to_string(), until)
             })
             .await?;
-        let view = IndexView::new(self.read_index(user).await?.as_ref());
+        let view = IndexView::new(self.read_index(user).await?.as_ref(), self.now_ms());
         let victims: Vec<SessionId> = view
             .entries
             .iter()
@@ -292,7 +299,7 @@ impl SessionStore {
     /// (503).
     pub async fn user_sessions(&self, user: &str) -> Result<Vec<Session>, SessionError> {
         check_user(user)?;
-        let view = IndexView::new(self.read_index(user).await?.as_ref());
+        let view = IndexView::new(self.read_index(user).await?.as_ref(), self.now_ms());
         let coordinator = self.inner.coordinator.clone();
         let ids: Vec<SessionId> = view.entries.iter().map(|(id, _)| *id).collect();
         let reads: Vec<(SessionId, Result<Option<Record>, Error>)> = stream::iter(ids)

@@ -36,8 +36,7 @@ mod read;
 mod repair;
 mod write;
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use quorum_sessions::core::anti_entropy::AntiEntropyPass;
@@ -55,13 +54,17 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker::{Checker, ReadToken, WriteInfo};
 use crate::config::{duration_us, FaultKind, SimConfig};
 use crate::latency::{LatencyModel, Mixture};
+use crate::queue::EventQueue;
 use crate::report::{Report, RunStats};
 use crate::slab::{Slab, SlabKey};
 use crate::trace::{Trace, TraceOptions};
 use crate::workload::{SessionIndex, Workload};
 
 /// Virtual time, µs since the start of the run.
-pub type Time = u64;
+pub use crate::queue::Time;
+
+/// The event queue lane of hedge timers.
+const HEDGE_LANE: usize = 0;
 
 /// The Unix time (ms) at which every run starts.
 pub const START_UNIX_MS: u64 = 1_700_000_000_000;
@@ -108,60 +111,6 @@ pub fn run_observed(
     world.run_to_end();
     let trace = world.trace.take();
     Ok((world.into_report(), trace))
-}
-
-/// A heap entry: small, so that sifting moves few bytes; the event itself
-/// waits in [`EventTable`].
-#[derive(Debug)]
-struct Scheduled {
-    at: Time,
-    sequence: u64,
-    slot: u32,
-}
-
-/// Events waiting in the queue, by slot (a free list reuses slots).
-#[derive(Debug, Default)]
-struct EventTable {
-    events: Vec<Option<Event>>,
-    free: Vec<u32>,
-}
-
-impl EventTable {
-    fn insert(&mut self, event: Event) -> u32 {
-        match self.free.pop() {
-            Some(slot) => {
-                self.events[slot as usize] = Some(event);
-                slot
-            }
-            None => {
-                self.events.push(Some(event));
-                u32::try_from(self.events.len() - 1).expect("fewer than 2^32 queued events")
-            }
-        }
-    }
-
-    fn take(&mut self, slot: u32) -> Event {
-        self.free.push(slot);
-        self.events[slot as usize].take().expect("a queued event")
-    }
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed: `BinaryHeap` is a max-heap, the earliest event comes first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.sequence).cmp(&(self.at, self.sequence))
-    }
 }
 
 #[derive(Debug)]
@@ -261,13 +210,18 @@ enum Purpose {
     Read(OpId),
     /// Read-repair; `Some` when the read waits for it (blocking mode).
     Repair(Option<OpId>),
-    Hint(Box<Hint>),
+    /// Hint replay; the hint is rebuilt from these if the replay fails.
+    Hint {
+        delta: Rc<Record>,
+        enqueued_at_ms: u64,
+    },
     Probe,
 }
 
 #[derive(Debug)]
 struct PendingRequest {
     replica: usize,
+    key: Rc<str>,
     purpose: Purpose,
 }
 
@@ -304,7 +258,9 @@ fn alive(record: &Record, now_ms: u64, margin_ms: u64) -> bool {
 impl SimReplica {
     /// The record under `key` unless Redis would have dropped it by now.
     fn live(&self, key: &str, now_ms: u64, margin_ms: u64) -> Option<&Record> {
-        self.records.get(key).filter(|r| alive(r, now_ms, margin_ms))
+        self.records
+            .get(key)
+            .filter(|r| alive(r, now_ms, margin_ms))
     }
 
     /// Drops `key` if its TTL passed (what Redis does lazily on access).
@@ -382,9 +338,7 @@ pub(crate) struct World {
     config: SimConfig,
     rng: ChaCha8Rng,
     now: Time,
-    queue: BinaryHeap<Scheduled>,
-    events: EventTable,
-    sequence: u64,
+    queue: EventQueue<Event>,
     replicas: Vec<SimReplica>,
     coords: Vec<Coordinator>,
     /// Active partitions per link (`coord * N + replica`).
@@ -464,9 +418,7 @@ impl World {
             workload: Workload::new(&config.workload),
             rng,
             now: 0,
-            queue: BinaryHeap::new(),
-            events: EventTable::default(),
-            sequence: 0,
+            queue: EventQueue::new(1),
             replicas,
             coords,
             partitions: vec![0; n * k],
@@ -522,12 +474,11 @@ impl World {
             );
         }
         while self.phase != Phase::Done {
-            let Some(next) = self.queue.pop() else {
+            let Some((at, event)) = self.queue.pop() else {
                 panic!("the event queue ran dry before the run ended");
             };
-            assert!(next.at >= self.now, "time never goes back");
-            self.now = next.at;
-            let event = self.events.take(next.slot);
+            assert!(at >= self.now, "time never goes back");
+            self.now = at;
             self.dispatch(event);
         }
     }
@@ -550,13 +501,14 @@ impl World {
     }
 
     fn schedule(&mut self, delay: Time, event: Event) {
-        self.sequence += 1;
-        let slot = self.events.insert(event);
-        self.queue.push(Scheduled {
-            at: self.now + delay,
-            sequence: self.sequence,
-            slot,
-        });
+        self.queue.push(self.now + delay, event);
+    }
+
+    /// Schedules a hedge timer: always the same delay ahead, so the timers
+    /// wait in a FIFO lane rather than in the heap.
+    fn schedule_hedge(&mut self, delay: Time, op: OpId) {
+        self.queue
+            .push_lane(HEDGE_LANE, self.now + delay, Event::Hedge { op });
     }
 
     /// The true Unix time, ms: the replicas' clock.
@@ -608,9 +560,11 @@ impl World {
         key: Rc<str>,
         body: RequestBody,
     ) -> RequestId {
-        let id = self.coords[coord]
-            .pending
-            .insert(PendingRequest { replica, purpose });
+        let id = self.coords[coord].pending.insert(PendingRequest {
+            replica,
+            key: key.clone(),
+            purpose,
+        });
         // The deadline event is scheduled only once the simulator knows the
         // reply will miss it (lost, dropped, or late): a deadline that finds
         // its request answered does nothing, so skipping it changes nothing
@@ -775,6 +729,7 @@ impl World {
             pending.replica, replica,
             "a reply comes from the replica asked"
         );
+        let key = pending.key;
         let epoch = body.epoch();
         let coordinator = &mut self.coords[coord];
         coordinator.health.on_success(replica);
@@ -817,14 +772,13 @@ impl World {
                 }
             }
             (
-                Purpose::Hint(hint),
+                Purpose::Hint { .. },
                 ReplyBody::Merge {
                     status, held_max, ..
                 },
             ) => {
                 self.observe_stamp(coord, held_max);
                 self.stats.hints_replayed += 1;
-                let key = hint.key.clone();
                 self.trace(Some(&key), || {
                     format!("c{coord} replayed a hint for {key} to r{replica}: {status:?}")
                 });
@@ -851,6 +805,7 @@ impl World {
         };
         let now_ms = self.wall_ms(coord);
         let replica = pending.replica;
+        let key = pending.key;
         if self.coords[coord].health.on_failure(replica, now_ms) {
             self.trace(None, || format!("c{coord} marks r{replica} down"));
         }
@@ -866,11 +821,19 @@ impl World {
                     self.on_repair_reply(op, false);
                 }
             }
-            Purpose::Hint(hint) => {
+            Purpose::Hint {
+                delta,
+                enqueued_at_ms,
+            } => {
+                let hint = Hint {
+                    key: key.to_string(),
+                    delta: Rc::try_unwrap(delta).unwrap_or_else(|shared| (*shared).clone()),
+                    enqueued_at_ms,
+                };
                 let now_ms = self.wall_ms(coord);
                 self.coords[coord]
                     .hints
-                    .restore(replica, vec![*hint], now_ms);
+                    .restore(replica, vec![hint], now_ms);
             }
             Purpose::Probe => {}
         }

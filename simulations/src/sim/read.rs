@@ -31,14 +31,15 @@ impl World {
         let n = self.replicas.len();
         let epochs_on = self.config.switches.epochs;
         let coordinator = &self.coords[coord];
-        let states: Vec<(Health, bool)> = (0..n)
-            .map(|i| {
-                let readable = !epochs_on || coordinator.epochs.is_readable(i);
-                (coordinator.health.health(i), readable)
-            })
-            .collect();
+        // On the stack: N is at most 64 (checked by the configuration).
+        let mut states = [(Health::Up, false); 64];
+        for (i, state) in states.iter_mut().enumerate().take(n) {
+            let readable = !epochs_on || coordinator.epochs.is_readable(i);
+            *state = (coordinator.health.health(i), readable);
+        }
+        let states = &states[..n];
         let key = self.workload.session(session).key.clone();
-        let candidates = read_order(&key, &states, self.config.cluster.read_order);
+        let candidates = read_order(&key, states, self.config.cluster.read_order);
         let mut plan = ReadPlan::new(
             candidates,
             self.config.read_quorum(),
@@ -89,7 +90,7 @@ impl World {
                     );
                 }
                 if let Some(delay) = self.hedge_delay_us {
-                    self.schedule(delay, super::Event::Hedge { op });
+                    self.schedule_hedge(delay, op);
                 }
             }
             ReadDecision::Wait => {}

@@ -50,12 +50,17 @@ impl World {
                 }
                 let batch = self.coords[coord].hints.take_batch(replica, now_ms);
                 for hint in batch {
-                    let key: Rc<str> = Rc::from(hint.key.as_str());
+                    let key: Rc<str> = Rc::from(hint.key);
+                    let delta = Rc::new(hint.delta);
                     let body = RequestBody::Merge {
-                        delta: Rc::new(hint.delta.clone()),
+                        delta: delta.clone(),
                         mode: MergeMode::Upsert,
                     };
-                    self.send(coord, replica, Purpose::Hint(Box::new(hint)), key, body);
+                    let purpose = Purpose::Hint {
+                        delta,
+                        enqueued_at_ms: hint.enqueued_at_ms,
+                    };
+                    self.send(coord, replica, purpose, key, body);
                 }
             }
         }
@@ -117,6 +122,9 @@ impl World {
         let Some(mut run) = self.anti_entropy.take() else {
             return;
         };
+        if matches!(self.phase, Phase::Audit | Phase::Done) {
+            return; // converged: the pass is abandoned
+        }
         for replica in 0..self.replicas.len() {
             if run.pass.is_participant(replica) {
                 let seen = self.anti_entropy_sees(replica);
@@ -248,8 +256,9 @@ impl World {
         if !self.ops.is_empty() || self.coords.iter().any(|c| c.hints.total_len() > 0) {
             return false;
         }
-        if self.config.switches.anti_entropy && self.replicas.iter().any(|r| !r.epoch.complete) {
-            return false;
+        let refilling = self.replicas.iter().any(|r| !r.epoch.complete);
+        if self.config.switches.anti_entropy && (self.anti_entropy.is_some() || refilling) {
+            return false; // a pass still running may still repair
         }
         if self.diverged_at_mutations == Some(self.mutations) {
             return false; // nothing changed since the last full comparison

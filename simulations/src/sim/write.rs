@@ -11,7 +11,7 @@ use quorum_sessions::{FieldEntry, Record};
 
 use super::{Op, Phase, Purpose, RequestBody, World, WriteOp};
 use crate::checker::{WriteInfo, WriteKind, WriteResult};
-use crate::workload::{ClientOp, SessionIndex, CREATE_FIELDS, FIELD_NAMES};
+use crate::workload::{ClientOp, FieldSet, SessionIndex, CREATE_FIELDS, FIELD_NAMES};
 
 impl World {
     /// Starts one client operation on coordinator `coord`.
@@ -23,21 +23,31 @@ impl World {
                 let info = self.workload.session(session);
                 let (key, cap) = (info.key.clone(), info.cap_ms);
                 self.checker.register_session(session, &key, cap);
-                self.issue_write(coord, session, WriteKind::Create, CREATE_FIELDS.to_vec());
+                self.issue_write(
+                    coord,
+                    session,
+                    WriteKind::Create,
+                    FieldSet::of(&CREATE_FIELDS),
+                );
             }
             ClientOp::Read(session) => self.issue_read(coord, session, false),
             ClientOp::Update(session, fields) => {
                 self.issue_write(coord, session, WriteKind::Update, fields)
             }
             ClientOp::Touch(session) => {
-                self.issue_write(coord, session, WriteKind::Touch, Vec::new())
+                self.issue_write(coord, session, WriteKind::Touch, FieldSet::default())
             }
             ClientOp::RemoveField(session, field) => {
-                self.issue_write(coord, session, WriteKind::RemoveField, vec![field]);
+                self.issue_write(
+                    coord,
+                    session,
+                    WriteKind::RemoveField,
+                    FieldSet::of(&[field]),
+                );
             }
             ClientOp::Delete(session) => {
                 self.workload.on_delete_issued(&mut self.rng, session);
-                self.issue_write(coord, session, WriteKind::Delete, Vec::new());
+                self.issue_write(coord, session, WriteKind::Delete, FieldSet::default());
             }
         }
     }
@@ -49,7 +59,7 @@ impl World {
         coord: usize,
         session: SessionIndex,
         kind: WriteKind,
-        fields: &[u8],
+        fields: FieldSet,
     ) -> (WriteInfo, Record) {
         let now_ms = self.wall_ms(coord);
         let stamp = self.coords[coord].hlc.tick(now_ms);
@@ -66,7 +76,7 @@ impl World {
             WriteKind::Delete => delta.tombstone = Some(stamp),
             _ => delta.partial = true,
         }
-        for &field in fields {
+        for field in fields.iter() {
             let entry = if kind == WriteKind::RemoveField {
                 FieldEntry::removed(stamp)
             } else {
@@ -82,7 +92,7 @@ impl World {
             session,
             kind,
             stamp,
-            fields: fields.to_vec(),
+            fields,
             expiry_ms: expiry,
         };
         (write, delta)
@@ -93,9 +103,9 @@ impl World {
         coord: usize,
         session: SessionIndex,
         kind: WriteKind,
-        fields: Vec<u8>,
+        fields: FieldSet,
     ) {
-        let (info, delta) = self.build_delta(coord, session, kind, &fields);
+        let (info, delta) = self.build_delta(coord, session, kind, fields);
         self.checker.write_invoked(&info);
         let key = self.workload.session(session).key.clone();
         let removal = kind == WriteKind::Delete && !self.config.switches.tombstones;

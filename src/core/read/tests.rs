@@ -41,6 +41,12 @@ fn expired() -> Option<Record> {
     Some(record)
 }
 
+fn expired_partial() -> Option<Record> {
+    let mut record = expired().unwrap();
+    record.partial = true;
+    Some(record)
+}
+
 fn candidates(readable: &[bool]) -> Vec<ReadCandidate> {
     readable
         .iter()
@@ -211,6 +217,18 @@ fn read_plan_table() {
             Ask(vec![0]),
             vec![Answer(0, expired(), true)],
             vec![done(ReadResult::NotFound(Absence::Expired))],
+        ),
+        (
+            "an expired partial-only merge is not found, not unavailable",
+            2,
+            2,
+            vec![true; 3],
+            Ask(vec![0, 1]),
+            vec![
+                Answer(0, expired_partial(), true),
+                Answer(1, expired_partial(), true),
+            ],
+            vec![Wait, done(ReadResult::NotFound(Absence::Expired))],
         ),
         (
             "hedge asks the next replica",

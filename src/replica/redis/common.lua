@@ -34,9 +34,23 @@ local function is_epoch(s)
   return #s == 18 and is_hex(string.sub(s, 1, 16), 16) and (state == ':c' or state == ':n')
 end
 
--- Reads the epoch key: its value, false when missing, or nil and an error.
--- No epoch key (Cluster mode passes none) reads as ''.
-local function epoch_read(key)
+-- The id of this Redis process: new at every start, and another one after a
+-- failover. Read once per script call.
+local run_id_cache = nil
+local function run_id()
+  if run_id_cache == nil then
+    run_id_cache = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  end
+  return run_id_cache
+end
+
+-- Reads the epoch: its value, or false when it is missing or was not made or
+-- confirmed by this Redis process (the run key holds another run id: the
+-- keyspace was loaded from a snapshot or an AOF, or a replica was promoted;
+-- what it holds may lack acknowledged writes). nil and an error for foreign
+-- data. No epoch key (Cluster mode) reads as ''; no run key (Cluster mode)
+-- skips the process check.
+local function epoch_read(key, run_key)
   if key == nil then return '' end
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'none' then return false end
@@ -45,16 +59,24 @@ local function epoch_read(key)
   if not value or not is_epoch(value) then
     return nil, 'CORRUPT the epoch key holds foreign data'
   end
+  if run_key ~= nil then
+    local run_kind = redis.call('TYPE', run_key)['ok']
+    if run_kind ~= 'none' and run_kind ~= 'string' then
+      return nil, 'CORRUPT the epoch run key holds a ' .. run_kind
+    end
+    if redis.call('GET', run_key) ~= run_id() then return false end
+  end
   return value
 end
 
--- Creates the epoch from the caller's random candidate when it is missing
--- (SET NX semantics: a Redis restarted empty gets a new epoch). A write: call
--- it only after every validation passed.
-local function epoch_ensure(key, value, candidate)
+-- Makes a new epoch from the caller's random candidate when `value` is false
+-- (a Redis restarted empty or from a snapshot gets a new epoch), and records
+-- this process as its maker. A write: call it only after every validation.
+local function epoch_ensure(key, run_key, value, candidate)
   if value then return value end
   value = candidate .. ':n'
   redis.call('SET', key, value)
+  if run_key ~= nil then redis.call('SET', run_key, run_id()) end
   return value
 end
 

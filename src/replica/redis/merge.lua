@@ -1,6 +1,7 @@
 -- quorum-sessions: merge a delta into one record (after common.lua).
 --
--- KEYS[1] record key, KEYS[2] epoch key (absent in Cluster mode).
+-- KEYS[1] record key, KEYS[2] epoch key, KEYS[3] epoch run key (both absent
+-- in Cluster mode).
 -- ARGV[1] mode `u` (upsert) or `c` (create), ARGV[2] now (12 hex, ms),
 -- ARGV[3] epoch candidate (16 hex), ARGV[4] expiry margin (decimal ms),
 -- ARGV[5..] the delta as hash pairs, exactly as codec::encode_pairs makes them.
@@ -132,7 +133,7 @@ local function store(key, stored, merged, now, margin)
   redis.call('PEXPIREAT', key, string.format('%d', at))
 end
 
-local key, epoch_key = KEYS[1], KEYS[2]
+local key, epoch_key, run_key = KEYS[1], KEYS[2], KEYS[3]
 local mode, now, candidate = ARGV[1], ARGV[2], ARGV[3]
 local margin = tonumber(ARGV[4])
 if (mode ~= 'u' and mode ~= 'c') or not is_hex(now, 12) or not is_hex(candidate, 16)
@@ -140,7 +141,7 @@ if (mode ~= 'u' and mode ~= 'c') or not is_hex(now, 12) or not is_hex(candidate,
   return redis.error_reply('ERR quorum-sessions merge: bad arguments')
 end
 
-local epoch, epoch_err = epoch_read(epoch_key)
+local epoch, epoch_err = epoch_read(epoch_key, run_key)
 if epoch_err then return redis.error_reply(epoch_err) end
 local type_err = check_type(key)
 if type_err then return redis.error_reply(type_err) end
@@ -152,7 +153,7 @@ if delta_err or not delta.exists then
 end
 
 -- Everything is validated: writes start here.
-epoch = epoch_ensure(epoch_key, epoch, candidate)
+epoch = epoch_ensure(epoch_key, run_key, epoch, candidate)
 local held = held_max(stored)
 local status, merged = merge(stored, delta, mode, now)
 if merged then store(key, stored, merged, now, margin) end

@@ -1,0 +1,235 @@
+//! Pure helpers of `RedisReplica`: error mapping, epoch and cursor parsing,
+//! key escaping for logs and `SCAN`, the delta as sent.
+
+use std::time::Duration;
+
+use fred::prelude::ErrorKind;
+use rand::Rng;
+
+use crate::error::ReplicaError;
+use crate::record::Record;
+use crate::replica::Epoch;
+use crate::stamp::parse_hex;
+
+/// Characters of a key that logs may show (a key holds a session id).
+pub(super) const LOG_KEY_CHARS: usize = 8;
+
+/// Maps a fred error: server error replies by their first word, the rest by
+/// fred's kind.
+pub(super) fn map_error(replica: &str, error: fred::error::Error, after: Duration) -> ReplicaError {
+    match error.kind() {
+        ErrorKind::Timeout => return ReplicaError::Timeout { after },
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing | ErrorKind::Backpressure => {
+            return unavailable(replica, error)
+        }
+        _ => {}
+    }
+    let first = error.details().split_whitespace().next().unwrap_or("");
+    match first {
+        "CORRUPT" | "WRONGTYPE" => ReplicaError::Corrupt {
+            detail: format!("{replica}: {}", error.details()),
+        },
+        "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" => {
+            unavailable(replica, error)
+        }
+        _ if matches!(error.kind(), ErrorKind::Sentinel | ErrorKind::Cluster) => {
+            unavailable(replica, error)
+        }
+        // OOM, READONLY, NOPERM, BUSY, NOAUTH, script errors (ERR …), …
+        _ => ReplicaError::Refused {
+            detail: format!("{replica}: {}", error.details()),
+            source: Some(Box::new(error)),
+        },
+    }
+}
+
+pub(super) fn unavailable(replica: &str, error: fred::error::Error) -> ReplicaError {
+    ReplicaError::Unavailable {
+        detail: format!("{replica}: {error}"),
+        source: Some(Box::new(error)),
+    }
+}
+
+/// A fresh random epoch id, 16 hex digits.
+pub(super) fn epoch_candidate() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+/// Parses `16 hex ‖ ":c" | ":n"`.
+pub(super) fn parse_epoch(text: &[u8]) -> Option<Epoch> {
+    if text.len() != 18 {
+        return None;
+    }
+    let id = parse_hex(&text[..16])?;
+    let complete = match &text[16..] {
+        b":c" => true,
+        b":n" => false,
+        _ => return None,
+    };
+    Some(Epoch { id, complete })
+}
+
+/// Escapes the glob characters of `text` for `SCAN MATCH`.
+pub(super) fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// At most the first [`LOG_KEY_CHARS`] characters of a key, for logs.
+pub(super) fn short_key(key: &str) -> &str {
+    match key.char_indices().nth(LOG_KEY_CHARS) {
+        Some((end, _)) => &key[..end],
+        None => key,
+    }
+}
+
+/// Splits a scan cursor: `"node:cursor"` (Cluster) or a plain cursor.
+pub(super) fn split_cursor(cursor: &str) -> Option<(usize, &str)> {
+    match cursor.split_once(':') {
+        Some((node, rest)) => Some((node.parse().ok()?, rest)),
+        None => Some((0, cursor)),
+    }
+}
+
+/// The delta as it is sent: a tombstone's fields and partial flag are
+/// dropped first (the merge drops them anyway, and the encoded form of a
+/// tombstone holds none).
+pub(super) fn delta_for_wire(delta: &Record) -> std::borrow::Cow<'_, Record> {
+    if delta.tombstone.is_some() && (!delta.fields.is_empty() || delta.partial) {
+        let mut clean = delta.clone();
+        clean.fields.clear();
+        clean.partial = false;
+        return std::borrow::Cow::Owned(clean);
+    }
+    std::borrow::Cow::Borrowed(delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::Stamp;
+
+    #[test]
+    fn epochs_parse_only_in_their_exact_form() {
+        assert_eq!(
+            parse_epoch(b"00000000000000ff:c"),
+            Some(Epoch {
+                id: 255,
+                complete: true
+            })
+        );
+        assert_eq!(
+            parse_epoch(b"ffffffffffffffff:n"),
+            Some(Epoch {
+                id: u64::MAX,
+                complete: false
+            })
+        );
+        assert_eq!(parse_epoch(b"00000000000000ff:x"), None);
+        assert_eq!(parse_epoch(b"00000000000000FF:c"), None);
+        assert_eq!(parse_epoch(b"0000000000000ff:c"), None);
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("qs:"), "qs:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn logs_show_at_most_eight_characters_of_a_key() {
+        assert_eq!(short_key("s:{abcdefghijkl}"), "s:{abcde");
+        assert_eq!(short_key("s:{é}"), "s:{é}");
+        assert_eq!(short_key("ééééééééé"), "éééééééé");
+    }
+
+    #[test]
+    fn cursors_split_into_node_and_redis_cursor() {
+        assert_eq!(split_cursor("0"), Some((0, "0")));
+        assert_eq!(split_cursor("1234"), Some((0, "1234")));
+        assert_eq!(split_cursor("2:77"), Some((2, "77")));
+        assert_eq!(split_cursor("x:77"), None);
+    }
+
+    #[test]
+    fn a_tombstone_delta_is_sent_without_fields() {
+        let mut delta = Record::new(10, 10);
+        delta.fields.insert(
+            "a".into(),
+            crate::FieldEntry::value(Stamp::new(1, 0, 1), "x"),
+        );
+        delta.partial = true;
+        assert!(matches!(
+            delta_for_wire(&delta),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        delta.tombstone = Some(Stamp::new(2, 0, 1));
+        let wire = delta_for_wire(&delta);
+        assert!(wire.fields.is_empty());
+        assert!(!wire.partial);
+    }
+
+    #[test]
+    fn server_errors_map_by_their_first_word() {
+        let map = |text: &str| {
+            map_error(
+                "r",
+                fred::error::Error::new(ErrorKind::Unknown, text.to_owned()),
+                Duration::from_millis(5),
+            )
+        };
+        assert!(matches!(
+            map("CORRUPT bad entry"),
+            ReplicaError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            map("WRONGTYPE Operation"),
+            ReplicaError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            map("OOM command not allowed"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("READONLY You can't"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("NOPERM this user"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("BUSY Redis is busy"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("ERR user_script:1"),
+            ReplicaError::Refused { .. }
+        ));
+        assert!(matches!(
+            map("LOADING Redis is loading"),
+            ReplicaError::Unavailable { .. }
+        ));
+        let io = fred::error::Error::new(ErrorKind::IO, "reset");
+        assert!(matches!(
+            map_error("r", io, Duration::ZERO),
+            ReplicaError::Unavailable { .. }
+        ));
+        let canceled = fred::error::Error::new(ErrorKind::Canceled, "x");
+        assert!(matches!(
+            map_error("r", canceled, Duration::ZERO),
+            ReplicaError::Unavailable { .. }
+        ));
+        let timeout = fred::error::Error::new(ErrorKind::Timeout, "x");
+        assert!(matches!(
+            map_error("r", timeout, Duration::ZERO),
+            ReplicaError::Timeout { .. }
+        ));
+    }
+}
