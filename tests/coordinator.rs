@@ -391,3 +391,38 @@ async fn a_fresh_cluster_proves_absence_and_a_collision_is_refused() {
         "the first session was not overwritten"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stamp_from_a_clock_far_ahead_is_refused_and_counted() {
+    let (nodes, _handles) = nodes(3);
+    let ahead: quorum_sessions::coordinator::WallClock = {
+        let system = quorum_sessions::coordinator::system_clock();
+        Arc::new(move || system() + 3_600_000) // one hour ahead: beyond max_clock_skew
+    };
+    let fast = Coordinator::builder(config(2, 2), as_replicas(&nodes))
+        .wall_clock(ahead)
+        .connect()
+        .await
+        .unwrap();
+    let normal = Coordinator::builder(config(2, 2), as_replicas(&nodes))
+        .connect()
+        .await
+        .unwrap();
+    fast.write("s:{skew}", create(&fast).set("a", "1"))
+        .await
+        .unwrap();
+    normal.read("s:{skew}").await.unwrap().expect("found");
+    assert!(
+        normal.stats().clock_skew_rejections >= 1,
+        "{:?}",
+        normal.stats()
+    );
+    let ack = normal
+        .write("s:{skew}", update(&normal).set("b", "2"))
+        .await
+        .unwrap();
+    assert!(
+        ack.stamp.physical_ms < normal.now_ms() + 60_000,
+        "the refused stamp did not drag this coordinator's clock into the future"
+    );
+}
