@@ -588,6 +588,89 @@ mod tests {
         assert_eq!(hints.stats(0).replayed_count, 10);
     }
 
+    /// What the queue of one replica must hold: keys oldest first, each
+    /// with the join of its deltas.
+    #[derive(Default)]
+    struct Model {
+        queue: Vec<(String, Record)>,
+        entries_max: usize,
+    }
+
+    impl Model {
+        fn push(&mut self, key: &str, delta: &Record) {
+            match self.queue.iter_mut().find(|(k, _)| k == key) {
+                Some((_, held)) => held.merge_from(delta, 0),
+                None => self.queue.push((key.to_owned(), delta.clone())),
+            }
+            while self.queue.len() > self.entries_max {
+                self.queue.remove(0);
+            }
+        }
+
+        fn take(&mut self, count: usize) -> Vec<(String, Record)> {
+            self.queue.drain(..count.min(self.queue.len())).collect()
+        }
+
+        fn restore(&mut self, batch: Vec<(String, Record)>) {
+            let mut front = Vec::new();
+            for (key, mut delta) in batch {
+                if let Some(position) = self.queue.iter().position(|(k, _)| *k == key) {
+                    let (_, newer) = self.queue.remove(position);
+                    delta.merge_from(&newer, 0);
+                }
+                front.push((key, delta));
+            }
+            front.append(&mut self.queue);
+            self.queue = front;
+            while self.queue.len() > self.entries_max {
+                self.queue.remove(0);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn queues_match_a_naive_model(
+            ops in proptest::collection::vec((0u8..4, 0u8..6, 1u64..40), 1..80),
+        ) {
+            let limits = HintLimits { entries_max: 4, replay_burst: 3, replay_per_sec: 1_000, ..limits(4, 1 << 20) };
+            let mut hints = HintQueues::new(1, limits);
+            let mut model = Model { entries_max: 4, ..Model::default() };
+            let mut now = 0;
+            let mut in_flight: Vec<Hint> = Vec::new();
+            for (op, key, physical) in ops {
+                now += 1;
+                match op {
+                    0 | 1 => {
+                        let key = format!("s:{key}");
+                        let delta = delta(if physical % 2 == 0 { "x" } else { "y" }, physical, 1);
+                        hints.push(0, &key, &delta, now);
+                        model.push(&key, &delta);
+                    }
+                    2 => {
+                        let batch = hints.take_batch(0, now);
+                        let expected = model.take(batch.len());
+                        let got: Vec<(String, Record)> =
+                            batch.iter().map(|h| (h.key.clone(), h.delta.clone())).collect();
+                        proptest::prop_assert_eq!(got, expected);
+                        in_flight = batch;
+                    }
+                    _ => {
+                        let batch = std::mem::take(&mut in_flight);
+                        model.restore(batch.iter().map(|h| (h.key.clone(), h.delta.clone())).collect());
+                        hints.restore(0, batch, now);
+                    }
+                }
+                proptest::prop_assert_eq!(hints.len(0), model.queue.len());
+            }
+            // Drain within the age bound (the model does not age hints).
+            let rest: Vec<Hint> = (1..=4).flat_map(|i| hints.take_batch(0, now + 10 * i)).collect();
+            let got: Vec<String> = rest.iter().map(|h| h.key.clone()).collect();
+            let expected: Vec<String> = model.queue.iter().map(|(k, _)| k.clone()).collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
+
     #[test]
     fn failed_replays_return_to_the_front_in_order() {
         let mut hints = HintQueues::new(1, limits(10, 1 << 20));

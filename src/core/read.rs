@@ -3,7 +3,12 @@
 //! Rules (DESIGN §5):
 //! - ask R replicas, readable ones first; on an error or timeout, or when a
 //!   hedge timer fires, ask the next one;
-//! - a read completes with R answers, hits included; the answers are merged;
+//! - a read completes with R answers from *readable* replicas (complete
+//!   epoch), hits included; the answers are merged. A write-only replica
+//!   (restarted empty, not yet refilled) may be asked when too few readable
+//!   ones answer, and what it holds is merged in, but its answer does not
+//!   count toward R: it may lack writes acknowledged before it lost its data,
+//!   so it is not one of the W that R + W > N relies on;
 //! - one tombstone is final on its own (delete wins), and so is a lifetime cap
 //!   in the past (caps only shrink); an expiry in the past is final once R
 //!   answers are merged (another replica may hold a later touch);
@@ -120,6 +125,8 @@ pub struct ReadPlan {
     read_quorum: usize,
     misses_needed: usize,
     counted_misses: usize,
+    /// Answers from readable replicas: the ones that count toward R.
+    counted_answers: usize,
     now_ms: u64,
     /// The conclusion, once reached. A found record is `merged` itself
     /// (nothing is merged after the conclusion), so it is not kept twice.
@@ -159,6 +166,7 @@ impl ReadPlan {
             read_quorum,
             misses_needed,
             counted_misses: 0,
+            counted_answers: 0,
             now_ms,
             result: None,
         }
@@ -169,19 +177,24 @@ impl ReadPlan {
         self.evaluate()
     }
 
-    /// A replica answered. `counts_as_miss`: its reply's epoch is complete, so
-    /// an absent record counts toward "not found".
+    /// A replica answered. `readable`: its reply's epoch is complete (and
+    /// not one the coordinator saw replaced), so the answer counts toward R
+    /// and an absent record counts toward "not found". An answer from a
+    /// write-only replica is merged in but counts toward neither.
     pub fn on_answer(
         &mut self,
         index: ReplicaIndex,
         record: Option<Record>,
-        counts_as_miss: bool,
+        readable: bool,
     ) -> ReadDecision {
         if !self.take_in_flight(index) {
             return self.current();
         }
-        if record.is_none() && counts_as_miss {
-            self.counted_misses += 1;
+        if readable {
+            self.counted_answers += 1;
+            if record.is_none() {
+                self.counted_misses += 1;
+            }
         }
         if let Some(record) = &record {
             match &mut self.merged {
@@ -293,7 +306,7 @@ impl ReadPlan {
         if merged.is_some_and(|m| m.cap_ms <= self.now_ms) {
             return Some(Conclusion::NotFound(Absence::Expired));
         }
-        if self.answers.len() < self.read_quorum {
+        if self.counted_answers < self.read_quorum {
             return None;
         }
         match merged {
@@ -314,7 +327,7 @@ impl ReadPlan {
             self.result = Some(conclusion);
             return ReadDecision::Done(self.result_of(conclusion));
         }
-        let wanted = self.read_quorum.saturating_sub(self.answers.len()).max(1);
+        let wanted = self.read_quorum.saturating_sub(self.counted_answers).max(1);
         let mut asks = Vec::new();
         while self.in_flight.len() < wanted {
             match self.ask_next() {

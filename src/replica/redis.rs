@@ -1,5 +1,5 @@
 //! `RedisReplica`: a [`Replica`] on one Redis deployment (standalone,
-//! Sentinel or Cluster), through fred and three Lua scripts.
+//! Sentinel or Cluster), through fred, two Lua scripts and `MULTI`/`EXEC`.
 //!
 //! # Stored layout
 //!
@@ -37,19 +37,29 @@
 //!   give a tombstone an expiry up to its cap so it outlives the session).
 //!   It returns the status, the epoch, and the largest stamp the record held
 //!   before the merge.
-//! - `read.lua` returns the epoch and the raw hash in one step; Rust decodes
-//!   it with [`codec::decode_pairs`].
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
+//! - A read needs no script: `MULTI`, `MGET <epoch> <epoch:run>`,
+//!   `HGETALL <key>`, `EXEC`, sent in one fred pipeline (nothing else runs
+//!   between them, in Redis or on the connection), is atomic like a script
+//!   and several times cheaper (a script pays for every byte it moves in and
+//!   out of Lua). Rust decodes the hash with [`codec::decode_pairs`] and
+//!   checks the epoch itself; when the epoch is missing or was not made by
+//!   the running process, the epoch script makes a new one and the read
+//!   reports it incomplete.
 //!
 //! Every call carries a fresh random epoch candidate: when the epoch key is
 //! missing (a Redis restarted empty, or flushed) the script stores the
 //! candidate as a new, incomplete epoch, so the coordinator sees the change.
 //! The same happens when the epoch was not made by the running Redis process
-//! (`<prefix>epoch:run` differs from `INFO server`'s `run_id`): the keyspace
+//! (`<prefix>epoch:run` differs from the process's `run_id`): the keyspace
 //! was loaded from a snapshot or an AOF, or a replica was promoted by a
 //! failover, and may lack acknowledged writes. A planned restart with
 //! persistence therefore also starts a new epoch; anti-entropy refills it.
-//! Scripts are loaded once and called with `EVALSHA` (reloaded on `NOSCRIPT`).
+//! The run id is learnt with `INFO server` once per connection and passed
+//! to every script; a request during which fred reconnected is refused, so
+//! the id passed is always the one of the process that ran it (see
+//! `process.rs`). Scripts are loaded once and called with `EVALSHA`
+//! (reloaded on `NOSCRIPT`).
 //!
 //! # Deadlines and errors
 //!
@@ -64,18 +74,19 @@
 //!
 //! # Permissions
 //!
-//! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `INFO`
-//! (the run id), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
+//! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `MULTI`
+//! and `EXEC`, `INFO` (the run id, once per connection), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
 //! `~<prefix>*`; `CONFIG GET` is optional (without it the eviction policy
 //! cannot be checked and a warning is logged).
 //!
 //! # Cluster mode
 //!
 //! A record's keys share a slot through their hash tag, but the epoch key
-//! cannot share every record's slot. In Cluster mode the scripts therefore
-//! get the record key only and the epoch is read by a second script call on
-//! the epoch key's node, after the record call, without the run-id check
-//! (the run key may live in a third slot). Limitation: the epoch then
+//! cannot share every record's slot. In Cluster mode the merge script
+//! therefore gets the record key only, a read is a plain `HGETALL`, and the
+//! epoch is read by a second script call on the epoch key's node, after the
+//! record call, without the run-id check (the run key may live in a third
+//! slot). Limitation: the epoch then
 //! detects only that the epoch key's node restarted empty; a Cluster shard
 //! that loses or reloads its data is not seen by the epoch (rely on Cluster
 //! replicas for that, and on anti-entropy). Scans walk every
@@ -83,6 +94,7 @@
 //! deployments keep everything atomic.
 
 mod config;
+mod process;
 mod wire;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -92,7 +104,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::ConnectHandle;
+use fred::types::{ClusterHash, ConnectHandle, CustomCommand};
 
 pub use config::{
     EvictionCheck, RedisConnectError, RedisReplicaConfig, RedisTarget, DEFAULT_CONNECT_TIMEOUT,
@@ -105,6 +117,7 @@ use crate::codec;
 use crate::error::ReplicaError;
 use crate::record::Record;
 use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
+use process::ProcessIdentity;
 use wire::{
     delta_for_wire, epoch_candidate, glob_escape, map_error, parse_epoch, short_key, split_cursor,
 };
@@ -127,14 +140,30 @@ const MERGE_LUA: &str = concat!(
     include_str!("redis/common.lua"),
     include_str!("redis/merge.lua")
 );
-const READ_LUA: &str = concat!(
-    include_str!("redis/common.lua"),
-    include_str!("redis/read.lua")
-);
 const EPOCH_LUA: &str = concat!(
     include_str!("redis/common.lua"),
     include_str!("redis/epoch.lua")
 );
+
+/// [`EXPIRY_MARGIN_MS`] as the merge script reads it.
+const EXPIRY_MARGIN_ARG: &str = "60000";
+const _: () = assert!(EXPIRY_MARGIN_MS == 60_000, "EXPIRY_MARGIN_ARG follows it");
+/// Where the merge script reads the run id (`ARGV[5]`).
+const MERGE_RUN_ID_SLOT: usize = 4;
+/// Stands for the run id in script arguments until it is filled in (and in
+/// Cluster mode, where the scripts do not read it).
+fn run_id_placeholder() -> Value {
+    Value::from_static_str("")
+}
+
+/// `MULTI` and `EXEC`, sent as plain commands inside one pipeline.
+fn multi_command() -> CustomCommand {
+    CustomCommand::new_static("MULTI", ClusterHash::Random, false)
+}
+
+fn exec_command() -> CustomCommand {
+    CustomCommand::new_static("EXEC", ClusterHash::Random, false)
+}
 
 const EVICTION_UNCHECKED: u8 = 0;
 const EVICTION_OK: u8 = 1;
@@ -147,13 +176,17 @@ pub struct RedisReplica {
     prefix: String,
     epoch_key: String,
     run_key: String,
+    /// The epoch and run keys, as fred keys (cheap to clone).
+    epoch_fred_key: Key,
+    run_fred_key: Key,
     timeout: Duration,
     clustered: bool,
     eviction_check: EvictionCheck,
     eviction_state: AtomicU8,
     merge_script: Script,
-    read_script: Script,
     epoch_script: Script,
+    /// The run id of the Redis process behind the connection.
+    identity: ProcessIdentity,
     connection: Mutex<Option<ConnectHandle>>,
 }
 
@@ -188,6 +221,8 @@ impl RedisReplica {
         let fred_config = config.fred_config()?;
         let clustered = fred_config.server.is_clustered();
         let client = build_client(&config, fred_config)?;
+        // Count connections from the first one on (see process.rs).
+        let identity = ProcessIdentity::new(&client);
         // Subscribe to the first connection result and to connection errors
         // before the connection task starts, so that a fast failure (a wrong
         // password) is not missed. fred retries authentication errors
@@ -198,18 +233,22 @@ impl RedisReplica {
         let _ = futures::poll!(wait.as_mut());
         let handle = client.connect();
         let first = first_connection(wait, errors);
+        let epoch_key = format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix);
+        let run_key = format!("{}{RUN_KEY_SUFFIX}", config.key_prefix);
         let replica = RedisReplica {
             name: config.name.clone(),
             prefix: config.key_prefix.clone(),
-            epoch_key: format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix),
-            run_key: format!("{}{RUN_KEY_SUFFIX}", config.key_prefix),
+            epoch_fred_key: Key::from(epoch_key.as_str()),
+            run_fred_key: Key::from(run_key.as_str()),
+            epoch_key,
+            run_key,
             timeout: config.request_timeout,
             clustered,
             eviction_check: config.eviction_check,
             eviction_state: AtomicU8::new(EVICTION_UNCHECKED),
             merge_script: Script::from_lua(MERGE_LUA),
-            read_script: Script::from_lua(READ_LUA),
             epoch_script: Script::from_lua(EPOCH_LUA),
+            identity,
             connection: Mutex::new(Some(handle)),
             client,
         };
@@ -363,18 +402,44 @@ impl RedisReplica {
         Ok(())
     }
 
-    /// Runs a script under the deadline and maps its errors.
+    /// Runs a script under the deadline and maps its errors. `args[RUN_ID_ARG
+    /// of the script]` is a placeholder for the run id (`run_id_slot`),
+    /// filled in here outside Cluster mode; an answer that arrives after a
+    /// reconnection is refused (see `process.rs`).
     async fn eval(
         &self,
         op: &'static str,
         script: &Script,
-        keys: Vec<String>,
-        args: Vec<Value>,
+        keys: Vec<Key>,
+        mut args: Vec<Value>,
+        run_id_slot: usize,
         key: Option<&str>,
     ) -> Result<Value, ReplicaError> {
         self.ensure_usable().await?;
+        let generation = if self.clustered {
+            None
+        } else {
+            let (generation, run_id) = self.run_id().await?;
+            args[run_id_slot] = run_id;
+            Some(generation)
+        };
         let call = script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args);
-        self.finish(op, key, tokio::time::timeout(self.timeout, call).await)
+        let reply = self.finish(op, key, tokio::time::timeout(self.timeout, call).await)?;
+        if let Some(generation) = generation {
+            self.identity.check(&self.name, &self.client, generation)?;
+        }
+        Ok(reply)
+    }
+
+    /// The run id of the Redis process behind the connection, and the
+    /// connection generation it holds for (`INFO server` after each new
+    /// connection).
+    async fn run_id(&self) -> Result<(u64, Value), ReplicaError> {
+        let info = async {
+            let call = process::info_server(&self.client);
+            self.finish("info", None, tokio::time::timeout(self.timeout, call).await)
+        };
+        self.identity.run_id(&self.name, &self.client, info).await
     }
 
     /// Maps a command's outcome (deadline, then fred's result).
@@ -400,18 +465,28 @@ impl RedisReplica {
 
     /// The script keys: the record key, then the epoch and run keys
     /// (standalone and Sentinel only; see the module docs on Cluster mode).
-    fn script_keys(&self, key: &str) -> Vec<String> {
-        let mut keys = vec![self.redis_key(key)];
+    fn script_keys(&self, key: &str) -> Vec<Key> {
+        let mut keys = Vec::with_capacity(3);
+        keys.push(Key::from(self.redis_key(key)));
         if !self.clustered {
-            keys.push(self.epoch_key.clone());
-            keys.push(self.run_key.clone());
+            keys.push(self.epoch_fred_key.clone());
+            keys.push(self.run_fred_key.clone());
         }
         keys
     }
 
     /// The epoch script's keys: the epoch key, then the run key (not in
     /// Cluster mode: it may live in another slot).
-    fn epoch_keys(&self) -> Vec<String> {
+    fn epoch_keys(&self) -> Vec<Key> {
+        let mut keys = vec![self.epoch_fred_key.clone()];
+        if !self.clustered {
+            keys.push(self.run_fred_key.clone());
+        }
+        keys
+    }
+
+    /// The epoch and run keys' names (the run key not in Cluster mode).
+    fn epoch_key_names(&self) -> Vec<String> {
         let mut keys = vec![self.epoch_key.clone()];
         if !self.clustered {
             keys.push(self.run_key.clone());
@@ -431,13 +506,97 @@ impl RedisReplica {
     }
 
     async fn ping_epoch(&self) -> Result<Epoch, ReplicaError> {
-        let args = vec![Value::from("get"), Value::from(epoch_candidate())];
+        let args = vec![
+            Value::from_static_str("get"),
+            Value::from(epoch_candidate()),
+            run_id_placeholder(),
+        ];
         let keys = self.epoch_keys();
         let reply = self
-            .eval("ping", &self.epoch_script, keys, args, None)
+            .eval("ping", &self.epoch_script, keys, args, 2, None)
             .await?;
         parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| ReplicaError::Corrupt {
             detail: format!("{}: malformed epoch", self.name),
+        })
+    }
+
+    /// One atomic read outside Cluster mode: `MULTI`, `MGET` of the epoch
+    /// and run keys, `HGETALL`, `EXEC`, in one fred pipeline (written back
+    /// to back, so no other command joins the transaction). Returns the
+    /// epoch key's value, the run key's value and the hash.
+    async fn read_atomic(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Value>, Option<Value>, Value, Value), ReplicaError> {
+        self.ensure_usable().await?;
+        let (generation, run_id) = self.run_id().await?;
+        let pipeline = self.client.pipeline();
+        let ids = vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
+        let call = async {
+            let no_args = Vec::<Value>::new;
+            pipeline
+                .custom::<(), Value>(multi_command(), no_args())
+                .await?;
+            pipeline.mget::<(), _>(ids).await?;
+            pipeline.hgetall::<(), _>(self.redis_key(key)).await?;
+            pipeline
+                .custom::<(), Value>(exec_command(), no_args())
+                .await?;
+            pipeline.last::<Value>().await
+        };
+        let reply = self.finish(
+            "read",
+            Some(key),
+            tokio::time::timeout(self.timeout, call).await,
+        )?;
+        self.identity.check(&self.name, &self.client, generation)?;
+        let Value::Array(items) = reply else {
+            return Err(self.malformed("read"));
+        };
+        let Ok([ids, hash]) = <[Value; 2]>::try_from(items) else {
+            return Err(self.malformed("read"));
+        };
+        let (epoch, run) = match ids {
+            Value::Array(ids) if ids.len() == 2 => {
+                let mut ids = ids.into_iter().map(|v| (!v.is_null()).then_some(v));
+                (ids.next().flatten(), ids.next().flatten())
+            }
+            _ => return Err(self.malformed("read")),
+        };
+        Ok((epoch, run, hash, run_id))
+    }
+
+    /// Decodes a hash as `HGETALL` answers it (a flat array, or a map with
+    /// RESP3).
+    fn decode_hash(&self, key: &str, hash: Value) -> Result<Option<Record>, ReplicaError> {
+        let decoded = match hash {
+            Value::Array(flat) if flat.len() % 2 == 0 => {
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                for pair in flat.chunks_exact(2) {
+                    match (pair[0].as_bytes(), pair[1].as_bytes()) {
+                        (Some(name), Some(value)) => pairs.push((name, value)),
+                        _ => return Err(self.malformed("read")),
+                    }
+                }
+                codec::decode_pairs(pairs)
+            }
+            Value::Map(map) => {
+                let mut pairs = Vec::with_capacity(map.len());
+                for (name, value) in map.inner() {
+                    match value.as_bytes() {
+                        Some(value) => pairs.push((name.as_bytes().to_vec(), value.to_vec())),
+                        None => return Err(self.malformed("read")),
+                    }
+                }
+                codec::decode_pairs(pairs)
+            }
+            _ => return Err(self.malformed("read")),
+        };
+        decoded.map_err(|detail| {
+            tracing::debug!(replica = %self.name, key = %short_key(key), %detail, "corrupt record");
+            ReplicaError::Corrupt {
+                detail: format!("{}: {detail}", self.name),
+            }
         })
     }
 
@@ -606,37 +765,33 @@ impl Replica for RedisReplica {
 
     async fn read(&self, key: &str) -> Result<ReadReply, ReplicaError> {
         self.check_key(key)?;
-        let args = vec![Value::from(epoch_candidate())];
-        let reply = self
-            .eval(
+        if self.clustered {
+            self.ensure_usable().await?;
+            let call = self.client.hgetall::<Value, _>(self.redis_key(key));
+            let hash = self.finish(
                 "read",
-                &self.read_script,
-                self.script_keys(key),
-                args,
                 Some(key),
-            )
-            .await?;
-        let Value::Array(mut items) = reply else {
-            return Err(self.malformed("read"));
-        };
-        let flat = match items.pop() {
-            Some(Value::Array(flat)) if items.len() == 1 && flat.len() % 2 == 0 => flat,
-            _ => return Err(self.malformed("read")),
-        };
-        let epoch = self.epoch_from(items.first()).await?;
-        let mut pairs = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks_exact(2) {
-            match (pair[0].as_bytes(), pair[1].as_bytes()) {
-                (Some(name), Some(value)) => pairs.push((name, value)),
-                _ => return Err(self.malformed("read")),
-            }
+                tokio::time::timeout(self.timeout, call).await,
+            )?;
+            let record = self.decode_hash(key, hash)?;
+            let epoch = self.ping_epoch().await?;
+            return Ok(ReadReply { record, epoch });
         }
-        let record = codec::decode_pairs(pairs).map_err(|detail| {
-            tracing::debug!(replica = %self.name, key = %short_key(key), %detail, "corrupt record");
-            ReplicaError::Corrupt {
-                detail: format!("{}: {detail}", self.name),
-            }
-        })?;
+        let (epoch, run, hash, run_id) = self.read_atomic(key).await?;
+        let record = self.decode_hash(key, hash)?;
+        let made_here = run.as_ref().and_then(Value::as_bytes) == run_id.as_bytes();
+        let epoch = match epoch {
+            Some(text) => match parse_epoch(text.as_bytes().unwrap_or_default()) {
+                Some(epoch) if made_here => epoch,
+                Some(_) => self.new_epoch_after_read().await?,
+                None => {
+                    return Err(ReplicaError::Corrupt {
+                        detail: format!("{}: the epoch key holds foreign data", self.name),
+                    })
+                }
+            },
+            None => self.new_epoch_after_read().await?,
+        };
         Ok(ReadReply { record, epoch })
     }
 
@@ -660,11 +815,12 @@ impl Replica for RedisReplica {
             MergeMode::Create => "c",
         };
         let pairs = codec::encode_pairs(&delta);
-        let mut args = Vec::with_capacity(4 + 2 * pairs.len());
-        args.push(Value::from(mode));
+        let mut args = Vec::with_capacity(5 + 2 * pairs.len());
+        args.push(Value::from_static_str(mode));
         args.push(Value::from(encode_ms(now_ms.min(PHYSICAL_MAX))));
         args.push(Value::from(epoch_candidate()));
-        args.push(Value::from(EXPIRY_MARGIN_MS.to_string()));
+        args.push(Value::from_static_str(EXPIRY_MARGIN_ARG));
+        args.push(run_id_placeholder());
         for (name, value) in pairs {
             args.push(Value::Bytes(name.into()));
             args.push(Value::Bytes(value.into()));
@@ -675,6 +831,7 @@ impl Replica for RedisReplica {
                 &self.merge_script,
                 self.script_keys(key),
                 args,
+                MERGE_RUN_ID_SLOT,
                 Some(key),
             )
             .await?;
@@ -732,12 +889,20 @@ impl Replica for RedisReplica {
 
     async fn mark_epoch_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
         let args = vec![
-            Value::from("complete"),
+            Value::from_static_str("complete"),
             Value::from(format!("{epoch_id:016x}")),
+            run_id_placeholder(),
         ];
         let keys = self.epoch_keys();
         let reply = self
-            .eval("mark_epoch_complete", &self.epoch_script, keys, args, None)
+            .eval(
+                "mark_epoch_complete",
+                &self.epoch_script,
+                keys,
+                args,
+                2,
+                None,
+            )
             .await?;
         match reply {
             Value::Integer(1) => Ok(true),
@@ -751,7 +916,7 @@ impl Replica for RedisReplica {
     /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
     /// shared.
     async fn wipe(&self) -> Result<(), ReplicaError> {
-        self.unlink(self.epoch_keys()).await?;
+        self.unlink(self.epoch_key_names()).await?;
         for node in self.scan_nodes() {
             let mut cursor = "0".to_owned();
             loop {
@@ -763,11 +928,23 @@ impl Replica for RedisReplica {
                 cursor = next;
             }
         }
-        self.unlink(self.epoch_keys()).await
+        self.unlink(self.epoch_key_names()).await
     }
 }
 
 impl RedisReplica {
+    /// After a read that found no epoch made by this process: the epoch
+    /// script makes a new one (or finds the one another request made), and
+    /// the read reports it incomplete whatever it says by now (the hash was
+    /// read before it existed).
+    async fn new_epoch_after_read(&self) -> Result<Epoch, ReplicaError> {
+        let epoch = self.ping_epoch().await?;
+        Ok(Epoch {
+            id: epoch.id,
+            complete: false,
+        })
+    }
+
     fn malformed(&self, op: &str) -> ReplicaError {
         ReplicaError::Refused {
             detail: format!("{}: unexpected reply shape from the {op} script", self.name),

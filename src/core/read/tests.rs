@@ -141,12 +141,46 @@ fn read_plan_table() {
                 Answer(2, None, false),
             ],
             vec![
-                Wait,
                 Ask(vec![2]),
+                Wait,
                 done(ReadResult::Unavailable {
                     answered: 3,
                     needed: 2,
                 }),
+            ],
+        ),
+        (
+            // The simulator's seed 73: r2 restarted empty, r0 unreachable;
+            // r1 alone misses a write acknowledged on r0 and r2's old epoch.
+            "a write-only replica's answer does not complete R",
+            2,
+            2,
+            vec![true, false],
+            Ask(vec![0, 1]),
+            vec![Answer(1, None, false), Answer(0, hit(), true)],
+            vec![
+                Wait,
+                done(ReadResult::Unavailable {
+                    answered: 2,
+                    needed: 2,
+                }),
+            ],
+        ),
+        (
+            "a write-only replica's hit is merged in, a readable one completes R",
+            2,
+            2,
+            vec![true, false, true],
+            Ask(vec![0, 1]),
+            vec![
+                Answer(1, newer_hit(), false),
+                Answer(0, hit(), true),
+                Answer(2, hit(), true),
+            ],
+            vec![
+                Ask(vec![2]),
+                Wait,
+                done(ReadResult::Found(merged_hits.clone())),
             ],
         ),
         (
