@@ -229,7 +229,10 @@ async fn plain_write(client: &Client, key: &str, fields: &[(String, Vec<u8>)]) {
         .expect("clock")
         .as_millis();
     let expiry = i64::try_from(now).expect("ms") + 3_600_000;
-    let _: () = pipeline.pexpire_at(key, expiry, None).await.expect("pexpireat");
+    let _: () = pipeline
+        .pexpire_at(key, expiry, None)
+        .await
+        .expect("pexpireat");
     let _: Vec<Value> = pipeline.all().await.expect("pipeline");
 }
 

@@ -12,7 +12,7 @@ use quorum_sessions::ClusterConfig;
 use crate::latency::{Component, Exponential, LatencyModel, Mixture, MixtureSpec, Pareto};
 
 /// The seed of the default run.
-pub const DEFAULT_SEED: u64 = 0x5eed_2024;
+pub const DEFAULT_SEED: u64 = 13;
 /// Client operations of the default run.
 pub const DEFAULT_OPS: u64 = 100_000;
 
@@ -101,7 +101,7 @@ impl Default for FaultConfig {
         FaultConfig {
             kinds: FaultKind::ALL.to_vec(),
             mean_interval_ms: 2_500.0,
-            duration_ms: (300, 2_500),
+            duration_ms: (200, 1_500),
             concurrent_max: 2,
             loss_probability: (0.05, 0.3),
             skew_jump_max_ms: 2_000,

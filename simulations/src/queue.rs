@@ -2,10 +2,11 @@
 //! events at the same virtual time always come out in the order they were
 //! scheduled — the run is a function of its seed.
 //!
-//! Most events go through a binary heap. Events scheduled a *constant* delay
-//! ahead (hedge timers) are already in time order when scheduled, so they
-//! wait in FIFO lanes instead: cheaper, and the heap stays small. Popping
-//! takes the smallest key among the heap's top and the lanes' fronts.
+//! Events go through a binary heap, except those that are already in time
+//! order when scheduled: the messages of one FIFO link, the hedge timers
+//! (always the same delay ahead). Those wait in FIFO *lanes*, and the heap
+//! holds one entry per non-empty lane, for its front event: the heap stays
+//! small however many messages queue behind a slow replica.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -15,6 +16,9 @@ pub type Time = u64;
 
 /// `(time, sequence)` packed so that one integer comparison orders events.
 type Key = u128;
+
+/// `HeapEntry::lane` of an event that is not in a lane.
+const NO_LANE: u32 = u32::MAX;
 
 fn key(at: Time, sequence: u64) -> Key {
     (u128::from(at) << 64) | u128::from(sequence)
@@ -28,6 +32,7 @@ fn time_of(key: Key) -> Time {
 struct HeapEntry {
     key: Key,
     slot: u32,
+    lane: u32,
 }
 
 impl PartialOrd for HeapEntry {
@@ -38,6 +43,7 @@ impl PartialOrd for HeapEntry {
 
 impl Ord for HeapEntry {
     /// Reversed: `BinaryHeap` is a max-heap, the earliest event comes first.
+    /// Keys are unique (the sequence number), so this is a total order.
     fn cmp(&self, other: &Self) -> Ordering {
         other.key.cmp(&self.key)
     }
@@ -47,7 +53,12 @@ impl Ord for HeapEntry {
 #[derive(Debug)]
 pub struct EventQueue<E> {
     heap: BinaryHeap<HeapEntry>,
+    /// Each lane's events after its front (the front is in the heap).
     lanes: Vec<VecDeque<(Key, u32)>>,
+    /// The key of each lane's last event (time order check).
+    lane_last: Vec<Option<Key>>,
+    /// True while the lane's front event is in the heap.
+    lane_pending: Vec<bool>,
     /// Events by slot; the heap and the lanes hold slots (small entries that
     /// are cheap to sift), a free list reuses them.
     events: Vec<Option<E>>,
@@ -58,16 +69,19 @@ pub struct EventQueue<E> {
 impl<E> EventQueue<E> {
     /// An empty queue with `lanes` FIFO lanes.
     pub fn new(lanes: usize) -> EventQueue<E> {
+        assert!(lanes < NO_LANE as usize, "lane ids fit in u32");
         EventQueue {
             heap: BinaryHeap::new(),
             lanes: (0..lanes).map(|_| VecDeque::new()).collect(),
+            lane_last: vec![None; lanes],
+            lane_pending: vec![false; lanes],
             events: Vec::new(),
             free: Vec::new(),
             sequence: 0,
         }
     }
 
-    fn store(&mut self, event: E) -> (Key, u32) {
+    fn store(&mut self, at: Time, event: E) -> (Key, u32) {
         self.sequence += 1;
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -79,15 +93,16 @@ impl<E> EventQueue<E> {
                 u32::try_from(self.events.len() - 1).expect("fewer than 2^32 queued events")
             }
         };
-        (key(0, self.sequence), slot)
+        (key(at, self.sequence), slot)
     }
 
     /// Schedules `event` at `at`.
     pub fn push(&mut self, at: Time, event: E) {
-        let (sequence, slot) = self.store(event);
+        let (key, slot) = self.store(at, event);
         self.heap.push(HeapEntry {
-            key: key(at, 0) | sequence,
+            key,
             slot,
+            lane: NO_LANE,
         });
     }
 
@@ -98,38 +113,43 @@ impl<E> EventQueue<E> {
     /// If `at` is earlier than the lane's last event: a lane only takes
     /// events in time order.
     pub fn push_lane(&mut self, lane: usize, at: Time, event: E) {
-        let (sequence, slot) = self.store(event);
-        let key = key(at, 0) | sequence;
-        let queue = &mut self.lanes[lane];
+        let (key, slot) = self.store(at, event);
         assert!(
-            queue.back().is_none_or(|&(last, _)| last < key),
+            self.lane_last[lane].is_none_or(|last| last < key),
             "a lane takes events in time order"
         );
-        queue.push_back((key, slot));
+        self.lane_last[lane] = Some(key);
+        if self.lane_pending[lane] {
+            self.lanes[lane].push_back((key, slot));
+        } else {
+            self.lane_pending[lane] = true;
+            self.heap.push(HeapEntry {
+                key,
+                slot,
+                lane: lane as u32,
+            });
+        }
     }
 
     /// The earliest event and its time.
     pub fn pop(&mut self) -> Option<(Time, E)> {
-        let mut best: Option<(Key, Option<usize>)> = self.heap.peek().map(|top| (top.key, None));
-        for (lane, queue) in self.lanes.iter().enumerate() {
-            if let Some(&(key, _)) = queue.front() {
-                if best.is_none_or(|(best_key, _)| key < best_key) {
-                    best = Some((key, Some(lane)));
-                }
+        let top = self.heap.pop()?;
+        if top.lane != NO_LANE {
+            let lane = top.lane as usize;
+            match self.lanes[lane].pop_front() {
+                Some((key, slot)) => self.heap.push(HeapEntry {
+                    key,
+                    slot,
+                    lane: top.lane,
+                }),
+                None => self.lane_pending[lane] = false,
             }
         }
-        let (key, source) = best?;
-        unsafe {
-            POPS += 1;
-            LEN_SUM += self.heap.len() as u64;
-        }
-        let slot = match source {
-            None => self.heap.pop().expect("peeked").slot,
-            Some(lane) => self.lanes[lane].pop_front().expect("peeked").1,
-        };
-        self.free.push(slot);
-        let event = self.events[slot as usize].take().expect("a queued event");
-        Some((time_of(key), event))
+        self.free.push(top.slot);
+        let event = self.events[top.slot as usize]
+            .take()
+            .expect("a queued event");
+        Some((time_of(top.key), event))
     }
 
     /// Events waiting.
@@ -149,18 +169,30 @@ mod tests {
 
     #[test]
     fn events_come_out_by_time_then_by_scheduling_order() {
-        let mut queue = EventQueue::new(1);
+        let mut queue = EventQueue::new(2);
         queue.push(30, "c");
         queue.push_lane(0, 10, "a");
         queue.push(10, "b"); // same time as "a", scheduled later
         queue.push_lane(0, 40, "d");
+        queue.push_lane(1, 35, "lane 1");
         queue.push(5, "first");
+        queue.push_lane(0, 50, "e");
         let order: Vec<(Time, &str)> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(
             order,
-            vec![(5, "first"), (10, "a"), (10, "b"), (30, "c"), (40, "d")]
+            vec![
+                (5, "first"),
+                (10, "a"),
+                (10, "b"),
+                (30, "c"),
+                (35, "lane 1"),
+                (40, "d"),
+                (50, "e")
+            ]
         );
         assert!(queue.is_empty());
+        queue.push_lane(0, 60, "again");
+        assert_eq!(queue.pop(), Some((60, "again")));
     }
 
     #[test]
@@ -171,5 +203,3 @@ mod tests {
         queue.push_lane(0, 9, ());
     }
 }
-pub static mut POPS: u64 = 0;
-pub static mut LEN_SUM: u64 = 0;

@@ -63,13 +63,33 @@ use crate::workload::{SessionIndex, Workload};
 /// Virtual time, µs since the start of the run.
 pub use crate::queue::Time;
 
-/// The event queue lane of hedge timers.
+/// Event queue lanes (see [`crate::queue`]): events already in time order
+/// when scheduled. Hedge timers and deadlines armed at send time are always
+/// the same delay ahead; a link's deliveries, replies and the deadlines armed
+/// when its requests arrive follow the link's FIFO order.
 const HEDGE_LANE: usize = 0;
+const SEND_DEADLINE_LANE: usize = 1;
+
+fn deliver_lane(link: usize) -> usize {
+    2 + 3 * link
+}
+
+fn reply_lane(link: usize) -> usize {
+    3 + 3 * link
+}
+
+fn deliver_deadline_lane(link: usize) -> usize {
+    4 + 3 * link
+}
+
+fn lane_count(links: usize) -> usize {
+    2 + 3 * links
+}
 
 /// The Unix time (ms) at which every run starts.
 pub const START_UNIX_MS: u64 = 1_700_000_000_000;
 /// No single message takes longer than this (µs).
-const LATENCY_CAP_US: u64 = 10_000_000;
+const LATENCY_CAP_US: u64 = 2_000_000;
 /// How often the quiesce phase checks for convergence (µs).
 const QUIESCE_CHECK_US: u64 = 50_000;
 /// Audit reads in flight at once.
@@ -278,7 +298,6 @@ struct WriteOp {
     key: Rc<str>,
     /// `None` for a key removal (tombstones off).
     delta: Option<Rc<Record>>,
-    mode: MergeMode,
     info: WriteInfo,
     tally: WriteTally,
     /// The client has its answer.
@@ -315,7 +334,8 @@ struct ReadOp {
 #[derive(Debug)]
 enum Op {
     Write(WriteOp),
-    Read(ReadOp),
+    /// Boxed: a read carries its plan, its checker token and its result.
+    Read(Box<ReadOp>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -418,7 +438,7 @@ impl World {
             workload: Workload::new(&config.workload),
             rng,
             now: 0,
-            queue: EventQueue::new(1),
+            queue: EventQueue::new(lane_count(n * k)),
             replicas,
             coords,
             partitions: vec![0; n * k],
@@ -573,7 +593,12 @@ impl World {
         let deadline = self.now + timeout;
         if self.lost(coord, replica) {
             self.stats.messages_lost += 1;
-            self.schedule(timeout, Event::Timeout { coord, request: id });
+            let at = self.now + timeout;
+            self.queue.push_lane(
+                SEND_DEADLINE_LANE,
+                at,
+                Event::Timeout { coord, request: id },
+            );
             self.trace(Some(&key), || {
                 format!("c{coord} -> r{replica} {} {key}: lost", body_name(&body))
             });
@@ -591,7 +616,12 @@ impl World {
         self.stats.messages_sent += 1;
         let deadline_armed = arrival >= deadline;
         if deadline_armed {
-            self.schedule(timeout, Event::Timeout { coord, request: id });
+            let at = self.now + timeout;
+            self.queue.push_lane(
+                SEND_DEADLINE_LANE,
+                at,
+                Event::Timeout { coord, request: id },
+            );
         }
         let request = Request {
             coord,
@@ -603,7 +633,9 @@ impl World {
             deadline,
             deadline_armed,
         };
-        self.schedule(arrival - self.now, Event::Deliver(request));
+        // Arrivals on a link are in time order (FIFO): a lane of their own.
+        self.queue
+            .push_lane(deliver_lane(link), arrival, Event::Deliver(request));
         id
     }
 
@@ -621,7 +653,12 @@ impl World {
         } = request;
         let arm_deadline = |world: &mut World| {
             if !deadline_armed {
-                world.schedule(deadline - world.now, Event::Timeout { coord, request: id });
+                // Deliveries on a link come in send order, so their
+                // deadlines do too: a lane per link.
+                let lane = deliver_deadline_lane(world.link(coord, index));
+                world
+                    .queue
+                    .push_lane(lane, deadline, Event::Timeout { coord, request: id });
             }
         };
         if self.replicas[index].crashed {
@@ -711,7 +748,8 @@ impl World {
             id,
             body: reply,
         };
-        self.schedule(arrival - self.now, Event::Reply(reply));
+        self.queue
+            .push_lane(reply_lane(link), arrival, Event::Reply(reply));
     }
 
     /// A reply reached its coordinator: health, epoch, then the purpose.
@@ -848,7 +886,7 @@ impl World {
         let op = self.workload.next_op(&mut self.rng);
         self.issue_client_op(coord, op);
         self.issued += 1;
-        if self.issued % 4096 == 0 {
+        if self.issued.is_multiple_of(4096) {
             if let Some(progress) = &mut self.progress {
                 progress(self.issued);
             }
@@ -874,7 +912,7 @@ impl World {
             None => (false, false),
         };
         if done {
-            self.ops.remove(op);
+            self.ops.free(op);
             if audit {
                 self.audit_in_flight -= 1;
                 self.maybe_continue_audit();

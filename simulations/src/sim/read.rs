@@ -48,7 +48,7 @@ impl World {
         );
         let token = self.checker.read_invoked(session, self.now, now_ms);
         let decision = plan.start();
-        let op = self.ops.insert(Op::Read(ReadOp {
+        let op = self.ops.insert(Op::Read(Box::new(ReadOp {
             coord,
             key: key.clone(),
             plan,
@@ -57,7 +57,7 @@ impl World {
             outstanding: 0,
             invoked_at: self.now,
             audit,
-        }));
+        })));
         if audit {
             self.audit_in_flight += 1;
         }

@@ -291,6 +291,12 @@ impl World {
             self.trace(None, || "not converged within the bound".to_owned());
             self.start_audit();
         } else {
+            // Everything is quiet but the replicas still differ (a hint
+            // replayed after the last pass, say): run another pass.
+            let quiet = self.ops.is_empty() && self.coords.iter().all(|c| c.hints.total_len() == 0);
+            if quiet && self.anti_entropy.is_none() {
+                self.anti_entropy_due = true;
+            }
             self.schedule(QUIESCE_CHECK_US, Event::QuiesceCheck);
         }
     }

@@ -121,7 +121,6 @@ impl World {
             session,
             key: key.clone(),
             delta: delta.clone(),
-            mode,
             info,
             tally: WriteTally::new(self.config.write_quorum(), n),
             answered: false,
