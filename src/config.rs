@@ -94,6 +94,10 @@ pub struct AntiEntropyConfig {
     pub on_rejoin: bool,
     /// Also run a pass on this schedule (`None`: only on rejoin and demand).
     pub interval: Option<Duration>,
+    /// After a rejoin-triggered pass that could not refill a replica (too
+    /// few complete sources: more than N − W replicas lost data), wait this
+    /// long before trying again.
+    pub retry_interval: Duration,
 }
 
 impl Default for AntiEntropyConfig {
@@ -104,6 +108,7 @@ impl Default for AntiEntropyConfig {
             pause_between_pages: Duration::ZERO,
             on_rejoin: true,
             interval: None,
+            retry_interval: Duration::from_secs(5),
         }
     }
 }

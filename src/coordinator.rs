@@ -144,6 +144,9 @@ pub(crate) struct Inner {
     started: Instant,
     /// True while an anti-entropy pass runs in this coordinator.
     pub(crate) anti_entropy_running: std::sync::atomic::AtomicBool,
+    /// Monotonic ms before which no rejoin-triggered pass starts (set after a
+    /// pass that could not refill anything; scheduled passes also use it).
+    pub(crate) anti_entropy_not_before_ms: AtomicU64,
 }
 
 /// Replicates records over N replicas with quorum writes and reads. Cheap to
@@ -246,6 +249,7 @@ impl CoordinatorBuilder {
                 wall_clock: self.wall_clock,
                 started: Instant::now(),
                 anti_entropy_running: std::sync::atomic::AtomicBool::new(false),
+                anti_entropy_not_before_ms: AtomicU64::new(0),
             }),
         })
     }

@@ -102,29 +102,106 @@ impl Coordinator {
     /// Starts a background anti-entropy pass when one is due: a replica is
     /// write-only (new epoch) or its hints overflowed, and it is not Down.
     pub(crate) fn maybe_start_anti_entropy(&self) {
-        if !self.inner.config.anti_entropy.on_rejoin
-            || self.inner.anti_entropy_running.load(Ordering::Acquire)
+        let config = &self.inner.config.anti_entropy;
+        let now_ms = self.monotonic_ms();
+        if self.inner.anti_entropy_running.load(Ordering::Acquire)
+            || now_ms
+                < self
+                    .inner
+                    .anti_entropy_not_before_ms
+                    .load(Ordering::Relaxed)
         {
             return;
         }
-        let due = self.replica_states().iter().any(|s| {
+        if let Some(interval) = config.interval {
+            // A scheduled pass: the next one `interval` after this one starts.
+            let next = now_ms + u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+            self.inner
+                .anti_entropy_not_before_ms
+                .store(next, Ordering::Relaxed);
+            self.spawn_pass("scheduled anti-entropy pass");
+            return;
+        }
+        if !config.on_rejoin {
+            return;
+        }
+        let states = self.replica_states();
+        let due = states.iter().any(|s| {
             s.health != Health::Down && (!s.readable || s.needs_anti_entropy) && s.epoch.is_some()
         });
         // A cluster where nothing is readable is bootstrapped, not refilled.
-        let any_readable = self.replica_states().iter().any(|s| s.readable);
+        let any_readable = states.iter().any(|s| s.readable);
         if due && any_readable {
-            let this = self.clone();
-            tokio::spawn(async move {
-                if let Some(report) = this.anti_entropy().await {
-                    info!(
-                        keys = report.stats.keys_compared,
-                        repaired = report.stats.keys_repaired,
-                        refilled = ?report.marked_complete,
-                        "anti-entropy pass after a rejoin"
-                    );
-                }
-            });
+            self.spawn_pass("anti-entropy pass after a rejoin");
         }
+    }
+
+    fn spawn_pass(&self, what: &'static str) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(report) = this.anti_entropy().await else {
+                return;
+            };
+            info!(
+                keys = report.stats.keys_compared,
+                repaired = report.stats.keys_repaired,
+                refilled = ?report.marked_complete,
+                "{what}"
+            );
+            let stuck = this
+                .replica_states()
+                .iter()
+                .any(|s| s.health != Health::Down && !s.readable);
+            if stuck && report.marked_complete.is_empty() {
+                // Too few complete sources (more than N - W replicas lost
+                // data): retrying at once changes nothing. See
+                // `Coordinator::accept_data_loss` for the operator's way out.
+                let retry = this.config().anti_entropy.retry_interval;
+                let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+                let next = this.monotonic_ms() + retry_ms;
+                this.inner
+                    .anti_entropy_not_before_ms
+                    .fetch_max(next, Ordering::Relaxed);
+                warn!(
+                    retry_ms,
+                    "anti-entropy could not refill a replica: too few complete replicas"
+                );
+            }
+        });
+    }
+
+    /// Operator override: marks replica `index`'s current epoch complete
+    /// without a refill, so that its misses count again. Use it only after
+    /// more than N − W replicas lost their data at once, when no pass can
+    /// prove a refill complete and reads stay `Unavailable`: writes
+    /// acknowledged only by the lost replicas are gone, and accepting that is
+    /// the point of the call. Returns `false` if the replica's epoch changed
+    /// meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// The replica's error when it cannot be reached.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not a replica index.
+    pub async fn accept_data_loss(
+        &self,
+        index: ReplicaIndex,
+    ) -> Result<bool, crate::error::ReplicaError> {
+        let replica = self.inner.replicas[index].clone();
+        let epoch = self.call(index, replica.ping()).await?;
+        let marked = self
+            .call(index, replica.mark_epoch_complete(epoch.id))
+            .await?;
+        if marked {
+            self.lock().epochs.mark_complete(index, epoch.id);
+            warn!(
+                replica = replica.name(),
+                "epoch marked complete by the operator: data loss accepted"
+            );
+        }
+        Ok(marked)
     }
 
     /// Runs one anti-entropy pass over every reachable replica and returns

@@ -158,3 +158,29 @@ async fn a_rejoin_starts_a_pass_by_itself() {
     );
     assert_identical(&nodes);
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_wiped_replicas_stay_unavailable_without_spinning_until_the_operator_accepts_the_loss()
+{
+    let (c, _nodes, handles) = cluster(ClusterConfig::default()).await;
+    write_many(&c, 20, "a").await;
+    handles[0].wipe().await.unwrap();
+    handles[1].wipe().await.unwrap();
+    write_many(&c, 2, "b").await; // the coordinator sees both new epochs
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let passes = c.stats().anti_entropy_passes;
+    assert!(
+        passes <= 4,
+        "passes retried with a pause, not every tick: {passes}"
+    );
+    assert!(matches!(
+        c.read("s:{never}").await,
+        Err(quorum_sessions::Error::Unavailable { .. })
+    ));
+    assert!(c.accept_data_loss(0).await.unwrap());
+    assert_eq!(
+        c.read("s:{never}").await.unwrap(),
+        None,
+        "misses count again"
+    );
+}
