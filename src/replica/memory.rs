@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{apply_merge, Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage};
+use super::{
+    apply_merge, apply_merge_in_place, Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage,
+};
 use crate::error::ReplicaError;
 use crate::record::Record;
 
@@ -116,15 +118,22 @@ impl Replica for InMemoryReplica {
         now_ms: u64,
     ) -> Result<MergeReply, ReplicaError> {
         let mut state = self.lock();
-        let stored = state.records.get(key);
-        let held_max = stored.and_then(Record::max_stamp);
-        let (status, merged) = apply_merge(stored, delta, mode, now_ms);
-        if let Some(merged) = merged {
-            state.records.insert(key.to_owned(), merged);
-        }
+        let epoch = state.epoch;
+        let (status, held_max) = match state.records.get_mut(key) {
+            Some(stored) => {
+                let held_max = stored.max_stamp();
+                (apply_merge_in_place(stored, delta, mode, now_ms), held_max)
+            }
+            None => {
+                let (status, fresh) = apply_merge(None, delta, mode, now_ms);
+                let fresh = fresh.expect("a merge into an absent key applies");
+                state.records.insert(key.to_owned(), fresh);
+                (status, None)
+            }
+        };
         Ok(MergeReply {
             status,
-            epoch: state.epoch,
+            epoch,
             held_max,
         })
     }

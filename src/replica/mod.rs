@@ -155,3 +155,21 @@ pub fn apply_merge(
         Some(Record::merge(stored, delta, now_ms)),
     )
 }
+
+/// [`apply_merge`] on a key that holds `stored`, merging in place (no copy of
+/// the stored record). `stored` changes only when the status is `Applied`.
+pub fn apply_merge_in_place(
+    stored: &mut Record,
+    delta: &Record,
+    mode: MergeMode,
+    now_ms: u64,
+) -> MergeStatus {
+    if mode == MergeMode::Create && stored.origin != delta.origin {
+        return MergeStatus::Exists;
+    }
+    if stored.is_tombstone() && !delta.is_tombstone() {
+        return MergeStatus::Gone;
+    }
+    stored.merge_from(delta, now_ms);
+    MergeStatus::Applied
+}

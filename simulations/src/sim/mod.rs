@@ -45,7 +45,7 @@ use quorum_sessions::core::health::HealthTracker;
 use quorum_sessions::core::hints::{Hint, HintQueues};
 use quorum_sessions::core::quorum::WriteTally;
 use quorum_sessions::core::read::{ReadPlan, ReadResult};
-use quorum_sessions::replica::{apply_merge, Epoch, MergeMode, MergeStatus};
+use quorum_sessions::replica::{apply_merge, apply_merge_in_place, Epoch, MergeMode, MergeStatus};
 use quorum_sessions::stamp::Hlc;
 use quorum_sessions::{Record, Stamp};
 use rand::{Rng, SeedableRng};
@@ -688,18 +688,25 @@ impl World {
             RequestBody::Merge { delta, mode } => {
                 // One lookup: a copy past its TTL is what Redis would have
                 // dropped, so it merges as an absent key.
-                let slot = replica.records.get_mut(&*key);
-                let stored = slot.as_deref().filter(|r| alive(r, replica_ms, margin));
-                let held_max = stored.and_then(Record::max_stamp);
-                let (status, merged) = apply_merge(stored, &delta, mode, now_ms);
-                if let Some(merged) = merged {
-                    self.mutations += 1;
-                    match slot {
-                        Some(slot) => *slot = merged,
-                        None => {
-                            replica.records.insert(key.to_string(), merged);
-                        }
+                let (status, held_max) = match replica.records.get_mut(&*key) {
+                    Some(slot) if alive(slot, replica_ms, margin) => {
+                        let held_max = slot.max_stamp();
+                        (apply_merge_in_place(slot, &delta, mode, now_ms), held_max)
                     }
+                    slot => {
+                        let (status, merged) = apply_merge(None, &delta, mode, now_ms);
+                        let merged = merged.expect("a merge into an absent key applies");
+                        match slot {
+                            Some(slot) => *slot = merged,
+                            None => {
+                                replica.records.insert(key.to_string(), merged);
+                            }
+                        }
+                        (status, None)
+                    }
+                };
+                if status == MergeStatus::Applied {
+                    self.mutations += 1;
                 }
                 ReplyBody::Merge {
                     status,
