@@ -236,10 +236,17 @@ async fn a_hint_queue_overflow_is_counted_and_anti_entropy_converges() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stats = c.stats();
-    assert_eq!(stats.hints_queued, 400, "every missed write hinted: {stats:?}");
+    assert_eq!(
+        stats.hints_queued, 400,
+        "every missed write hinted: {stats:?}"
+    );
     let dropped = stats.hints_dropped;
     assert!(stats.hints_pending <= 50, "queue bounded: {stats:?}");
-    assert_eq!(dropped, 400 - stats.hints_pending, "overflow counted: {stats:?}");
+    assert_eq!(
+        dropped,
+        400 - stats.hints_pending,
+        "overflow counted: {stats:?}"
+    );
     assert!(c.replica_states()[0].needs_anti_entropy);
     nodes.node(0).reconnect().await;
     let report = pass_covering(&c, &nodes, 0).await;
