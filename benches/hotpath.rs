@@ -18,9 +18,15 @@
 //! `redis-read`, `redis-read2` (the coordinator), `replica-merge`,
 //! `replica-read` (one `RedisReplica`), `plain-write`, `plain-read` (fred
 //! `HSET` + `PEXPIREAT` pipelined, `HGETALL`: the `single` system of the
-//! replication bench). Each prints the median and p99 latency.
+//! replication bench), `plain-read3`, `plain-read3p` and `plain-read-lua`
+//! (ways of reading a hash with the epoch: three commands queued together
+//! or in a fred pipeline, or one script). Each
+//! prints the throughput and the median and p99 latency; `QS_HOT_CONC=64`
+//! keeps 64 operations in flight (one task).
 
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::{client, RedisServer};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,45 +39,6 @@ use quorum_sessions::{ClusterConfig, Coordinator, Mutation};
 const SESSIONS: usize = 100;
 const FIELDS: usize = 10;
 const FIELD_BYTES: usize = 100;
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> RedisServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    RedisServer { child, port }
-}
-
-async fn plain_client(port: u16) -> Client {
-    let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url");
-    let client = Builder::from_config(config).build().expect("client");
-    for _ in 0..100 {
-        if client.init().await.is_ok() {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server on port {port} did not start");
-}
 
 fn fields() -> Vec<(String, Vec<u8>)> {
     (0..FIELDS)
@@ -116,7 +83,7 @@ async fn coordinator(replicas: Vec<Arc<dyn Replica>>, read_quorum: usize) -> Coo
 async fn redis_replicas(servers: &[RedisServer]) -> Vec<Arc<dyn Replica>> {
     let mut replicas: Vec<Arc<dyn Replica>> = Vec::new();
     for server in servers {
-        plain_client(server.port).await; // waits until it answers
+        client(server.port).await; // waits until it answers
         let config = RedisReplicaConfig::from_url(
             format!("r{}", server.port),
             format!("redis://127.0.0.1:{}", server.port),
@@ -134,12 +101,29 @@ where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut latencies = Vec::with_capacity(ops);
-    for index in 0..ops {
-        let started = Instant::now();
-        op(index).await;
-        latencies.push(started.elapsed());
-    }
+    use futures::StreamExt;
+    let concurrency: usize = std::env::var("QS_HOT_CONC")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let started = Instant::now();
+    let latencies: Vec<Duration> = futures::stream::iter(0..ops)
+        .map(|index| {
+            let request = op(index);
+            async move {
+                let started = Instant::now();
+                request.await;
+                started.elapsed()
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    println!(
+        "{ops} ops at concurrency {concurrency}: {:.0} ops/s",
+        ops as f64 / elapsed.as_secs_f64()
+    );
     latencies
 }
 
@@ -157,14 +141,14 @@ async fn run_mode(mode: &str, ops: usize) -> Vec<Duration> {
             coordinator_ops(&c, mode, ops, &keys, &fields).await
         }
         "redis-write" | "redis-read" | "redis-read2" => {
-            let servers: Vec<RedisServer> = (0..3).map(|_| start_server()).collect();
+            let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start(&[])).collect();
             let replicas = redis_replicas(&servers).await;
             let c = coordinator(replicas, if mode == "redis-read2" { 2 } else { 1 }).await;
             let mode = mode.trim_start_matches("redis-");
             coordinator_ops(&c, mode, ops, &keys, &fields).await
         }
         "replica-merge" | "replica-read" => {
-            let servers = vec![start_server()];
+            let servers = vec![RedisServer::start(&[])];
             let replicas = redis_replicas(&servers).await;
             let c = coordinator(replicas.clone(), 1).await;
             let replica = replicas[0].clone();
@@ -193,19 +177,44 @@ async fn run_mode(mode: &str, ops: usize) -> Vec<Duration> {
             })
             .await
         }
-        "plain-write" | "plain-read" => {
-            let server = start_server();
-            let client = plain_client(server.port).await;
+        "plain-write" | "plain-read" | "plain-read3" | "plain-read3p" | "plain-read-lua" => {
+            let server = RedisServer::start(&[]);
+            let client = client(server.port).await;
             for k in &keys {
                 plain_write(&client, k, &fields).await;
             }
             let latencies = run(ops, |i| {
                 let (client, key) = (client.clone(), key(i));
                 let fields = &fields;
-                let write = mode == "plain-write";
+                let mode = mode.to_owned();
                 async move {
-                    if write {
+                    if mode == "plain-write" {
                         plain_write(&client, &key, fields).await;
+                    } else if mode == "plain-read3" {
+                        let ids = || vec!["qs:epoch", "qs:epoch:run"];
+                        let (a, b, c) = tokio::join!(
+                            client.mget::<Value, _>(ids()),
+                            client.hgetall::<Value, _>(&key),
+                            client.mget::<Value, _>(ids()),
+                        );
+                        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+                    } else if mode == "plain-read3p" {
+                        let ids = || vec!["qs:epoch", "qs:epoch:run"];
+                        let pipeline = client.pipeline();
+                        let _: () = pipeline.mget(ids()).await.unwrap();
+                        let _: () = pipeline.hgetall(&key).await.unwrap();
+                        let _: () = pipeline.mget(ids()).await.unwrap();
+                        let all: Vec<Value> = pipeline.all().await.unwrap();
+                        assert_eq!(all.len(), 3);
+                    } else if mode == "plain-read-lua" {
+                        let script = fred::types::scripts::Script::from_lua(
+                            "return { redis.call('MGET', KEYS[2], KEYS[3]), redis.call('HGETALL', KEYS[1]) }",
+                        );
+                        let v: Value = script
+                            .evalsha_with_reload(&client, vec![key.as_str(), "qs:epoch", "qs:epoch:run"], Vec::<String>::new())
+                            .await
+                            .unwrap();
+                        drop(v);
                     } else {
                         let map: std::collections::BTreeMap<String, Vec<u8>> =
                             client.hgetall(&key).await.expect("hgetall");

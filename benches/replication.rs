@@ -13,8 +13,10 @@
 //!
 //! Environment: `QS_BENCH_OPS` scales the operation counts (default 1.0).
 
+mod common;
+use common::{client, RedisServer};
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,55 +30,6 @@ const FIELD_BYTES: usize = 100;
 const SESSIONS: usize = 1_000;
 const ROUNDS: usize = 3;
 const SERVERS: usize = 7;
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn start_server() -> RedisServer {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (apt-get install redis-server)");
-    RedisServer { child, port }
-}
-
-async fn client(port: u16) -> Client {
-    let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url");
-    let client = Builder::from_config(config).build().expect("client");
-    for _ in 0..100 {
-        if client.init().await.is_ok() {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server on port {port} did not start");
-}
 
 fn session_fields() -> Vec<(String, Vec<u8>)> {
     (0..FIELDS)
@@ -308,7 +261,7 @@ async fn main() {
         .unwrap_or(1.0);
     let ops_for =
         |concurrency: usize| ((if concurrency == 1 { 1_500.0 } else { 12_800.0 }) * scale) as usize;
-    let servers: Vec<RedisServer> = (0..SERVERS).map(|_| start_server()).collect();
+    let servers: Vec<RedisServer> = (0..SERVERS).map(|_| RedisServer::start(&[])).collect();
     let mut clients = Vec::new();
     for server in &servers[..3] {
         clients.push(client(server.port).await);

@@ -14,8 +14,8 @@
 //! Every fixed-width field compares as text exactly as it compares as a
 //! number, which is what lets the Lua merge work on strings only.
 
-use crate::record::{check_field_name, FieldEntry, Record, FORMAT_VERSION};
-use crate::stamp::{decode_ms, encode_ms, Stamp};
+use crate::record::{check_field_name, push_ms, push_stamp, FieldEntry, Record, FORMAT_VERSION};
+use crate::stamp::{decode_ms, Stamp};
 
 /// Prefix of the hash fields that hold record fields.
 pub const FIELD_PREFIX: &str = "f:";
@@ -34,26 +34,54 @@ pub const META_PARTIAL: &str = "m:p";
 
 /// Encodes a record as hash pairs (metadata first, then fields in name order).
 pub fn encode_pairs(record: &Record) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut pairs = Vec::with_capacity(record.fields.len() + 6);
-    pairs.push((META_FORMAT.into(), record.format.to_string().into_bytes()));
-    pairs.push((META_EXPIRY.into(), encode_ms(record.expiry_ms).into_bytes()));
-    pairs.push((META_CAP.into(), encode_ms(record.cap_ms).into_bytes()));
+    let mut pairs = Vec::with_capacity(pair_count(record));
+    visit_pairs(record, |name, value| {
+        pairs.push((name.to_vec(), value.to_vec()))
+    });
+    pairs
+}
+
+/// How many pairs [`encode_pairs`] makes of `record`.
+pub fn pair_count(record: &Record) -> usize {
+    3 + usize::from(record.tombstone.is_some())
+        + usize::from(record.origin.is_some())
+        + usize::from(record.partial)
+        + record.fields.len()
+}
+
+/// Calls `visit` with each pair of [`encode_pairs`], in the same order,
+/// built in one reused buffer (no allocation per pair).
+pub fn visit_pairs(record: &Record, mut visit: impl FnMut(&[u8], &[u8])) {
+    let mut name = Vec::with_capacity(64);
+    let mut value = Vec::with_capacity(256);
+    let format = record.format.to_string();
+    visit(META_FORMAT.as_bytes(), format.as_bytes());
+    push_ms(&mut value, record.expiry_ms);
+    visit(META_EXPIRY.as_bytes(), &value);
+    value.clear();
+    push_ms(&mut value, record.cap_ms);
+    visit(META_CAP.as_bytes(), &value);
     if let Some(tombstone) = record.tombstone {
-        pairs.push((META_TOMBSTONE.into(), tombstone.encode().into_bytes()));
+        value.clear();
+        push_stamp(&mut value, tombstone);
+        visit(META_TOMBSTONE.as_bytes(), &value);
     }
     if let Some(origin) = record.origin {
-        pairs.push((META_ORIGIN.into(), origin.encode().into_bytes()));
+        value.clear();
+        push_stamp(&mut value, origin);
+        visit(META_ORIGIN.as_bytes(), &value);
     }
     if record.partial {
-        pairs.push((META_PARTIAL.into(), b"1".to_vec()));
+        visit(META_PARTIAL.as_bytes(), b"1");
     }
-    for (name, entry) in &record.fields {
-        let mut key = Vec::with_capacity(FIELD_PREFIX.len() + name.len());
-        key.extend_from_slice(FIELD_PREFIX.as_bytes());
-        key.extend_from_slice(name.as_bytes());
-        pairs.push((key, entry.encode()));
+    for (field, entry) in &record.fields {
+        name.clear();
+        name.extend_from_slice(FIELD_PREFIX.as_bytes());
+        name.extend_from_slice(field.as_bytes());
+        value.clear();
+        entry.encode_into(&mut value);
+        visit(&name, &value);
     }
-    pairs
 }
 
 /// Decodes hash pairs. An empty list is "no record" (`Ok(None)`).
@@ -104,7 +132,11 @@ where
     if record.format != FORMAT_VERSION {
         return Err(format!("unknown format version {}", record.format));
     }
-    record.check_shape()?;
+    // The rest of Record::check_shape (the names were checked one by one).
+    if record.tombstone.is_some() && !record.fields.is_empty() {
+        return Err("a tombstone holds fields".into());
+    }
+    debug_assert!(record.check_shape().is_ok());
     Ok(Some(record))
 }
 

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
@@ -437,50 +436,57 @@ impl Coordinator {
         Ok(WriteAck { stamp, acked })
     }
 
-    /// Fans a stamped delta out and waits for the write quorum.
+    /// Fans a stamped delta out and waits for the write quorum. The merges
+    /// are polled here rather than spawned one task each, every one of them
+    /// in each round (so all are sent at once, as with tasks); once the
+    /// outcome is known, or if the caller drops the write, the ones still
+    /// running go on together in one background task, each bounded by
+    /// `request_timeout`, and queue a hint if they fail.
     async fn write_delta(&self, key: &str, delta: Arc<Record>, mode: MergeMode) -> Result<usize> {
         let n = self.replica_count();
         let mut tally = WriteTally::new(self.inner.config.write_quorum, n);
         let mut failures = Vec::new();
-        let (sender, mut receiver) = mpsc::channel(n);
         let now_ms = self.now_ms();
         let mut outcome = WriteOutcome::Pending;
+        let key: Arc<str> = Arc::from(key);
+        let mut merges = FinishInBackground(Vec::with_capacity(n));
         for index in 0..n {
             if self.lock().health.is_down(index) {
-                self.queue_hint(index, key, &delta, now_ms);
+                self.queue_hint(index, &key, &delta, now_ms);
                 failures.push(self.failure(index, ReplicaError::Skipped));
                 outcome = tally.record(index, WriteReply::Failed);
                 continue;
             }
-            let (this, key, delta, sender) =
-                (self.clone(), key.to_owned(), delta.clone(), sender.clone());
-            let task = async move {
+            let (this, key, delta) = (self.clone(), key.clone(), delta.clone());
+            merges.0.push(Some(Box::pin(async move {
                 let result = this.merge_on(index, &key, &delta, mode, now_ms).await;
                 if result.is_err() {
                     this.queue_hint(index, &key, &delta, now_ms);
                 }
-                let _ = sender.send((index, result)).await; // the caller may be gone
-            };
-            tokio::spawn(task.in_current_span());
+                (index, result)
+            })));
         }
-        drop(sender);
         while outcome == WriteOutcome::Pending {
-            let Some((index, result)) = receiver.recv().await else {
-                break;
-            };
-            let reply = match result {
-                Ok(reply) => match reply.status {
-                    MergeStatus::Applied => WriteReply::Applied,
-                    MergeStatus::Gone => WriteReply::Gone,
-                    MergeStatus::Exists => WriteReply::Exists,
-                },
-                Err(error) => {
-                    failures.push(self.failure(index, error));
-                    WriteReply::Failed
-                }
-            };
-            outcome = tally.record(index, reply);
+            let replies = merges.next_replies().await;
+            if replies.is_empty() {
+                break; // every merge answered
+            }
+            for (index, result) in replies {
+                let reply = match result {
+                    Ok(reply) => match reply.status {
+                        MergeStatus::Applied => WriteReply::Applied,
+                        MergeStatus::Gone => WriteReply::Gone,
+                        MergeStatus::Exists => WriteReply::Exists,
+                    },
+                    Err(error) => {
+                        failures.push(self.failure(index, error));
+                        WriteReply::Failed
+                    }
+                };
+                outcome = tally.record(index, reply);
+            }
         }
+        drop(merges); // the merges still running go on in the background
         self.finish_write(outcome, &tally, failures)
     }
 
@@ -668,12 +674,10 @@ impl Coordinator {
             });
         }
         bump(&counters.reads_conclusive);
-        if let Some(merged) = plan.merged() {
-            let mut targets = plan.repair_targets();
-            if !targets.is_empty() {
-                targets.extend(corrupt); // the merge refuses foreign data: safe to try
-                self.read_repair(key, Arc::new(merged), targets).await;
-            }
+        let mut targets = plan.repair_targets(); // empty unless something was merged
+        if let Some(merged) = plan.merged().filter(|_| !targets.is_empty()) {
+            targets.extend(corrupt); // the merge refuses foreign data: safe to try
+            self.read_repair(key, Arc::new(merged), targets).await;
         }
         Ok(match result {
             ReadResult::Found(record) => Some(record),
@@ -743,10 +747,17 @@ impl Coordinator {
             Ok(result) => result,
             Err(_) => Err(ReplicaError::Timeout { after: timeout }),
         };
+        self.note_health(index, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// Feeds the outcome of one request to replica `index` to the health
+    /// tracker and the failure counter.
+    pub(crate) fn note_health(&self, index: ReplicaIndex, result: Result<(), &ReplicaError>) {
         let now_ms = self.monotonic_ms();
         let mut state = self.lock();
-        match &result {
-            Ok(_) => state.health.on_success(index),
+        match result {
+            Ok(()) => state.health.on_success(index),
             Err(error) if error.is_health_failure() => {
                 bump(&self.inner.counters.replica_failures);
                 if state.health.on_failure(index, now_ms) {
@@ -758,7 +769,6 @@ impl Coordinator {
             }
             Err(_) => bump(&self.inner.counters.replica_failures),
         }
-        result
     }
 
     /// Queues a missed write for replay (hinted handoff). Overflow drops the
@@ -788,7 +798,7 @@ impl Coordinator {
         }
     }
 
-    fn observe_stamp(&self, stamp: Stamp) {
+    pub(crate) fn observe_stamp(&self, stamp: Stamp) {
         let now_ms = self.now_ms();
         if let Err(skew) = self.lock().clock.observe(stamp, now_ms) {
             warn!(
@@ -885,6 +895,62 @@ impl Coordinator {
                 coordinator.maybe_start_anti_entropy();
             }
         });
+    }
+}
+
+/// Requests that run to completion even when nobody waits for them any more:
+/// whatever is left when this is dropped is driven by one spawned task.
+struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send;
+
+impl<F> FinishInBackground<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    /// Polls every request still running and returns the answers of those
+    /// that finished, waiting until there is at least one; empty when none
+    /// is left.
+    async fn next_replies(&mut self) -> Vec<F::Output> {
+        std::future::poll_fn(|cx| {
+            let mut replies = Vec::new();
+            for slot in &mut self.0 {
+                if let Some(request) = slot {
+                    if let std::task::Poll::Ready(reply) = request.as_mut().poll(cx) {
+                        replies.push(reply);
+                        *slot = None;
+                    }
+                }
+            }
+            if replies.is_empty() && self.0.iter().any(Option::is_some) {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(replies)
+            }
+        })
+        .await
+    }
+}
+
+impl<F> Drop for FinishInBackground<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let rest: Vec<_> = self.0.drain(..).flatten().collect();
+        if rest.is_empty() {
+            return;
+        }
+        // Outside a runtime (it is shutting down) there is nothing to run on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = async move {
+                futures::future::join_all(rest).await;
+            };
+            runtime.spawn(task.in_current_span());
+        }
     }
 }
 

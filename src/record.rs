@@ -19,7 +19,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
+#[cfg(doc)]
+use crate::stamp::encode_ms;
+use crate::stamp::{Stamp, PHYSICAL_MAX};
 
 /// Format version written with every record; a replica holding another is
 /// reported as corrupt rather than guessed at.
@@ -74,18 +76,31 @@ impl FieldEntry {
     }
 
     /// The stored form: `stamp(32) ‖ kind(1) ‖ until(12, if any) ‖ bytes`.
+    ///
+    /// # Panics
+    ///
+    /// If `until_ms` exceeds 48 bits (as [`encode_ms`]).
     pub fn encode(&self) -> Vec<u8> {
         let value_len = self.value.as_ref().map_or(0, Vec::len);
         let mut out = Vec::with_capacity(crate::stamp::STAMP_LEN + 13 + value_len);
-        self.stamp.encode_into(&mut out);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends [`FieldEntry::encode`]'s form to `out`.
+    ///
+    /// # Panics
+    ///
+    /// As [`FieldEntry::encode`].
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        push_stamp(out, self.stamp);
         out.push(self.kind());
         if let Some(until) = self.until_ms {
-            out.extend_from_slice(encode_ms(until).as_bytes());
+            push_ms(out, until);
         }
         if let Some(value) = &self.value {
             out.extend_from_slice(value);
         }
-        out
     }
 
     /// Parses the stored form; `None` if it is malformed.
@@ -207,8 +222,9 @@ impl Record {
 
     /// The largest stamp this record holds (fields, tombstone, origin).
     pub fn max_stamp(&self) -> Option<Stamp> {
-        let fields = self.fields.values().map(|entry| entry.stamp);
-        fields.chain(self.tombstone).chain(self.origin).max()
+        let held = self.tombstone.max(self.origin);
+        let fields = self.fields.values().map(|entry| Some(entry.stamp));
+        fields.fold(held, Option::max)
     }
 
     /// Merges `other` into `self` (the join described in the module docs).
@@ -264,6 +280,15 @@ impl Record {
         }
     }
 
+    /// True when [`Record::normalize`] at `now_ms` would change nothing.
+    pub(crate) fn is_normalized(&self, now_ms: u64) -> bool {
+        if self.tombstone.is_some() {
+            self.fields.is_empty() && !self.partial
+        } else {
+            self.fields.values().all(|entry| !entry.expired(now_ms))
+        }
+    }
+
     /// Approximate stored size in bytes (names plus encoded entries).
     pub fn stored_size(&self) -> usize {
         let fields: usize = self
@@ -297,6 +322,38 @@ impl Record {
     }
 }
 
+/// Appends `value` as exactly `digits` lowercase hex digits (it must fit).
+fn push_hex(out: &mut Vec<u8>, value: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    debug_assert!(digits >= 16 || value >> (4 * digits) == 0);
+    for shift in (0..digits).rev() {
+        out.push(HEX[((value >> (4 * shift)) & 0xf) as usize]);
+    }
+}
+
+/// Appends [`Stamp::encode_into`]'s form (32 hex digits) without going
+/// through `fmt` (entries are encoded on every write). A stamp built by hand
+/// beyond 48 bits takes the slow path, which gives the same (too long) text.
+pub(crate) fn push_stamp(out: &mut Vec<u8>, stamp: Stamp) {
+    if stamp.physical_ms > PHYSICAL_MAX || stamp.writer > crate::stamp::WRITER_MAX {
+        stamp.encode_into(out);
+        return;
+    }
+    push_hex(out, stamp.physical_ms, 12);
+    push_hex(out, u64::from(stamp.logical), 8);
+    push_hex(out, stamp.writer, 12);
+}
+
+/// Appends [`encode_ms`]'s form (12 hex digits) without going through `fmt`.
+///
+/// # Panics
+///
+/// If `ms` exceeds 48 bits, as [`encode_ms`].
+pub(crate) fn push_ms(out: &mut Vec<u8>, ms: u64) {
+    assert!(ms <= PHYSICAL_MAX, "time beyond 48 bits");
+    push_hex(out, ms, 12);
+}
+
 /// Field-name rules shared by validation and decoding: non-empty, at most
 /// `max_bytes`, no control characters.
 ///
@@ -313,7 +370,9 @@ pub fn check_field_name(name: &str, max_bytes: usize) -> Result<(), String> {
             name.len()
         ));
     }
-    if name.chars().any(char::is_control) {
+    // Printable ASCII (the usual case) needs no decoding of characters.
+    let printable_ascii = name.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !printable_ascii && name.chars().any(char::is_control) {
         return Err("field name holds a control character".into());
     }
     Ok(())
@@ -400,6 +459,19 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn is_normalized_says_whether_normalize_changes_anything(a in record_strategy(), now_ms in 0u64..30) {
+            let mut normalized = a.clone();
+            normalized.normalize(now_ms);
+            prop_assert_eq!(a.is_normalized(now_ms), normalized == a);
+        }
+
+        #[test]
+        fn max_stamp_is_the_largest_stamp_held(a in record_strategy()) {
+            let stamps = a.fields.values().map(|e| e.stamp).chain(a.tombstone).chain(a.origin);
+            prop_assert_eq!(a.max_stamp(), stamps.max());
+        }
+
+        #[test]
         fn entry_encoding_round_trips(entry in entry_strategy()) {
             prop_assert_eq!(FieldEntry::decode(&entry.encode()), Some(entry));
         }
@@ -413,6 +485,23 @@ pub(crate) mod tests {
             let merged = Record::merge(&ra, &rb, 0);
             let kept = &merged.fields["f"];
             prop_assert!(kept.stamp == a.stamp.max(b.stamp), "a lower stamp won");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fast_hex_matches_the_fmt_forms(
+            physical in 0u64..=PHYSICAL_MAX,
+            logical in any::<u32>(),
+            writer in 0u64..=crate::stamp::WRITER_MAX,
+        ) {
+            let stamp = Stamp::new(physical, logical, writer);
+            let mut fast = Vec::new();
+            push_stamp(&mut fast, stamp);
+            prop_assert_eq!(fast, stamp.encode().into_bytes());
+            let mut ms = Vec::new();
+            push_ms(&mut ms, physical);
+            prop_assert_eq!(ms, crate::stamp::encode_ms(physical).into_bytes());
         }
     }
 

@@ -20,19 +20,20 @@
 //!
 //! [`HintQueues`]: crate::core::hints::HintQueues
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
 use tracing::{debug, info, warn};
 
 use crate::coordinator::{bump, Coordinator};
 use crate::core::anti_entropy::{AntiEntropyPass, PassStats};
 use crate::core::health::Health;
 use crate::core::ReplicaIndex;
+use crate::error::ReplicaError;
 use crate::record::Record;
-use crate::replica::{Epoch, MergeMode};
+use crate::replica::{Epoch, MergeMode, ReadReply};
 
 /// What one anti-entropy pass did.
 #[derive(Clone, Debug, PartialEq)]
@@ -218,27 +219,55 @@ impl Coordinator {
         let epochs = self.ping_all().await;
         let mut pass = AntiEntropyPass::new(&epochs, self.config().write_quorum);
         let config = self.config().anti_entropy.clone();
+        let mut seen = SeenKeys::new(self.replica_count());
+        let mut pending = PendingRepairs::default();
+        // Incomplete replicas (being refilled) are not read: they hold
+        // nothing, or what this pass sends them (see `start_page`).
+        let readable: Vec<bool> = epochs
+            .iter()
+            .map(|epoch| epoch.is_some_and(|e| e.complete))
+            .collect();
+        // The next page of the replica being scanned, scanned and being read
+        // while the current one is compared and repaired.
+        let mut ahead: Option<PageReads> = None;
         while let Some((index, cursor)) = pass.next_scan() {
-            let (cursor, replica) = (cursor.to_owned(), self.inner.replicas[index].clone());
-            let page = match self
-                .call(index, replica.scan(&cursor, config.scan_batch))
-                .await
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    warn!(replica = replica.name(), %error, "anti-entropy scan failed: replica leaves the pass");
-                    pass.on_replica(index, None);
-                    continue;
+            let cursor = cursor.to_owned();
+            let page = match ahead.take() {
+                Some(page) if page.scanned == index && page.cursor == cursor => page,
+                _ => {
+                    let start = self.start_page(&pass, &seen, &readable, index, cursor);
+                    match start.await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            let replica = self.inner.replicas[index].name();
+                            warn!(replica, %error, "anti-entropy scan failed: replica leaves the pass");
+                            pass.on_replica(index, None);
+                            continue;
+                        }
+                    }
                 }
             };
-            self.process_page(&mut pass, index, page.keys).await;
+            let next_cursor = page.next_cursor.clone();
+            if let Some(next) = next_cursor.clone() {
+                // A failed look-ahead is scanned again (and then fails) above.
+                let start = self.start_page(&pass, &seen, &readable, index, next);
+                ahead = start.await.ok();
+            }
+            let mut page_pass = PagePass {
+                pass: &mut pass,
+                seen: &mut seen,
+                pending: &mut pending,
+            };
+            self.finish_page(&mut page_pass, page).await;
             if pass.is_participant(index) {
-                pass.on_page(index, page.next_cursor);
+                pass.on_page(index, next_cursor);
             }
             if !config.pause_between_pages.is_zero() {
                 tokio::time::sleep(config.pause_between_pages).await;
             }
         }
+        // Every repair answered before the pass decides anything.
+        self.collect_repairs(&mut pass, &mut pending, 0).await;
         let outcome = pass.finish();
         let mut marked_complete = Vec::new();
         for (index, epoch_id) in outcome.mark_complete {
@@ -291,71 +320,372 @@ impl Coordinator {
         futures::future::join_all(pings).await
     }
 
-    /// Reads every participant's copy of each key of one page (concurrently,
-    /// `key_concurrency` keys at a time), compares, and sends the repairs.
-    async fn process_page(
+    /// Scans one page of replica `scanned` from `cursor` and starts reading
+    /// its keys ([`Coordinator::finish_page`] compares and repairs them):
+    ///
+    /// 1. keys already compared in this pass (held by a replica whose scan is
+    ///    over: [`AntiEntropyPass::scanned_earlier`]) are skipped, from
+    ///    memory ([`SeenKeys`]) rather than by reading them again;
+    /// 2. the others are read from every complete participant and from the
+    ///    scanned replica, [`BATCH_KEYS`] keys per request
+    ///    ([`Replica::read_many`], one round trip on Redis), each batch a
+    ///    task of its own (decoding runs in parallel). A participant in an
+    ///    incomplete epoch (being refilled) is not read: its copy counts as
+    ///    absent, so it is sent the join, which `merge_many` creates where
+    ///    the key is absent and merges where it is not: the same result as
+    ///    reading it first, without the read.
+    ///
+    /// # Errors
+    ///
+    /// The scan's error.
+    ///
+    /// [`Replica::read_many`]: crate::replica::Replica::read_many
+    async fn start_page(
         &self,
-        pass: &mut AntiEntropyPass,
+        pass: &AntiEntropyPass,
+        seen: &SeenKeys,
+        readable: &[bool],
         scanned: ReplicaIndex,
-        keys: Vec<String>,
-    ) {
-        let participants = pass.participants();
-        let concurrency = self.config().anti_entropy.key_concurrency;
-        let reads = stream::iter(keys)
-            .map(|key| {
-                let participants = participants.clone();
-                async move {
-                    let copies = futures::future::join_all(participants.iter().map(|&index| {
-                        let replica = self.inner.replicas[index].clone();
-                        let key = key.clone();
-                        async move { (index, self.call(index, replica.read(&key)).await) }
-                    }))
-                    .await;
-                    (key, copies)
-                }
-            })
-            .buffer_unordered(concurrency);
-        let fetched: Vec<_> = reads.collect().await;
+        cursor: String,
+    ) -> Result<PageReads, ReplicaError> {
+        let replica = self.inner.replicas[scanned].clone();
+        let count = self.config().anti_entropy.scan_batch;
+        let page = self.call(scanned, replica.scan(&cursor, count)).await?;
+        let mut keys = page.keys;
+        keys.sort_unstable();
+        keys.dedup(); // SCAN may return a key twice
+        keys.retain(|key| !seen.compared_earlier(key, pass));
+        let to_read: Vec<ReplicaIndex> = pass
+            .participants()
+            .into_iter()
+            .filter(|&index| readable[index] || index == scanned)
+            .collect();
+        let reads = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.spawn_reads(&to_read, &keys)
+        };
+        Ok(PageReads {
+            scanned,
+            cursor,
+            next_cursor: page.next_cursor,
+            keys,
+            to_read,
+            reads,
+        })
+    }
+
+    /// Compares the keys of a page whose reads [`Coordinator::start_page`]
+    /// started ([`AntiEntropyPass::compare_key`]) and starts sending the
+    /// joins to their targets in batches ([`Replica::merge_many`]). A replica
+    /// whose read or repair fails leaves the pass (it may lack what it was
+    /// sent).
+    ///
+    /// [`Replica::merge_many`]: crate::replica::Replica::merge_many
+    async fn finish_page(&self, page: &mut PagePass<'_>, reads: PageReads) {
+        if reads.keys.is_empty() {
+            return;
+        }
+        let keys = reads.keys;
+        let copies = join_reads(reads.reads, keys.len()).await;
         let now_ms = self.now_ms();
-        let mut repairs = Vec::new();
-        for (key, copies) in fetched {
-            let mut records: Vec<(ReplicaIndex, Option<Record>)> = Vec::new();
-            for (index, result) in copies {
-                match result {
+        // Per key: the copy of each replica read, in `to_read` order.
+        let mut per_key: Vec<Vec<(ReplicaIndex, Option<Record>)>> = keys
+            .iter()
+            .map(|_| Vec::with_capacity(reads.to_read.len() + 1))
+            .collect();
+        for (index, replies) in reads.to_read.iter().copied().zip(copies) {
+            let mut epoch = None;
+            for (slot, reply) in per_key.iter_mut().zip(replies) {
+                match reply {
                     Ok(reply) => {
-                        pass.on_replica(index, Some(reply.epoch));
-                        records.push((index, reply.record));
+                        if epoch != Some(reply.epoch) {
+                            epoch = Some(reply.epoch);
+                            page.pass.on_replica(index, Some(reply.epoch));
+                            self.observe_epoch(index, reply.epoch);
+                        }
+                        slot.push((index, reply.record));
                     }
-                    Err(_) => pass.on_replica(index, None),
+                    Err(_) => page.pass.on_replica(index, None),
                 }
             }
-            records.retain(|(index, _)| pass.is_participant(*index));
-            // A key an earlier-scanned replica holds was compared during its scan.
-            let seen_before = records.iter().any(|(index, copy)| {
-                *index != scanned && copy.is_some() && pass.scanned_earlier(*index)
-            });
-            if seen_before {
-                continue;
+        }
+        let mut repairs: Vec<Vec<(String, Arc<Record>)>> =
+            (0..self.replica_count()).map(|_| Vec::new()).collect();
+        let participants = page.pass.participants();
+        for (key, mut copies) in keys.into_iter().zip(per_key) {
+            copies.retain(|(index, _)| page.pass.is_participant(*index));
+            page.seen.record(
+                &key,
+                copies.iter().filter(|(_, c)| c.is_some()).map(|(i, _)| *i),
+            );
+            // Participants not read count as holding nothing.
+            for &index in &participants {
+                if !copies.iter().any(|(read, _)| *read == index) {
+                    copies.push((index, None));
+                }
             }
-            let copies: Vec<(ReplicaIndex, Option<&Record>)> = records
+            let borrowed: Vec<(ReplicaIndex, Option<&Record>)> = copies
                 .iter()
                 .map(|(index, copy)| (*index, copy.as_ref()))
                 .collect();
-            if let Some(repair) = pass.compare_key(&copies, now_ms) {
-                repairs.push((key, Arc::new(repair.merged), repair.targets));
+            if let Some(repair) = page.pass.compare_key(&borrowed, now_ms) {
+                let merged = Arc::new(repair.merged);
+                for target in repair.targets {
+                    repairs[target].push((key.clone(), merged.clone()));
+                }
             }
         }
-        let sends = repairs.into_iter().flat_map(|(key, merged, targets)| {
-            targets
-                .into_iter()
-                .map(move |index| (key.clone(), merged.clone(), index))
-        });
-        stream::iter(sends)
-            .for_each_concurrent(concurrency, |(key, merged, index)| async move {
-                if let Err(error) = self.merge_on(index, &key, &merged, MergeMode::Upsert, now_ms).await {
-                    debug!(replica = self.inner.replicas[index].name(), %error, "anti-entropy repair failed");
-                }
-            })
+        self.start_repairs(page.pending, repairs, now_ms);
+        self.collect_repairs(page.pass, page.pending, PENDING_REPAIR_BATCHES_MAX)
             .await;
     }
+
+    /// Starts reading `keys` from each replica of `replicas` in batches of
+    /// [`BATCH_KEYS`], each batch a task of its own.
+    fn spawn_reads(&self, replicas: &[ReplicaIndex], keys: &[String]) -> Vec<Vec<ReadTask>> {
+        replicas
+            .iter()
+            .map(|&index| {
+                keys.chunks(BATCH_KEYS)
+                    .map(|batch| {
+                        let (this, batch) = (self.clone(), batch.to_vec());
+                        let replica = self.inner.replicas[index].clone();
+                        let count = batch.len();
+                        let task = tokio::spawn(async move {
+                            this.call_batch(index, count, replica.read_many(&batch))
+                                .await
+                        });
+                        (count, task)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Starts sending each replica its repairs, in batches of
+    /// [`BATCH_KEYS`], each batch a task of its own; their answers are
+    /// collected later ([`Coordinator::collect_repairs`]), so that the next
+    /// page is read while these are written.
+    fn start_repairs(
+        &self,
+        pending: &mut PendingRepairs,
+        repairs: Vec<Vec<(String, Arc<Record>)>>,
+        now_ms: u64,
+    ) {
+        for (index, items) in repairs.into_iter().enumerate() {
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                let batch: Vec<_> = items.by_ref().take(BATCH_KEYS).collect();
+                let this = self.clone();
+                let replica = self.inner.replicas[index].clone();
+                let count = batch.len();
+                let task = tokio::spawn(async move {
+                    this.call_batch(index, count, replica.merge_many(&batch, now_ms))
+                        .await
+                });
+                pending.0.push_back((index, count, task));
+            }
+        }
+    }
+
+    /// Waits for the repairs started until at most `keep` batches are still
+    /// running, feeding their answers to the pass and the clock: a replica
+    /// whose repair failed leaves the pass (it may lack what it was sent).
+    async fn collect_repairs(
+        &self,
+        pass: &mut AntiEntropyPass,
+        pending: &mut PendingRepairs,
+        keep: usize,
+    ) {
+        while pending.0.len() > keep {
+            let Some((index, count, task)) = pending.0.pop_front() else {
+                break;
+            };
+            let mut failed = false;
+            for reply in joined(task.await, count) {
+                match reply {
+                    Ok(reply) => {
+                        pass.on_replica(index, Some(reply.epoch));
+                        self.observe_epoch(index, reply.epoch);
+                        if let Some(held) = reply.held_max {
+                            self.observe_stamp(held);
+                        }
+                    }
+                    Err(error) => {
+                        if !failed {
+                            debug!(replica = self.inner.replicas[index].name(), %error, "anti-entropy repair failed: the replica leaves the pass");
+                        }
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                pass.on_replica(index, None);
+            }
+        }
+    }
+}
+
+/// The answers of read tasks: per replica, in key order.
+async fn join_reads(
+    reads: Vec<Vec<ReadTask>>,
+    key_count: usize,
+) -> Vec<Vec<Result<ReadReply, ReplicaError>>> {
+    let mut answers = Vec::with_capacity(reads.len());
+    for batches in reads {
+        let mut replies = Vec::with_capacity(key_count);
+        for (count, task) in batches {
+            replies.extend(joined(task.await, count));
+        }
+        answers.push(replies);
+    }
+    answers
+}
+
+/// One batch of reads: `(keys, task)`.
+type ReadTask = (
+    usize,
+    tokio::task::JoinHandle<Vec<Result<ReadReply, ReplicaError>>>,
+);
+
+/// A scanned page whose reads are under way.
+struct PageReads {
+    /// The replica scanned, the cursor the page was scanned from, and where
+    /// its scan goes on.
+    scanned: ReplicaIndex,
+    cursor: String,
+    next_cursor: Option<String>,
+    /// The keys to compare (not compared earlier in the pass).
+    keys: Vec<String>,
+    /// The replicas being read, and their batches.
+    to_read: Vec<ReplicaIndex>,
+    reads: Vec<Vec<ReadTask>>,
+}
+
+/// The answers of a batch task, or (it panicked or was cancelled) an error
+/// for each of its `count` keys.
+fn joined<T>(
+    result: Result<Vec<Result<T, ReplicaError>>, tokio::task::JoinError>,
+    count: usize,
+) -> Vec<Result<T, ReplicaError>> {
+    result.unwrap_or_else(|error| {
+        (0..count)
+            .map(|_| {
+                Err(ReplicaError::Refused {
+                    detail: format!("anti-entropy batch task failed: {error}"),
+                    source: None,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Repair batches still running: `(replica, keys, task)`, oldest first.
+/// Dropping it (a pass cancelled) cancels them.
+#[derive(Default)]
+struct PendingRepairs(std::collections::VecDeque<(ReplicaIndex, usize, PendingTask)>);
+
+type PendingTask = tokio::task::JoinHandle<Vec<Result<crate::replica::MergeReply, ReplicaError>>>;
+
+impl Drop for PendingRepairs {
+    fn drop(&mut self) {
+        for (_, _, task) in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Repair batches a pass keeps running while it reads the next pages.
+pub const PENDING_REPAIR_BATCHES_MAX: usize = 16;
+
+impl Coordinator {
+    /// Runs one batch request to replica `index` (answering `count` keys)
+    /// under [`BATCH_TIMEOUT_FACTOR`] request deadlines, and feeds the
+    /// health tracker once: a failure if any key failed for a reason that
+    /// says the replica is unhealthy.
+    async fn call_batch<T>(
+        &self,
+        index: ReplicaIndex,
+        count: usize,
+        request: impl std::future::Future<Output = Vec<Result<T, ReplicaError>>>,
+    ) -> Vec<Result<T, ReplicaError>> {
+        let deadline = self.inner.config.request_timeout * BATCH_TIMEOUT_FACTOR;
+        let replies = match tokio::time::timeout(deadline, request).await {
+            Ok(replies) if replies.len() == count => replies,
+            Ok(_) => (0..count)
+                .map(|_| {
+                    Err(ReplicaError::Refused {
+                        detail: "a batch answered another number of keys".into(),
+                        source: None,
+                    })
+                })
+                .collect(),
+            Err(_) => (0..count)
+                .map(|_| Err(ReplicaError::Timeout { after: deadline }))
+                .collect(),
+        };
+        let unhealthy = replies.iter().find_map(|reply| match reply {
+            Err(error) if error.is_health_failure() => Some(error),
+            _ => None,
+        });
+        self.note_health(index, unhealthy.map_or(Ok(()), Err));
+        replies
+    }
+}
+
+/// A batch request may take longer than one request: its deadline is this
+/// many `request_timeout`s.
+pub const BATCH_TIMEOUT_FACTOR: u32 = 4;
+
+/// Keys per `read_many` / `merge_many` request of a pass.
+pub const BATCH_KEYS: usize = 256;
+
+/// Most keys a pass remembers (about 100 bytes each); past it, the keys of
+/// later scans are read again to tell whether they were compared already.
+pub const SEEN_KEYS_MAX: usize = 4_000_000;
+
+/// The keys compared so far in a pass and the replicas that held them then:
+/// a key held by a replica whose scan is over was compared during that scan,
+/// so the scans of the other replicas skip it without reading it.
+struct SeenKeys {
+    holders: HashMap<String, u64>,
+    /// Replica indexes fit the bit mask (at most 64 replicas).
+    enabled: bool,
+}
+
+impl SeenKeys {
+    fn new(replica_count: usize) -> SeenKeys {
+        SeenKeys {
+            holders: HashMap::new(),
+            enabled: replica_count <= 64,
+        }
+    }
+
+    /// True when a replica that held `key` has been scanned in full and is
+    /// still in the pass.
+    fn compared_earlier(&self, key: &str, pass: &AntiEntropyPass) -> bool {
+        let Some(&mask) = self.holders.get(key) else {
+            return false;
+        };
+        (0..64).any(|index| mask & (1 << index) != 0 && pass.scanned_earlier(index))
+    }
+
+    fn record(&mut self, key: &str, holders: impl Iterator<Item = ReplicaIndex>) {
+        if !self.enabled || self.holders.len() >= SEEN_KEYS_MAX {
+            return;
+        }
+        let mask = holders.fold(0u64, |mask, index| mask | (1 << index));
+        if mask != 0 {
+            *self.holders.entry(key.to_owned()).or_insert(0) |= mask;
+        }
+    }
+}
+
+/// What `finish_page` needs of the pass in progress.
+struct PagePass<'a> {
+    pass: &'a mut AntiEntropyPass,
+    seen: &'a mut SeenKeys,
+    /// Repairs of earlier pages still being written.
+    pending: &'a mut PendingRepairs,
 }

@@ -120,7 +120,7 @@ pub struct ReadPlan {
     answers: Vec<(ReplicaIndex, Option<Record>)>,
     /// The join of every record answered so far, kept as answers arrive (the
     /// same fold as merging them all again, without re-cloning them).
-    merged: Option<Record>,
+    merged: Merged,
     failed: Vec<ReplicaIndex>,
     read_quorum: usize,
     misses_needed: usize,
@@ -131,6 +131,21 @@ pub struct ReadPlan {
     /// The conclusion, once reached. A found record is `merged` itself
     /// (nothing is merged after the conclusion), so it is not kept twice.
     result: Option<Conclusion>,
+}
+
+/// The join of the records answered so far. While only one record has been
+/// answered, the join is that answer itself: it is not copied (a read with
+/// R = 1 copies the record once, into its result). So it stays while every
+/// later record equals it and the merge would leave it as it is (the usual
+/// read, where the replicas agree).
+#[derive(Clone, Debug)]
+enum Merged {
+    /// No record answered yet.
+    Nothing,
+    /// The record of `answers[i]`.
+    Answer(usize),
+    /// The join of two or more records.
+    Join(Record),
 }
 
 /// A [`ReadResult`] without the record (which is the plan's `merged`).
@@ -161,7 +176,7 @@ impl ReadPlan {
             next_position: 0,
             in_flight: Vec::new(),
             answers: Vec::new(),
-            merged: None,
+            merged: Merged::Nothing,
             failed: Vec::new(),
             read_quorum,
             misses_needed,
@@ -198,8 +213,22 @@ impl ReadPlan {
         }
         if let Some(record) = &record {
             match &mut self.merged {
-                Some(merged) => merged.merge_from(record, self.now_ms),
-                None => self.merged = Some(record.clone()),
+                Merged::Nothing => self.merged = Merged::Answer(self.answers.len()),
+                Merged::Answer(first) => {
+                    let first = self.answers[*first]
+                        .1
+                        .as_ref()
+                        .expect("the first record answered");
+                    // Merging a record into an equal one changes nothing but
+                    // what `normalize` drops: if that is nothing too, the
+                    // join is still the first answer.
+                    if record != first || !first.is_normalized(self.now_ms) {
+                        let mut join = first.clone();
+                        join.merge_from(record, self.now_ms);
+                        self.merged = Merged::Join(join);
+                    }
+                }
+                Merged::Join(join) => join.merge_from(record, self.now_ms),
             }
         }
         self.answers.push((index, record));
@@ -228,7 +257,15 @@ impl ReadPlan {
 
     /// The merge of every answer so far (`None` when every answer was a miss).
     pub fn merged(&self) -> Option<Record> {
-        self.merged.clone()
+        self.merged_ref().cloned()
+    }
+
+    fn merged_ref(&self) -> Option<&Record> {
+        match &self.merged {
+            Merged::Nothing => None,
+            Merged::Answer(first) => self.answers[*first].1.as_ref(),
+            Merged::Join(join) => Some(join),
+        }
     }
 
     /// Replicas that answered something other than `merged`: they get it
@@ -239,12 +276,18 @@ impl ReadPlan {
             self.result,
             Some(Conclusion::Found) | Some(Conclusion::NotFound(Absence::Deleted))
         );
-        let Some(merged) = self.merged.as_ref().filter(|_| repairs_wanted) else {
+        let Some(merged) = self.merged_ref().filter(|_| repairs_wanted) else {
             return Vec::new();
         };
+        // While the join is the first record answered, every record answered
+        // equals it (see `Merged`): only the misses differ.
+        let every_record_equal = matches!(self.merged, Merged::Answer(_));
         self.answers
             .iter()
-            .filter(|(_, answer)| answer.as_ref() != Some(merged))
+            .filter(|(_, answer)| match answer {
+                Some(_) if every_record_equal => false,
+                answer => answer.as_ref() != Some(merged),
+            })
             .map(|(index, _)| *index)
             .collect()
     }
@@ -269,7 +312,7 @@ impl ReadPlan {
     fn result_of(&self, conclusion: Conclusion) -> ReadResult {
         match conclusion {
             Conclusion::Found => {
-                let merged = self.merged.clone().expect("found means merged");
+                let merged = self.merged().expect("found means merged");
                 ReadResult::Found(merged)
             }
             Conclusion::NotFound(absence) => ReadResult::NotFound(absence),
@@ -302,7 +345,7 @@ impl ReadPlan {
         if answers().any(Record::is_tombstone) {
             return Some(Conclusion::NotFound(Absence::Deleted));
         }
-        let merged = self.merged.as_ref();
+        let merged = self.merged_ref();
         if merged.is_some_and(|m| m.cap_ms <= self.now_ms) {
             return Some(Conclusion::NotFound(Absence::Expired));
         }

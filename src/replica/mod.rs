@@ -117,6 +117,30 @@ pub trait Replica: Send + Sync + std::fmt::Debug + 'static {
     /// if the replica's epoch is another one by now.
     async fn mark_epoch_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError>;
 
+    /// Reads many records: for each key, in order, what [`Replica::read`]
+    /// answers. Anti-entropy reads a page of keys at a time this way; a
+    /// replica that can answer many keys in one round trip overrides it. The
+    /// default reads the keys one by one, concurrently.
+    async fn read_many(&self, keys: &[String]) -> Vec<Result<ReadReply, ReplicaError>> {
+        futures::future::join_all(keys.iter().map(|key| self.read(key))).await
+    }
+
+    /// Merges many deltas with [`MergeMode::Upsert`]: for each, in order, the
+    /// effect and answer of [`Replica::merge`]. Anti-entropy sends its
+    /// repairs this way; a replica may create absent records more cheaply
+    /// (a refill creates nearly all of them). The default merges the deltas
+    /// one by one, concurrently.
+    async fn merge_many(
+        &self,
+        items: &[(String, std::sync::Arc<Record>)],
+        now_ms: u64,
+    ) -> Vec<Result<MergeReply, ReplicaError>> {
+        let merges = items
+            .iter()
+            .map(|(key, delta)| self.merge(key, delta, MergeMode::Upsert, now_ms));
+        futures::future::join_all(merges).await
+    }
+
     /// Deletes everything this replica stores, epoch included (tests and
     /// fault injection). The default refuses.
     async fn wipe(&self) -> Result<(), ReplicaError> {

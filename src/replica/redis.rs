@@ -1,5 +1,5 @@
 //! `RedisReplica`: a [`Replica`] on one Redis deployment (standalone,
-//! Sentinel or Cluster), through fred, two Lua scripts and `MULTI`/`EXEC`.
+//! Sentinel or Cluster), through fred and two Lua scripts.
 //!
 //! # Stored layout
 //!
@@ -38,14 +38,19 @@
 //!   It returns the status, the epoch, and the largest stamp the record held
 //!   before the merge.
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
-//! - A read needs no script: `MULTI`, `MGET <epoch> <epoch:run>`,
-//!   `HGETALL <key>`, `EXEC`, sent in one fred pipeline (nothing else runs
-//!   between them, in Redis or on the connection), is atomic like a script
-//!   and several times cheaper (a script pays for every byte it moves in and
-//!   out of Lua). Rust decodes the hash with [`codec::decode_pairs`] and
-//!   checks the epoch itself; when the epoch is missing or was not made by
-//!   the running process, the epoch script makes a new one and the read
-//!   reports it incomplete.
+//! - A read needs no script: `MGET <epoch> <epoch:run>`, `HGETALL <key>`,
+//!   `MGET <epoch> <epoch:run>`, queued together so fred writes them at once
+//!   and Redis runs them in that order. A script would pay for every byte
+//!   it moves in and out of Lua (several times the whole read), and `MULTI`
+//!   in a fred pipeline is written one command per system call. If both
+//!   `MGET`s see the same epoch, made by this process, the hash was read
+//!   within that epoch: an epoch id is random, so the epoch key cannot have
+//!   been deleted (a flush, a restart, `wipe`) and made again with the same
+//!   id in between; the read counts the epoch complete only if it was
+//!   complete before the hash was read (completion is the one change an
+//!   epoch goes through). Otherwise the epoch script makes a new epoch (or
+//!   finds the one made meanwhile) and the read reports it incomplete. Rust
+//!   decodes the hash with [`codec::decode_pairs`].
 //!
 //! Every call carries a fresh random epoch candidate: when the epoch key is
 //! missing (a Redis restarted empty, or flushed) the script stores the
@@ -74,8 +79,8 @@
 //!
 //! # Permissions
 //!
-//! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `MULTI`
-//! and `EXEC`, `INFO` (the run id, once per connection), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
+//! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `MGET`
+//! and `HGETALL`, `INFO` (the run id, once per connection), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
 //! `~<prefix>*`; `CONFIG GET` is optional (without it the eviction policy
 //! cannot be checked and a warning is logged).
 //!
@@ -93,7 +98,9 @@
 //! primary in turn (the cursor is `node:cursor`). Standalone and Sentinel
 //! deployments keep everything atomic.
 
+mod batch;
 mod config;
+mod dump;
 mod process;
 mod wire;
 
@@ -104,7 +111,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, ConnectHandle, CustomCommand};
+use fred::types::ConnectHandle;
 
 pub use config::{
     EvictionCheck, RedisConnectError, RedisReplicaConfig, RedisTarget, DEFAULT_CONNECT_TIMEOUT,
@@ -154,15 +161,6 @@ const MERGE_RUN_ID_SLOT: usize = 4;
 /// Cluster mode, where the scripts do not read it).
 fn run_id_placeholder() -> Value {
     Value::from_static_str("")
-}
-
-/// `MULTI` and `EXEC`, sent as plain commands inside one pipeline.
-fn multi_command() -> CustomCommand {
-    CustomCommand::new_static("MULTI", ClusterHash::Random, false)
-}
-
-fn exec_command() -> CustomCommand {
-    CustomCommand::new_static("EXEC", ClusterHash::Random, false)
 }
 
 const EVICTION_UNCHECKED: u8 = 0;
@@ -384,7 +382,13 @@ impl RedisReplica {
                 source: None,
             });
         }
-        if let Err(error) = self.check_eviction().await {
+        let unchecked = self.eviction_state.load(Ordering::Relaxed) == EVICTION_UNCHECKED;
+        // Boxed (see `run_id`), and only built while the check is due.
+        if let Err(error) = if unchecked {
+            Box::pin(self.check_eviction()).await
+        } else {
+            Ok(())
+        } {
             return Err(ReplicaError::Refused {
                 detail: error.to_string(),
                 source: None,
@@ -402,28 +406,46 @@ impl RedisReplica {
         Ok(())
     }
 
-    /// Runs a script under the deadline and maps its errors. `args[RUN_ID_ARG
-    /// of the script]` is a placeholder for the run id (`run_id_slot`),
-    /// filled in here outside Cluster mode; an answer that arrives after a
-    /// reconnection is refused (see `process.rs`).
+    /// Runs a script under the deadline and maps its errors. `request`
+    /// makes the keys and arguments; `args[run_id_slot]` is a placeholder
+    /// for the run id, filled in here outside Cluster mode. An answer that
+    /// arrives after a reconnection is refused (see `process.rs`). On
+    /// `NOSCRIPT` (a restarted or flushed Redis) the script is loaded and
+    /// the request made and sent again: the usual case sends what `request`
+    /// made without copying it.
     async fn eval(
         &self,
         op: &'static str,
         script: &Script,
-        keys: Vec<Key>,
-        mut args: Vec<Value>,
+        request: impl Fn() -> (Vec<Key>, Vec<Value>),
         run_id_slot: usize,
         key: Option<&str>,
     ) -> Result<Value, ReplicaError> {
         self.ensure_usable().await?;
-        let generation = if self.clustered {
-            None
+        let (generation, run_id) = if self.clustered {
+            (None, run_id_placeholder())
         } else {
             let (generation, run_id) = self.run_id().await?;
-            args[run_id_slot] = run_id;
-            Some(generation)
+            (Some(generation), run_id)
         };
-        let call = script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args);
+        let call = async {
+            // Boxed: see `run_id`.
+            let send = || {
+                let (keys, mut args) = request();
+                args[run_id_slot] = run_id.clone();
+                Box::pin(
+                    self.client
+                        .evalsha::<Value, _, _, _>(script.sha1().clone(), keys, args),
+                )
+            };
+            match send().await {
+                Err(error) if error.details().starts_with("NOSCRIPT") => {
+                    Box::pin(script.load(&self.client)).await?;
+                    send().await
+                }
+                result => result,
+            }
+        };
         let reply = self.finish(op, key, tokio::time::timeout(self.timeout, call).await)?;
         if let Some(generation) = generation {
             self.identity.check(&self.name, &self.client, generation)?;
@@ -434,12 +456,19 @@ impl RedisReplica {
     /// The run id of the Redis process behind the connection, and the
     /// connection generation it holds for (`INFO server` after each new
     /// connection).
+    ///
+    /// fred's command futures are several KB each and an async fn holds
+    /// every future it awaits inline, so the ones awaited here are boxed:
+    /// the request futures stay small and cheap to move.
     async fn run_id(&self) -> Result<(u64, Value), ReplicaError> {
-        let info = async {
+        if let Some(known) = self.identity.cached(&self.client) {
+            return Ok(known);
+        }
+        let info = Box::pin(async {
             let call = process::info_server(&self.client);
             self.finish("info", None, tokio::time::timeout(self.timeout, call).await)
-        };
-        self.identity.run_id(&self.name, &self.client, info).await
+        });
+        self.identity.learn(&self.name, &self.client, info).await
     }
 
     /// Maps a command's outcome (deadline, then fred's result).
@@ -497,7 +526,7 @@ impl RedisReplica {
     /// The epoch from a script reply, or (Cluster mode) from the epoch key.
     async fn epoch_from(&self, value: Option<&Value>) -> Result<Epoch, ReplicaError> {
         if self.clustered {
-            return self.ping_epoch().await;
+            return Box::pin(self.ping_epoch()).await;
         }
         let text = value.and_then(Value::as_bytes).unwrap_or_default();
         parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
@@ -511,59 +540,100 @@ impl RedisReplica {
             Value::from(epoch_candidate()),
             run_id_placeholder(),
         ];
-        let keys = self.epoch_keys();
+        let request = || (self.epoch_keys(), args.clone());
         let reply = self
-            .eval("ping", &self.epoch_script, keys, args, 2, None)
+            .eval("ping", &self.epoch_script, request, 2, None)
             .await?;
         parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| ReplicaError::Corrupt {
             detail: format!("{}: malformed epoch", self.name),
         })
     }
 
-    /// One atomic read outside Cluster mode: `MULTI`, `MGET` of the epoch
-    /// and run keys, `HGETALL`, `EXEC`, in one fred pipeline (written back
-    /// to back, so no other command joins the transaction). Returns the
-    /// epoch key's value, the run key's value and the hash.
-    async fn read_atomic(
-        &self,
-        key: &str,
-    ) -> Result<(Option<Value>, Option<Value>, Value, Value), ReplicaError> {
+    /// One read outside Cluster mode: `MGET <epoch> <epoch:run>`, `HGETALL
+    /// <key>`, `MGET <epoch> <epoch:run>` again, submitted together (fred
+    /// writes them at once, Redis runs them in that order). Returns the
+    /// epoch that held while the hash was read (see the module docs: `None`
+    /// when there was none made by this process, or it changed), then the
+    /// hash.
+    async fn read_bracketed(&self, key: &str) -> Result<(Option<Epoch>, Value), ReplicaError> {
         self.ensure_usable().await?;
         let (generation, run_id) = self.run_id().await?;
-        let pipeline = self.client.pipeline();
-        let ids = vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
+        let ids = || vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
+        // join! polls in order, and a fred command is queued on its first
+        // poll: the three are queued in this order, back to back. Boxed: see
+        // `run_id`.
         let call = async {
-            let no_args = Vec::<Value>::new;
-            pipeline
-                .custom::<(), Value>(multi_command(), no_args())
-                .await?;
-            pipeline.mget::<(), _>(ids).await?;
-            pipeline.hgetall::<(), _>(self.redis_key(key)).await?;
-            pipeline
-                .custom::<(), Value>(exec_command(), no_args())
-                .await?;
-            pipeline.last::<Value>().await
+            let (before, hash, after) = tokio::join!(
+                Box::pin(self.client.mget::<Value, _>(ids())),
+                Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key))),
+                Box::pin(self.client.mget::<Value, _>(ids())),
+            );
+            Ok::<_, fred::error::Error>((before?, hash?, after?))
         };
-        let reply = self.finish(
+        let (before, hash, after) = self.finish(
             "read",
             Some(key),
             tokio::time::timeout(self.timeout, call).await,
         )?;
         self.identity.check(&self.name, &self.client, generation)?;
-        let Value::Array(items) = reply else {
-            return Err(self.malformed("read"));
-        };
-        let Ok([ids, hash]) = <[Value; 2]>::try_from(items) else {
-            return Err(self.malformed("read"));
-        };
-        let (epoch, run) = match ids {
-            Value::Array(ids) if ids.len() == 2 => {
-                let mut ids = ids.into_iter().map(|v| (!v.is_null()).then_some(v));
-                (ids.next().flatten(), ids.next().flatten())
+        Ok((self.epoch_between(before, after, &run_id)?, hash))
+    }
+
+    /// The epoch that held between two `MGET <epoch> <epoch:run>` answers:
+    /// the same epoch both times, made by the process whose run id is
+    /// `run_id`, complete only if it was complete the first time. `None`
+    /// when it was missing, made by another process, or changed.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicaError::Corrupt`] when the epoch key holds foreign data.
+    fn epoch_between(
+        &self,
+        before: Value,
+        after: Value,
+        run_id: &Value,
+    ) -> Result<Option<Epoch>, ReplicaError> {
+        let epoch_of = |ids: Value| -> Result<Option<Epoch>, ReplicaError> {
+            let Value::Array(ids) = ids else {
+                return Err(self.malformed("read"));
+            };
+            let Ok([epoch, run]) = <[Value; 2]>::try_from(ids) else {
+                return Err(self.malformed("read"));
+            };
+            if epoch.is_null() {
+                return Ok(None);
             }
-            _ => return Err(self.malformed("read")),
+            let epoch = parse_epoch(epoch.as_bytes().unwrap_or_default()).ok_or_else(|| {
+                ReplicaError::Corrupt {
+                    detail: format!("{}: the epoch key holds foreign data", self.name),
+                }
+            })?;
+            let made_here = run.as_bytes().is_some() && run.as_bytes() == run_id.as_bytes();
+            Ok(made_here.then_some(epoch))
         };
-        Ok((epoch, run, hash, run_id))
+        let (before, after) = (epoch_of(before)?, epoch_of(after)?);
+        Ok(match (before, after) {
+            (Some(before), Some(after)) if before.id == after.id => Some(Epoch {
+                id: before.id,
+                complete: before.complete && after.complete,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Maps the error of one command of a batch (and logs it).
+    fn map_command_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        error: fred::error::Error,
+    ) -> ReplicaError {
+        let error = map_error(&self.name, error, self.timeout);
+        tracing::debug!(
+            replica = %self.name, op, key = %short_key(key),
+            kind = error.kind(), %error, "Redis request failed"
+        );
+        error
     }
 
     /// Decodes a hash as `HGETALL` answers it (a flat array, or a map with
@@ -767,30 +837,21 @@ impl Replica for RedisReplica {
         self.check_key(key)?;
         if self.clustered {
             self.ensure_usable().await?;
-            let call = self.client.hgetall::<Value, _>(self.redis_key(key));
+            let call = Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key)));
             let hash = self.finish(
                 "read",
                 Some(key),
                 tokio::time::timeout(self.timeout, call).await,
             )?;
             let record = self.decode_hash(key, hash)?;
-            let epoch = self.ping_epoch().await?;
+            let epoch = Box::pin(self.ping_epoch()).await?;
             return Ok(ReadReply { record, epoch });
         }
-        let (epoch, run, hash, run_id) = self.read_atomic(key).await?;
+        let (epoch, hash) = self.read_bracketed(key).await?;
         let record = self.decode_hash(key, hash)?;
-        let made_here = run.as_ref().and_then(Value::as_bytes) == run_id.as_bytes();
         let epoch = match epoch {
-            Some(text) => match parse_epoch(text.as_bytes().unwrap_or_default()) {
-                Some(epoch) if made_here => epoch,
-                Some(_) => self.new_epoch_after_read().await?,
-                None => {
-                    return Err(ReplicaError::Corrupt {
-                        detail: format!("{}: the epoch key holds foreign data", self.name),
-                    })
-                }
-            },
-            None => self.new_epoch_after_read().await?,
+            Some(epoch) => epoch,
+            None => Box::pin(self.new_epoch_after_read()).await?,
         };
         Ok(ReadReply { record, epoch })
     }
@@ -814,23 +875,27 @@ impl Replica for RedisReplica {
             MergeMode::Upsert => "u",
             MergeMode::Create => "c",
         };
-        let pairs = codec::encode_pairs(&delta);
-        let mut args = Vec::with_capacity(5 + 2 * pairs.len());
-        args.push(Value::from_static_str(mode));
-        args.push(Value::from(encode_ms(now_ms.min(PHYSICAL_MAX))));
-        args.push(Value::from(epoch_candidate()));
-        args.push(Value::from_static_str(EXPIRY_MARGIN_ARG));
-        args.push(run_id_placeholder());
-        for (name, value) in pairs {
-            args.push(Value::Bytes(name.into()));
-            args.push(Value::Bytes(value.into()));
-        }
+        let now = encode_ms(now_ms.min(PHYSICAL_MAX));
+        let candidate = epoch_candidate();
+        let request = || {
+            let pairs = codec::encode_pairs(&delta);
+            let mut args = Vec::with_capacity(5 + 2 * pairs.len());
+            args.push(Value::from_static_str(mode));
+            args.push(Value::from(now.as_str()));
+            args.push(Value::from(candidate.as_str()));
+            args.push(Value::from_static_str(EXPIRY_MARGIN_ARG));
+            args.push(run_id_placeholder());
+            for (name, value) in pairs {
+                args.push(Value::Bytes(name.into()));
+                args.push(Value::Bytes(value.into()));
+            }
+            (self.script_keys(key), args)
+        };
         let reply = self
             .eval(
                 "merge",
                 &self.merge_script,
-                self.script_keys(key),
-                args,
+                request,
                 MERGE_RUN_ID_SLOT,
                 Some(key),
             )
@@ -858,6 +923,18 @@ impl Replica for RedisReplica {
             epoch,
             held_max,
         })
+    }
+
+    async fn read_many(&self, keys: &[String]) -> Vec<Result<ReadReply, ReplicaError>> {
+        self.read_batch(keys).await
+    }
+
+    async fn merge_many(
+        &self,
+        items: &[(String, std::sync::Arc<Record>)],
+        now_ms: u64,
+    ) -> Vec<Result<MergeReply, ReplicaError>> {
+        self.merge_batch(items, now_ms).await
     }
 
     async fn scan(&self, cursor: &str, count: usize) -> Result<ScanPage, ReplicaError> {
@@ -893,16 +970,9 @@ impl Replica for RedisReplica {
             Value::from(format!("{epoch_id:016x}")),
             run_id_placeholder(),
         ];
-        let keys = self.epoch_keys();
+        let request = || (self.epoch_keys(), args.clone());
         let reply = self
-            .eval(
-                "mark_epoch_complete",
-                &self.epoch_script,
-                keys,
-                args,
-                2,
-                None,
-            )
+            .eval("mark_epoch_complete", &self.epoch_script, request, 2, None)
             .await?;
         match reply {
             Value::Integer(1) => Ok(true),

@@ -333,6 +333,30 @@ fn repair_targets_are_the_answers_that_differ() {
 }
 
 #[test]
+fn equal_answers_join_to_the_answer_normalized() {
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, newer_hit(), true);
+    let decision = plan.on_answer(1, newer_hit(), true);
+    assert_eq!(decision, done(ReadResult::Found(newer_hit().unwrap())));
+    assert_eq!(plan.merged(), newer_hit());
+    assert_eq!(plan.repair_targets(), Vec::<usize>::new());
+
+    // Equal answers holding a field past its `until`: the join drops it.
+    let mut stale = newer_hit().unwrap();
+    stale.fields.insert(
+        "c".into(),
+        FieldEntry::value(Stamp::new(30, 0, 1), "z").with_until(NOW - 1),
+    );
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, Some(stale.clone()), true);
+    let decision = plan.on_answer(1, Some(stale), true);
+    assert_eq!(decision, done(ReadResult::Found(newer_hit().unwrap())));
+    assert_eq!(plan.repair_targets(), vec![0, 1]);
+}
+
+#[test]
 fn read_order_table() {
     use Health::*;
     let all_up = [(Up, true), (Up, true), (Up, true)];

@@ -12,63 +12,56 @@
 --
 -- The same rules as replica::apply_merge, Record::merge_from and
 -- Record::normalize. Everything (the stored hash and the delta) is validated
--- before the first write: a Lua error after a write is not rolled back.
+-- and the merge decided before the first write: a Lua error after a write is
+-- not rolled back.
+--
+-- This runs on every write, and each call into C (string.sub, string.find,
+-- redis.call), each Lua function call and each new table costs far more
+-- than plain Lua operations: the code below is written to need few of them
+-- (one pass over each side, no table per delta field, a memo per call).
+--
+-- An entry is `stamp(32) kind(1) until(12, kinds V and D) bytes(kinds v, V)`.
+-- The entries of one write share their stamp, so the first 33 bytes of an
+-- entry (its "head") repeat: each distinct head is checked and decoded once
+-- per call into { physical, logical, writer, stamp, kind } (48, 32 and 48
+-- bits: exact in doubles, so comparing the numbers is comparing the bytes),
+-- or false. A 32-byte key holds a tombstone or origin stamp the same way.
+local heads = {}
 
--- Each distinct stamp (the first 32 bytes of an entry) is checked once and
--- kept as its three numbers { physical, logical, writer } (48, 32 and 48
--- bits: exact in doubles), or false when it is not 32 lowercase hex digits.
-local stamps = {}
-
--- The stamp of `text` (an entry, or a stamp), or nil when it is malformed.
-local function stamp_of(text)
-  local s = string.sub(text, 1, 32)
-  local known = stamps[s]
-  if known == nil then
-    known = false
-    if #s == 32 and string.find(s, '^[0-9a-f]+$') then
-      known = { tonumber(string.sub(s, 1, 12), 16), tonumber(string.sub(s, 13, 20), 16),
-        tonumber(string.sub(s, 21, 32), 16) }
-    end
-    stamps[s] = known
+local function decode_head(head)
+  local info = false
+  local _, hex_end = string.find(head, '^[0-9a-f]+')
+  local kind = string.byte(head, 33)
+  if hex_end and hex_end >= 32
+      and (kind == nil or kind == 118 or kind == 100 or kind == 86 or kind == 68) then
+    info = { tonumber(string.sub(head, 1, 12), 16), tonumber(string.sub(head, 13, 20), 16),
+      tonumber(string.sub(head, 21, 32), 16), string.sub(head, 1, 32), kind }
   end
-  if known then return s end
-  return nil
+  heads[head] = info
+  return info
 end
 
--- -1, 0 or 1 comparing two stamps returned by stamp_of (as numbers: the
--- same order as their bytes).
-local function stamp_cmp(a, b)
-  if a == b then return 0 end
-  local x, y = stamps[a], stamps[b]
-  for i = 1, 3 do
-    if x[i] ~= y[i] then
-      if x[i] < y[i] then return -1 end
-      return 1
-    end
-  end
-  return 0
+-- True when decoded stamp `a` is larger than `b` (nil is smallest).
+local function later(a, b)
+  if b == nil then return a ~= nil end
+  if a == nil or a == b then return false end
+  local x, y = a[1], b[1]
+  if x ~= y then return x > y end
+  x, y = a[2], b[2]
+  if x ~= y then return x > y end
+  return a[3] > b[3]
 end
 
--- Field names seen in this call: true (a valid `f:` name), 'bad' (an `f:`
--- name that is not non-empty UTF-8 without control characters, the rules of
--- Rust's str::from_utf8 and record::check_field_name), false (no `f:`).
-local names = {}
-
-local function field_name(name)
-  local known = names[name]
-  if known ~= nil then return known end
-  -- Printable ASCII, the usual case, is one string.find.
-  if string.find(name, '^f:[\32-\126]+$') then
-    known = true
-  elseif string.sub(name, 1, 2) ~= 'f:' then
-    known = false
-  else
-    known = 'bad'
-    local s = string.sub(name, 3)
-    local n, i = #s, 1
-    local ok = n > 0
+-- Checks one field: its name (`f:` then non-empty UTF-8 without control
+-- characters, the rules of Rust's str::from_utf8 and
+-- record::check_field_name; printable ASCII is one string.find) unless
+-- `known`, and its entry. Returns the decoded head, or nil and the error.
+-- Kinds 'd', 'V' and 'D' get their tail checked (a 'v' entry holds any bytes).
+local function check_field(name, value, known)
+  if not known and not string.find(name, '^f:[\32-\126]+$') then
+    local n, i, ok = #name, 3, #name >= 3
     while ok and i <= n do
-      local c = string.byte(s, i)
+      local c = string.byte(name, i)
       if c < 0x80 then
         ok = c >= 0x20 and c ~= 0x7f
         i = i + 1
@@ -76,13 +69,12 @@ local function field_name(name)
         local len, base, min
         if c >= 0xc2 and c <= 0xdf then len, base, min = 2, 0xc0, 0x80
         elseif c >= 0xe0 and c <= 0xef then len, base, min = 3, 0xe0, 0x800
-        elseif c >= 0xf0 and c <= 0xf4 then len, base, min = 4, 0xf0, 0x10000
-        else len = nil end
+        elseif c >= 0xf0 and c <= 0xf4 then len, base, min = 4, 0xf0, 0x10000 end
         ok = len ~= nil and i + len - 1 <= n
         if ok then
           local cp = c - base
           for j = i + 1, i + len - 1 do
-            local b = string.byte(s, j)
+            local b = string.byte(name, j)
             if b < 0x80 or b > 0xbf then ok = false end
             cp = cp * 64 + (b - 0x80)
           end
@@ -92,217 +84,130 @@ local function field_name(name)
         end
       end
     end
-    if ok then known = true end
+    if not ok then return nil, 'a field has a bad name' end
   end
-  names[name] = known
-  return known
+  local head = string.sub(value, 1, 33)
+  local info = heads[head]
+  if info == nil then info = decode_head(head) end
+  if not info or info[5] == nil then
+    if #value < 33 then return nil, 'an entry is shorter than 33 bytes' end
+    local _, hex_end = string.find(value, '^[0-9a-f]+')
+    if not hex_end or hex_end < 32 then return nil, 'an entry has a bad stamp' end
+    return nil, 'an entry has an unknown kind'
+  end
+  local kind = info[5]
+  if kind == 100 and #value ~= 33 then return nil, 'a removed entry holds bytes' end
+  if kind == 86 or kind == 68 then
+    if #value < 45 or not is_hex(string.sub(value, 34, 45), 12) then
+      return nil, 'an entry has a bad until'
+    end
+    if kind == 68 and #value ~= 45 then return nil, 'a removed entry holds bytes' end
+  end
+  return info
 end
 
--- Parses flat hash pairs `name, value, ...` from index `first` into
--- { exists, f = { ['f:name'] = entry }, s = { ['f:name'] = stamp }, count,
--- untils, v, e, c, t, o, p }, validating every item as codec::decode_pairs
--- does. An entry is `stamp(32) kind(1) until(12, kinds V and D) bytes(kinds
--- v, V)`. Returns nil and a reason on error.
-local function parse(flat, first)
-  local f, s = {}, {}
-  local rec = { exists = false, f = f, s = s, count = 0, untils = false }
+-- Records one metadata item of a hash in `rec`; nil, or the error.
+local function check_meta(rec, name, value)
+  if name == 'm:v' then
+    if value ~= '1' then return 'unknown format version' end
+    rec.v = value
+  elseif name == 'm:e' then
+    if not is_hex(value, 12) then return 'bad expiry' end
+    rec.e = value
+  elseif name == 'm:c' then
+    if not is_hex(value, 12) then return 'bad lifetime cap' end
+    rec.c = value
+  elseif name == 'm:t' or name == 'm:o' then
+    local info = false
+    if #value == 32 then
+      info = heads[value]
+      if info == nil then info = decode_head(value) end
+    end
+    if not info then
+      if name == 'm:t' then return 'bad tombstone' end
+      return 'bad origin'
+    end
+    if name == 'm:t' then rec.t = value else rec.o = value end
+  elseif name == 'm:p' then
+    if value ~= '1' then return 'bad partial flag' end
+    rec.p = true
+  else
+    return 'unknown hash field'
+  end
+  return nil
+end
+
+-- Parses one side, `flat` pairs from index `first`, into { exists, f =
+-- { ['f:name'] = entry }, s = { ['f:name'] = head }, untils, best, v, e, c,
+-- t, o, p }, validating every item as codec::decode_pairs does (`best`: the
+-- largest stamp held). For the delta (`stored` given) the fields are not
+-- kept: each is decided against the stored copy at once, and the ones that
+-- win are listed in `winners` (name, entry, name, entry, ...), the merge of
+-- the usual case. Returns nil and a reason on error.
+local function parse(flat, first, stored)
+  local f, s, winners, n = {}, {}, {}, 0
+  local rec = { f = f, s = s, winners = winners, untils = false }
+  local count, best = 0, nil
+  local stored_f, stored_s
+  if stored then stored_f, stored_s = stored.f, stored.s end
   for i = first, #flat, 2 do
     local name, value = flat[i], flat[i + 1]
     if value == nil then return nil, 'odd number of hash items' end
-    rec.exists = true
-    local is_field = field_name(name)
-    if is_field == true then
-      local kind = string.byte(value, 33)
-      if kind == nil then return nil, 'an entry is shorter than 33 bytes' end
-      local stamp = stamp_of(value)
-      if not stamp then return nil, 'an entry has a bad stamp' end
-      if kind ~= 118 then -- 'v'
-        if kind == 100 then -- 'd'
-          if #value ~= 33 then return nil, 'a removed entry holds bytes' end
-        elseif kind == 86 or kind == 68 then -- 'V', 'D'
-          if #value < 45 or not is_hex(string.sub(value, 34, 45), 12) then
-            return nil, 'an entry has a bad until'
-          end
-          if kind == 68 and #value ~= 45 then return nil, 'a removed entry holds bytes' end
-          rec.untils = true
-        else
-          return nil, 'an entry has an unknown kind'
+    local byte1, byte2 = string.byte(name, 1, 2)
+    if byte1 == 102 and byte2 == 58 then -- 'f:'
+      local mine
+      if stored then mine = stored_f[name] end
+      local info, err = check_field(name, value, mine ~= nil)
+      if not info then return nil, err end
+      local kind = info[5]
+      if kind == 86 or kind == 68 then rec.untils = true end
+      count = count + 1
+      if not stored then
+        f[name] = value
+        s[name] = info
+        if best ~= info and later(info, best) then best = info end
+      elseif mine == nil then
+        winners[n + 1], winners[n + 2], n = name, value, n + 2
+      elseif mine ~= value then
+        -- The larger stamp wins, then on equal stamps the larger rest of
+        -- the stored form, byte by byte.
+        local theirs = stored_s[name]
+        if later(info, theirs) or (not later(theirs, info)
+            and bytes_cmp(string.sub(value, 33), string.sub(mine, 33)) > 0) then
+          winners[n + 1], winners[n + 2], n = name, value, n + 2
         end
       end
-      f[name] = value
-      s[name] = stamp
-      rec.count = rec.count + 1
-    elseif is_field == 'bad' then
-      return nil, 'a field has a bad name'
-    elseif name == 'm:v' then
-      if value ~= '1' then return nil, 'unknown format version' end
-      rec.v = value
-    elseif name == 'm:e' then
-      if not is_hex(value, 12) then return nil, 'bad expiry' end
-      rec.e = value
-    elseif name == 'm:c' then
-      if not is_hex(value, 12) then return nil, 'bad lifetime cap' end
-      rec.c = value
-    elseif name == 'm:t' then
-      if #value ~= 32 or not stamp_of(value) then return nil, 'bad tombstone' end
-      rec.t = value
-    elseif name == 'm:o' then
-      if #value ~= 32 or not stamp_of(value) then return nil, 'bad origin' end
-      rec.o = value
-    elseif name == 'm:p' then
-      if value ~= '1' then return nil, 'bad partial flag' end
-      rec.p = true
     else
-      return nil, 'unknown hash field'
+      local err = check_meta(rec, name, value)
+      if err then return nil, err end
     end
   end
+  rec.exists = first <= #flat
   if rec.exists and not (rec.v and rec.e and rec.c) then return nil, 'missing record metadata' end
-  if rec.t and rec.count > 0 then return nil, 'a tombstone holds fields' end
+  if rec.t and count > 0 then return nil, 'a tombstone holds fields' end
+  if rec.t and later(heads[rec.t], best) then best = heads[rec.t] end
+  if rec.o and later(heads[rec.o], best) then best = heads[rec.o] end
+  rec.best = best
   return rec
 end
 
--- The larger / smaller of two optional stamps; of two optional 12-hex times
--- (nil is smallest for max; for min, nil means "unknown": the other is taken).
-local function max_stamp(a, b)
+-- The larger / smaller of two optional stamps, or of two optional 12-hex
+-- times (ms: true); nil is smallest for max; for min, nil means "unknown"
+-- and the other one is taken.
+local function pick(a, b, larger, ms)
   if a == nil then return b end
   if b == nil then return a end
-  if stamp_cmp(a, b) >= 0 then return a end
-  return b
-end
-local function min_stamp(a, b)
-  if a == nil then return b end
-  if b == nil then return a end
-  if stamp_cmp(a, b) <= 0 then return a end
-  return b
-end
-local function max_ms(a, b)
-  if a == nil then return b end
-  if b == nil then return a end
-  if tonumber(a, 16) >= tonumber(b, 16) then return a end
-  return b
-end
-local function min_ms(a, b)
-  if a == nil then return b end
-  if b == nil then return a end
-  if tonumber(a, 16) <= tonumber(b, 16) then return a end
-  return b
-end
-
--- Record::normalize: a tombstone keeps no fields and is never partial; entries
--- with an until (kinds V and D) before now are dropped.
-local function normalize(rec, now_ms, untils)
-  if rec.t then
-    rec.f = {}
-    rec.p = nil
-    return
+  local b_beyond
+  if ms then
+    local x, y = tonumber(a, 16), tonumber(b, 16)
+    if larger then b_beyond = y > x else b_beyond = y < x end
+  elseif larger then
+    b_beyond = later(heads[b], heads[a])
+  else
+    b_beyond = later(heads[a], heads[b])
   end
-  if not untils then return end
-  for name, value in pairs(rec.f) do
-    local kind = string.byte(value, 33)
-    if (kind == 86 or kind == 68) and tonumber(string.sub(value, 34, 45), 16) < now_ms then
-      rec.f[name] = nil -- 86 'V', 68 'D'; clearing during pairs() is allowed
-    end
-  end
-end
-
--- apply_merge: returns the status and the record to store (nil: no write).
--- A delta entry wins over the stored one with the larger stamp, then on
--- equal stamps with the larger rest of the stored form (byte order).
-local function merge(stored, delta, mode, now_ms)
-  local merged = { f = {} }
-  local f = merged.f
-  local untils = stored.untils or delta.untils
-  if not stored.exists then
-    for name, value in pairs(delta.f) do f[name] = value end
-    merged.v, merged.e, merged.c = delta.v, delta.e, delta.c
-    merged.t, merged.o, merged.p = delta.t, delta.o, delta.p
-    normalize(merged, now_ms, untils)
-    return 'applied', merged
-  end
-  if mode == 'c' and stored.o ~= delta.o then return 'exists', nil end
-  if stored.t and not delta.t then return 'gone', nil end
-  for name, value in pairs(stored.f) do f[name] = value end
-  local stored_s, delta_s = stored.s, delta.s
-  for name, value in pairs(delta.f) do
-    local mine = f[name]
-    if mine == nil then
-      f[name] = value
-    elseif mine ~= value then
-      local by_stamp = stamp_cmp(delta_s[name], stored_s[name])
-      if by_stamp > 0 or (by_stamp == 0 and bytes_cmp(string.sub(value, 33), string.sub(mine, 33)) > 0) then
-        f[name] = value
-      end
-    end
-  end
-  merged.v = '1'
-  merged.t = max_stamp(stored.t, delta.t)
-  merged.e = max_ms(stored.e, delta.e)
-  merged.c = min_ms(stored.c, delta.c)
-  merged.o = min_stamp(stored.o, delta.o)
-  merged.p = stored.p and delta.p
-  normalize(merged, now_ms, untils)
-  return 'applied', merged
-end
-
--- The largest stamp of a stored record: fields, tombstone, origin.
-local function held_max(rec)
-  local best = max_stamp(rec.t, rec.o)
-  for _, stamp in pairs(rec.s) do
-    if best == nil or (stamp ~= best and stamp_cmp(stamp, best) > 0) then best = stamp end
-  end
-  return best or ''
-end
-
--- Runs `command key items...` in chunks (unpack has a C-stack limit).
-local function chunked(command, key, items, step)
-  for i = 1, #items, step do
-    local last = math.min(i + step - 1, #items)
-    redis.call(command, key, unpack(items, i, last))
-  end
-end
-
--- Writes the difference between `stored` and `merged`, then the TTL.
-local function store(key, stored, merged, now_ms, margin)
-  -- 12 hex digits are at most 2^48: exact in a double.
-  local effective = tonumber(min_ms(merged.e, merged.c), 16)
-  if effective <= now_ms then
-    -- Record::is_expired: the record is dead; nothing is kept.
-    redis.call('DEL', key)
-    return
-  end
-  local set, del = {}, {}
-  local n = 0
-  local stored_f, merged_f = stored.f, merged.f
-  for name, value in pairs(merged_f) do
-    if stored_f[name] ~= value then
-      set[n + 1] = name
-      set[n + 2] = value
-      n = n + 2
-    end
-  end
-  for name in pairs(stored_f) do
-    if merged_f[name] == nil then del[#del + 1] = name end
-  end
-  local p = nil
-  if merged.p then p = '1' end
-  local stored_p = nil
-  if stored.p then stored_p = '1' end
-  local meta = { 'm:v', merged.v, stored.v, 'm:e', merged.e, stored.e, 'm:c', merged.c, stored.c,
-    'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p }
-  for i = 1, 18, 3 do
-    local name, value, before = meta[i], meta[i + 1], meta[i + 2]
-    if value == nil then
-      if before ~= nil then del[#del + 1] = name end
-    elseif before ~= value then
-      set[n + 1] = name
-      set[n + 2] = value
-      n = n + 2
-    end
-  end
-  if #del > 0 then chunked('HDEL', key, del, 500) end
-  if n > 0 then chunked('HSET', key, set, 1000) end
-  -- '%d' prints an integer.
-  redis.call('PEXPIREAT', key, string.format('%d', effective + margin))
+  if b_beyond then return b end
+  return a
 end
 
 local key, epoch_key, run_key = KEYS[1], KEYS[2], KEYS[3]
@@ -320,16 +225,92 @@ local flat = redis.pcall('HGETALL', key)
 if flat.err then
   return redis.error_reply('CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash')
 end
-local stored, stored_err = parse(flat, 1)
+local stored, stored_err = parse(flat, 1, nil)
 if stored_err then return redis.error_reply('CORRUPT ' .. stored_err) end
-local delta, delta_err = parse(ARGV, 6)
+local delta, delta_err = parse(ARGV, 6, stored)
 if delta_err or not delta.exists then
   return redis.error_reply('ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty'))
 end
+local held = ''
+if stored.best then held = stored.best[4] end
 
--- Everything is validated: writes start here.
+-- apply_merge: a conditional create of another record, or a live delta on a
+-- tombstone, writes nothing.
+if stored.exists and mode == 'c' and stored.o ~= delta.o then
+  return { 'exists', epoch_ensure(epoch_key, run_key, epoch, candidate, run_id), held }
+end
+if stored.t and not delta.t then
+  return { 'gone', epoch_ensure(epoch_key, run_key, epoch, candidate, run_id), held }
+end
+
+-- The merged metadata, then what to write: `set` (name, value, ...) and `del`.
+local merged = { v = '1' }
+if stored.exists then
+  merged.t = pick(stored.t, delta.t, true, false)
+  merged.e = pick(stored.e, delta.e, true, true)
+  merged.c = pick(stored.c, delta.c, false, true)
+  merged.o = pick(stored.o, delta.o, false, false)
+  merged.p = stored.p and delta.p
+else
+  merged.t, merged.e, merged.c, merged.o, merged.p = delta.t, delta.e, delta.c, delta.o, delta.p
+end
+local stored_f = stored.f
+local set, del = delta.winners, {}
+if merged.t or stored.untils or delta.untils then
+  -- Record::normalize: a tombstone keeps no fields and is never partial;
+  -- entries with an until (kinds V and D) before now are dropped. The
+  -- merged fields are the stored ones and the winners, less those dropped.
+  local fields = {}
+  if merged.t then
+    merged.p = nil
+  else
+    for name, value in pairs(stored_f) do fields[name] = value end
+    for i = 1, #set, 2 do fields[set[i]] = set[i + 1] end
+    for name, value in pairs(fields) do
+      local kind = string.byte(value, 33)
+      if (kind == 86 or kind == 68) and tonumber(string.sub(value, 34, 45), 16) < now_ms then
+        fields[name] = nil -- 86 'V', 68 'D'; clearing during pairs() is allowed
+      end
+    end
+  end
+  set = {}
+  for name, value in pairs(fields) do
+    if stored_f[name] ~= value then
+      set[#set + 1] = name
+      set[#set + 1] = value
+    end
+  end
+  for name in pairs(stored_f) do
+    if fields[name] == nil then del[#del + 1] = name end
+  end
+end
+local p, stored_p = nil, nil
+if merged.p then p = '1' end
+if stored.p then stored_p = '1' end
+local meta = { 'm:v', merged.v, stored.v, 'm:e', merged.e, stored.e, 'm:c', merged.c, stored.c,
+  'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p }
+for i = 1, 18, 3 do
+  local name, value, before = meta[i], meta[i + 1], meta[i + 2]
+  if value == nil then
+    if before ~= nil then del[#del + 1] = name end
+  elseif before ~= value then
+    set[#set + 1] = name
+    set[#set + 1] = value
+  end
+end
+
+-- Everything is validated and decided: writes start here.
 epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
-local held = held_max(stored)
-local status, merged = merge(stored, delta, mode, now_ms)
-if merged then store(key, stored, merged, now_ms, margin) end
-return { status, epoch, held }
+-- 12 hex digits are at most 2^48: exact in a double.
+local effective = tonumber(pick(merged.e, merged.c, false, true), 16)
+if effective <= now_ms then
+  -- Record::is_expired: the record is dead; nothing is kept.
+  redis.call('DEL', key)
+else
+  -- In chunks: unpack has a C-stack limit.
+  for i = 1, #del, 500 do redis.call('HDEL', key, unpack(del, i, math.min(i + 499, #del))) end
+  for i = 1, #set, 1000 do redis.call('HSET', key, unpack(set, i, math.min(i + 999, #set))) end
+  -- '%d' prints an integer.
+  redis.call('PEXPIREAT', key, string.format('%d', effective + margin))
+end
+return { 'applied', epoch, held }

@@ -87,26 +87,32 @@ impl ProcessIdentity {
         generations.count
     }
 
-    /// The run id to pass to a script sent now, and the generation it is
+    /// The run id to pass to a request sent now, and the generation it is
     /// valid for (check it again with [`ProcessIdentity::check`] after the
-    /// reply). Asks `INFO server` after each new connection.
+    /// reply), if known for the current connection; `None` after a new
+    /// connection (learn it with [`ProcessIdentity::learn`]).
+    pub(super) fn cached(&self, client: &Client) -> Option<(u64, Value)> {
+        let generation = self.generation(client);
+        match &*self.lock_run_id() {
+            Some((known, run_id)) if *known == generation => Some((generation, run_id.clone())),
+            _ => None,
+        }
+    }
+
+    /// Learns the run id with `info` (`INFO server`, sent now) and caches it
+    /// for the current connection.
     ///
     /// # Errors
     ///
-    /// As the `INFO` command; [`ReplicaError::Unavailable`] when the
-    /// connection changed while it ran, or its answer holds no run id.
-    pub(super) async fn run_id(
+    /// As `info`; [`ReplicaError::Unavailable`] when the connection changed
+    /// while it ran, or its answer holds no run id.
+    pub(super) async fn learn(
         &self,
         name: &str,
         client: &Client,
         info: impl std::future::Future<Output = Result<String, ReplicaError>>,
     ) -> Result<(u64, Value), ReplicaError> {
         let generation = self.generation(client);
-        if let Some((known, run_id)) = &*self.lock_run_id() {
-            if *known == generation {
-                return Ok((generation, run_id.clone()));
-            }
-        }
         let text = info.await?;
         self.check(name, client, generation)?;
         let run_id = parse_run_id(&text).ok_or_else(|| ReplicaError::Unavailable {

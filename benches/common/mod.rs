@@ -1,0 +1,70 @@
+//! Local `redis-server` processes for the benchmarks: 127.0.0.1 only, a free
+//! port, no persistence, a private working directory; killed on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fred::prelude::*;
+
+/// How long a benchmark waits for a started server to accept connections.
+const START_ATTEMPTS: u32 = 200;
+const START_POLL: Duration = Duration::from_millis(25);
+
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    /// Its working directory (a replica writes the synced dump there).
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` with `extra` arguments after the defaults.
+    pub fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("qs-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("server directory");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        RedisServer { child, port, dir }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain fred client, once the server accepts connections (a fred client
+/// whose first `init` failed can hang on the next one, so connect once).
+pub async fn client(port: u16) -> Client {
+    let mut attempts = 0;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        attempts += 1;
+        assert!(
+            attempts < START_ATTEMPTS,
+            "redis-server on port {port} did not start"
+        );
+        tokio::time::sleep(START_POLL).await;
+    }
+    let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url");
+    let client = Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(600))
+        .build()
+        .expect("client");
+    client.init().await.expect("connect to redis-server");
+    client
+}
