@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use quorum_sessions::core::read::{Absence, ReadResult};
 use quorum_sessions::{Record, Stamp};
 
-use crate::workload::{FieldSet, SessionIndex, FIELD_NAMES};
+use crate::workload::{FieldSet, SessionIndex, SessionKey, FIELD_NAMES};
 
 const FIELD_COUNT: usize = FIELD_NAMES.len();
 /// Violation examples kept for the report.
@@ -77,6 +77,49 @@ pub enum WriteKind {
     RemoveField,
     /// Session deleted.
     Delete,
+}
+
+/// The key type of a replica's map of records, as the final check names a
+/// session in it.
+pub trait StoreKey: Ord + std::fmt::Display {
+    /// The key of `session`, registered under the key string `key`.
+    fn of_session(session: SessionIndex, key: &str) -> Self;
+}
+
+impl StoreKey for String {
+    fn of_session(_: SessionIndex, key: &str) -> String {
+        key.to_owned()
+    }
+}
+
+impl StoreKey for SessionKey {
+    fn of_session(session: SessionIndex, _: &str) -> SessionKey {
+        SessionKey(session)
+    }
+}
+
+/// A replica's final records, as the checker reads them.
+pub trait RecordMap {
+    /// How the map names a session.
+    type Key: StoreKey + Clone;
+
+    /// The copy under `key`.
+    fn copy(&self, key: &Self::Key) -> Option<&Record>;
+
+    /// Every copy, in key order.
+    fn copies(&self) -> Box<dyn Iterator<Item = (Self::Key, &Record)> + '_>;
+}
+
+impl<K: StoreKey + Clone> RecordMap for BTreeMap<K, Record> {
+    type Key = K;
+
+    fn copy(&self, key: &K) -> Option<&Record> {
+        self.get(key)
+    }
+
+    fn copies(&self) -> Box<dyn Iterator<Item = (K, &Record)> + '_> {
+        Box::new(self.iter().map(|(key, record)| (key.clone(), record)))
+    }
 }
 
 /// One write, as its client issued it.
@@ -295,9 +338,9 @@ impl Checker {
     /// is the replicas' clock (keys expire at effective expiry + `margin_ms`
     /// on it); `expired_before_ms` is the latest clock any coordinator may
     /// read: copies whose effective expiry is not after it count as absent.
-    pub fn final_check(
+    pub fn final_check<M: RecordMap>(
         &mut self,
-        replicas: &[&BTreeMap<String, Record>],
+        replicas: &[&M],
         replica_ms: u64,
         margin_ms: u64,
         expired_before_ms: u64,
@@ -310,16 +353,17 @@ impl Checker {
             self.example(format!("diverged after quiesce: {key}"));
         }
         let mut notes = Vec::new();
-        for history in &self.sessions {
+        for (session, history) in self.sessions.iter().enumerate() {
             if history.acked_writes.is_empty() || history.delete_issued {
                 continue;
             }
             if history.acked_expiry_max.min(history.cap_ms) <= expired_before_ms {
                 continue; // may have expired: absence proves nothing
             }
+            let key = M::Key::of_session(session as SessionIndex, &history.key);
             let mut merged: Option<Record> = None;
             for replica in replicas {
-                if let Some(copy) = replica.get(&history.key).filter(|r| live(r)) {
+                if let Some(copy) = replica.copy(&key).filter(|r| live(r)) {
                     match &mut merged {
                         Some(m) => m.merge_from(copy, replica_ms),
                         None => merged = Some(copy.clone()),
@@ -409,18 +453,18 @@ fn lost_because(write: &AckedWrite, merged: Option<&Record>) -> Option<String> {
 
 /// Keys whose live, unexpired copies differ between replicas (a missing copy
 /// differs from a present one). Walks the sorted maps side by side.
-pub fn diverged_keys(
-    replicas: &[&BTreeMap<String, Record>],
+pub fn diverged_keys<M: RecordMap>(
+    replicas: &[&M],
     replica_ms: u64,
     margin_ms: u64,
     expired_before_ms: u64,
 ) -> Vec<String> {
-    let mut iterators: Vec<_> = replicas.iter().map(|r| r.iter().peekable()).collect();
+    let mut iterators: Vec<_> = replicas.iter().map(|r| r.copies().peekable()).collect();
     let mut diverged = Vec::new();
     loop {
         let Some(key) = iterators
             .iter_mut()
-            .filter_map(|it| it.peek().map(|(k, _)| *k))
+            .filter_map(|it| it.peek().map(|(k, _)| k))
             .min()
             .cloned()
         else {
@@ -430,7 +474,7 @@ pub fn diverged_keys(
         let mut differ = false;
         for iterator in &mut iterators {
             let copy = match iterator.peek() {
-                Some((k, _)) if **k == key => iterator.next().map(|(_, r)| r),
+                Some((k, _)) if *k == key => iterator.next().map(|(_, r)| r),
                 _ => None,
             };
             let copy = copy.filter(|r| {
@@ -443,7 +487,7 @@ pub fn diverged_keys(
             }
         }
         if differ {
-            diverged.push(key);
+            diverged.push(key.to_string());
         }
     }
 }

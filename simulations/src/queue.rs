@@ -9,6 +9,7 @@
 //! small however many messages queue behind a slow replica.
 
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, VecDeque};
 
 /// Virtual time, µs.
@@ -133,23 +134,28 @@ impl<E> EventQueue<E> {
 
     /// The earliest event and its time.
     pub fn pop(&mut self) -> Option<(Time, E)> {
-        let top = self.heap.pop()?;
-        if top.lane != NO_LANE {
-            let lane = top.lane as usize;
-            match self.lanes[lane].pop_front() {
-                Some((key, slot)) => self.heap.push(HeapEntry {
-                    key,
-                    slot,
-                    lane: top.lane,
-                }),
-                None => self.lane_pending[lane] = false,
+        let mut top = self.heap.peek_mut()?;
+        let (at, slot, lane) = (time_of(top.key), top.slot, top.lane);
+        let next = if lane == NO_LANE {
+            None
+        } else {
+            self.lanes[lane as usize].pop_front()
+        };
+        match next {
+            // The lane's next event takes the front's place in the heap: one
+            // sift instead of a pop and a push. (Keys are unique, so the
+            // heap's shape never changes the order events come out in.)
+            Some((key, slot)) => *top = HeapEntry { key, slot, lane },
+            None => {
+                if lane != NO_LANE {
+                    self.lane_pending[lane as usize] = false;
+                }
+                PeekMut::pop(top);
             }
         }
-        self.free.push(top.slot);
-        let event = self.events[top.slot as usize]
-            .take()
-            .expect("a queued event");
-        Some((time_of(top.key), event))
+        self.free.push(slot);
+        let event = self.events[slot as usize].take().expect("a queued event");
+        Some((at, event))
     }
 
     /// Events waiting.

@@ -64,6 +64,88 @@ impl FieldSet {
     }
 }
 
+/// Sessions whose key has exactly [`KEY_DIGITS`] digits (all but the last
+/// few of a run of more than ten million sessions).
+pub(crate) const PADDED_KEYS: SessionIndex = 10_000_000;
+/// Digits of a session key's index, zero-padded.
+const KEY_DIGITS: usize = 7;
+
+/// A session's record key, `s:{NNNNNNN}`, held as the session's index: no
+/// string is built or compared to find a record. It orders exactly as the
+/// key strings do (the order of a replica's key scan), and displays as the
+/// key string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey(pub SessionIndex);
+
+impl SessionKey {
+    /// The key a string names, if it is a session key (`s:{` + the index's
+    /// digits, zero-padded to seven + `}`), as [`session_key`]
+    /// writes them.
+    #[inline]
+    pub fn parse(key: &str) -> Option<SessionKey> {
+        // The usual form, exactly `KEY_DIGITS` digits, without `str::parse`.
+        if let [b's', b':', b'{', digits @ .., b'}'] = key.as_bytes() {
+            if digits.len() == KEY_DIGITS && digits.iter().all(u8::is_ascii_digit) {
+                let index = digits.iter().fold(0, |n: SessionIndex, d| {
+                    n * 10 + SessionIndex::from(d - b'0')
+                });
+                return Some(SessionKey(index));
+            }
+        }
+        SessionKey::parse_long(key)
+    }
+
+    #[cold]
+    fn parse_long(key: &str) -> Option<SessionKey> {
+        let digits = key.strip_prefix("s:{")?.strip_suffix('}')?;
+        if digits.len() < KEY_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let index: SessionIndex = digits.parse().ok()?;
+        // Only the canonical form: no extra leading zeros.
+        let canonical = digits.len() == KEY_DIGITS || !digits.starts_with('0');
+        canonical.then_some(SessionKey(index))
+    }
+}
+
+impl Ord for SessionKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0.max(other.0) < PADDED_KEYS {
+            // Same number of digits: the numbers order as their strings.
+            self.0.cmp(&other.0)
+        } else {
+            self.cmp_strings(other)
+        }
+    }
+}
+
+impl SessionKey {
+    #[cold]
+    #[inline(never)]
+    fn cmp_strings(&self, other: &Self) -> std::cmp::Ordering {
+        session_key(self.0).cmp(&session_key(other.0))
+    }
+}
+
+impl PartialOrd for SessionKey {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s:{{{:0width$}}}", self.0, width = KEY_DIGITS)
+    }
+}
+
+/// The record key of session `index`.
+pub fn session_key(index: SessionIndex) -> String {
+    SessionKey(index).to_string()
+}
+
 /// What a client knows of one session.
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
@@ -204,7 +286,7 @@ impl Workload {
             self.config.long_ttl_ms
         };
         self.sessions.push(SessionInfo {
-            key: Rc::from(format!("s:{{{index:07}}}")),
+            key: Rc::from(session_key(index)),
             ttl_ms,
             cap_ms: now_ms + lifetime_ms,
             created: false,
@@ -288,5 +370,45 @@ mod tests {
         }
         assert_eq!(workload.active_count(), 5);
         assert_eq!(&*workload.session(3).key, "s:{0000003}");
+    }
+
+    #[test]
+    fn session_keys_order_and_parse_as_their_strings() {
+        let indexes = [
+            0,
+            3,
+            42,
+            999_999,
+            1_000_000,
+            9_999_999,
+            10_000_000,
+            10_000_001,
+            12_345_678,
+            99_999_999,
+            100_000_000,
+            SessionIndex::MAX,
+        ];
+        for &a in &indexes {
+            let key = session_key(a);
+            assert_eq!(SessionKey::parse(&key), Some(SessionKey(a)), "{key}");
+            for &b in &indexes {
+                assert_eq!(
+                    SessionKey(a).cmp(&SessionKey(b)),
+                    key.cmp(&session_key(b)),
+                    "{a} vs {b}"
+                );
+            }
+        }
+        assert_eq!(session_key(7), "s:{0000007}");
+        for bad in [
+            "",
+            "s:{}",
+            "s:{123}",
+            "s:{00000001}",
+            "s:{000000a}",
+            "x:{0000001}",
+        ] {
+            assert_eq!(SessionKey::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! ordered by `(time, sequence number)`: the same seed replays the same run,
 //! event for event. Nothing reads the wall clock or iterates a `HashMap`.
 //!
-//! The world holds N simulated replicas (a `BTreeMap<String, Record>` updated
+//! The world holds N simulated replicas (records by session key, updated
 //! with the crate's [`apply_merge`], plus an [`Epoch`]) and K coordinators
 //! (app servers). Each coordinator owns the crate's pure core pieces — an
 //! [`Hlc`], a [`HealthTracker`], an [`EpochTable`], [`HintQueues`] — and runs
@@ -34,9 +34,9 @@
 mod faults;
 mod read;
 mod repair;
+mod store;
 mod write;
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use quorum_sessions::core::anti_entropy::AntiEntropyPass;
@@ -58,7 +58,8 @@ use crate::queue::EventQueue;
 use crate::report::{Report, RunStats};
 use crate::slab::{Slab, SlabKey};
 use crate::trace::{Trace, TraceOptions};
-use crate::workload::{SessionIndex, Workload};
+use crate::workload::{SessionIndex, SessionKey, Workload};
+use store::RecordStore;
 
 /// Virtual time, µs since the start of the run.
 pub use crate::queue::Time;
@@ -260,7 +261,8 @@ struct Coordinator {
 /// One Redis server.
 #[derive(Debug)]
 struct SimReplica {
-    records: BTreeMap<String, Record>,
+    /// Records by key (a slot per session: a lookup compares no keys).
+    records: RecordStore,
     epoch: Epoch,
     crashed: bool,
     /// Active `Slow` faults.
@@ -277,14 +279,14 @@ fn alive(record: &Record, now_ms: u64, margin_ms: u64) -> bool {
 
 impl SimReplica {
     /// The record under `key` unless Redis would have dropped it by now.
-    fn live(&self, key: &str, now_ms: u64, margin_ms: u64) -> Option<&Record> {
+    fn live(&self, key: SessionKey, now_ms: u64, margin_ms: u64) -> Option<&Record> {
         self.records
             .get(key)
             .filter(|r| alive(r, now_ms, margin_ms))
     }
 
     /// Drops `key` if its TTL passed (what Redis does lazily on access).
-    fn expire(&mut self, key: &str, now_ms: u64, margin_ms: u64) {
+    fn expire(&mut self, key: SessionKey, now_ms: u64, margin_ms: u64) {
         if self.live(key, now_ms, margin_ms).is_none() {
             self.records.remove(key);
         }
@@ -399,7 +401,7 @@ impl World {
         let k = config.workload.coordinators;
         let replicas = (0..n)
             .map(|_| SimReplica {
-                records: BTreeMap::new(),
+                records: RecordStore::default(),
                 // Created with the cluster: complete from the start.
                 epoch: Epoch {
                     id: rng.random(),
@@ -672,13 +674,16 @@ impl World {
         let margin = self.config.ttl_margin_ms;
         let replica = &mut self.replicas[index];
         let epoch = replica.epoch;
+        // Every request but a ping is about a session's record.
+        let record_key = || SessionKey::parse(&key).expect("requests name session keys");
         let reply = match body {
             RequestBody::Ping => ReplyBody::Ping { epoch },
             RequestBody::Read => {
-                let record = match replica.records.get(&*key) {
+                let record_key = record_key();
+                let record = match replica.records.get(record_key) {
                     Some(stored) if alive(stored, replica_ms, margin) => Some(stored.clone()),
                     Some(_) => {
-                        replica.records.remove(&*key); // Redis drops it on access
+                        replica.records.remove(record_key); // Redis drops it on access
                         None
                     }
                     None => None,
@@ -688,7 +693,8 @@ impl World {
             RequestBody::Merge { delta, mode } => {
                 // One lookup: a copy past its TTL is what Redis would have
                 // dropped, so it merges as an absent key.
-                let (status, held_max) = match replica.records.get_mut(&*key) {
+                let record_key = record_key();
+                let (status, held_max) = match replica.records.get_mut(record_key) {
                     Some(slot) if alive(slot, replica_ms, margin) => {
                         let held_max = slot.max_stamp();
                         (apply_merge_in_place(slot, &delta, mode, now_ms), held_max)
@@ -699,7 +705,7 @@ impl World {
                         match slot {
                             Some(slot) => *slot = merged,
                             None => {
-                                replica.records.insert(key.to_string(), merged);
+                                replica.records.insert(record_key, merged);
                             }
                         }
                         (status, None)
@@ -716,7 +722,10 @@ impl World {
             }
             RequestBody::Remove => {
                 self.mutations += 1;
-                let held_max = replica.records.remove(&*key).and_then(|r| r.max_stamp());
+                let held_max = replica
+                    .records
+                    .remove(record_key())
+                    .and_then(|r| r.max_stamp());
                 ReplyBody::Merge {
                     status: MergeStatus::Applied,
                     epoch,

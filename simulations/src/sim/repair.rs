@@ -7,7 +7,6 @@
 //! per step, each step costing `page_cost_us` of virtual time; it sees a
 //! replica only while that replica is up and linked to coordinator 0.
 
-use std::ops::Bound;
 use std::rc::Rc;
 
 use quorum_sessions::core::anti_entropy::AntiEntropyPass;
@@ -18,6 +17,7 @@ use super::{
     AntiEntropyRun, Event, Phase, Purpose, RequestBody, World, AUDIT_CONCURRENCY, QUIESCE_CHECK_US,
 };
 use crate::checker::diverged_keys;
+use crate::workload::SessionKey;
 
 impl World {
     /// A coordinator's periodic work.
@@ -137,24 +137,17 @@ impl World {
         };
         let page_keys = self.config.anti_entropy.page_keys;
         let records = &self.replicas[scanned].records;
-        let start = if cursor == "0" {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(cursor.as_str())
-        };
-        let page: Vec<String> = records
-            .range::<str, _>((start, Bound::Unbounded))
-            .take(page_keys)
-            .map(|(key, _)| key.clone())
-            .collect();
+        let after =
+            (cursor != "0").then(|| SessionKey::parse(&cursor).expect("cursors are session keys"));
+        let page: Vec<SessionKey> = records.keys_after(after).take(page_keys).collect();
         let next_cursor = (page.len() == page_keys)
-            .then(|| page.last().cloned())
+            .then(|| page.last().map(SessionKey::to_string))
             .flatten();
         let participants = run.pass.participants();
         let replica_ms = self.replica_ms();
         let margin = self.config.ttl_margin_ms;
         let now_ms = self.wall_ms(0);
-        for key in &page {
+        for &key in &page {
             let compared_earlier = participants.iter().any(|&p| {
                 run.pass.scanned_earlier(p)
                     && self.replicas[p].live(key, replica_ms, margin).is_some()
@@ -180,13 +173,16 @@ impl World {
                     now_ms,
                 );
                 if let Some(merged) = merged {
-                    replica.records.insert(key.clone(), merged);
+                    replica.records.insert(key, merged);
                     self.mutations += 1;
                 }
             }
-            self.trace(Some(key), || {
-                format!("anti-entropy repairs {key} on {:?}", repair.targets)
-            });
+            if self.trace.is_some() {
+                let key = key.to_string();
+                self.trace(Some(&key), || {
+                    format!("anti-entropy repairs {key} on {:?}", repair.targets)
+                });
+            }
         }
         run.pass.on_page(scanned, next_cursor);
         self.anti_entropy = Some(run);
