@@ -16,7 +16,8 @@
 //!
 //! It prints both times and their ratio (target: at most 3), and writes
 //! `target/bench/refill.json`. `QS_REFILL_SESSIONS` sets the session count
-//! (default 100,000).
+//! (default 100,000), `QS_REFILL_SCAN_BATCH` the `SCAN` count of the pass
+//! (default: the library's `anti_entropy.scan_batch`).
 
 mod common;
 use common::{client, RedisServer};
@@ -136,6 +137,12 @@ async fn main() {
     // Only the passes this bench runs: none started by a rejoin or a timer.
     config.anti_entropy.on_rejoin = false;
     config.anti_entropy.interval = None;
+    if let Some(batch) = std::env::var("QS_REFILL_SCAN_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        config.anti_entropy.scan_batch = batch;
+    }
     let coordinator = Coordinator::connect(config, replicas)
         .await
         .expect("coordinator");

@@ -79,13 +79,19 @@ impl Default for Limits {
     }
 }
 
+/// The largest [`AntiEntropyConfig::scan_batch`] accepted: a page's keys,
+/// and their copies from every replica, are held in memory at once.
+pub const SCAN_BATCH_MAX: usize = 16_384;
+
 /// Anti-entropy passes: how they walk the keyspace and how much they may take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AntiEntropyConfig {
-    /// Keys asked per SCAN page.
+    /// Keys asked per SCAN page (the `COUNT` hint), at most
+    /// [`SCAN_BATCH_MAX`]. A page is read and repaired in requests of
+    /// [`BATCH_KEYS`](crate::recovery::BATCH_KEYS) keys, all in flight at
+    /// once, while the next page is scanned: larger pages refill faster and
+    /// hold more keys in memory.
     pub scan_batch: usize,
-    /// Keys of one page compared and repaired concurrently.
-    pub key_concurrency: usize,
     /// Pause after each page, to leave the replicas to foreground requests
     /// (the pass's share of the replicas' time).
     pub pause_between_pages: Duration,
@@ -103,8 +109,7 @@ pub struct AntiEntropyConfig {
 impl Default for AntiEntropyConfig {
     fn default() -> Self {
         AntiEntropyConfig {
-            scan_batch: 512,
-            key_concurrency: 64,
+            scan_batch: 1024,
             pause_between_pages: Duration::ZERO,
             on_rejoin: true,
             interval: None,
@@ -223,14 +228,16 @@ impl ClusterConfig {
             ("hints.replay_per_sec", hints.replay_per_sec as usize),
             ("hints.replay_burst", hints.replay_burst as usize),
             ("anti_entropy.scan_batch", self.anti_entropy.scan_batch),
-            (
-                "anti_entropy.key_concurrency",
-                self.anti_entropy.key_concurrency,
-            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(field, "must be positive"));
             }
+        }
+        if self.anti_entropy.scan_batch > SCAN_BATCH_MAX {
+            return Err(ConfigError::new(
+                "anti_entropy.scan_batch",
+                format!("must be at most {SCAN_BATCH_MAX}"),
+            ));
         }
         let limits = &self.limits;
         for (field, value) in [
@@ -323,6 +330,17 @@ mod tests {
                 },
                 3,
                 "hedge_delay",
+            ),
+            (
+                ClusterConfig {
+                    anti_entropy: AntiEntropyConfig {
+                        scan_batch: SCAN_BATCH_MAX + 1,
+                        ..AntiEntropyConfig::default()
+                    },
+                    ..base()
+                },
+                3,
+                "anti_entropy.scan_batch",
             ),
             (
                 ClusterConfig {

@@ -68,7 +68,7 @@ pub mod stamp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair};
+pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair, SCAN_BATCH_MAX};
 pub use coordinator::{Coordinator, CoordinatorStats, ReplicaState, WriteAck};
 pub use error::{ConfigError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
 pub use mutation::Mutation;

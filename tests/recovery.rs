@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,23 @@ use tokio::time::Instant;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Sessions preloaded for the refill scenario (each about 1 KB).
+/// Sessions live for the refill scenario (each about 1 KB). Issue 6 asks
+/// for 100,000 (`QS_TEST_REFILL_SESSIONS=100000`); in a debug build on two
+/// shared cores that run is not reliable yet (see the README's "Limits"),
+/// so CI runs 5,000 and `cargo bench --bench refill` times 100,000.
 const REFILL_SESSIONS: usize = 5_000;
+/// [`REFILL_SESSIONS`], or `QS_TEST_REFILL_SESSIONS` (a quicker local run).
+fn refill_sessions() -> usize {
+    std::env::var("QS_TEST_REFILL_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(REFILL_SESSIONS)
+}
+/// Keys per direct read when comparing replicas.
+const CHECK_BATCH: usize = 256;
+/// Sessions of the workload running during the refill: each task of
+/// [`WORKLOAD_TASKS`] updates and reads its share, one operation at a time.
+const WORKLOAD_TASKS: usize = 8;
 
 fn config() -> ClusterConfig {
     let mut config = ClusterConfig {
@@ -47,14 +63,14 @@ fn key(i: usize) -> String {
     format!("s:{{rec-{i}}}")
 }
 
-/// Writes `count` sessions of about 1 KB (10 fields), 64 at a time.
+/// Creates the sessions of `range`, about 1 KB each (10 fields), 64 at a time.
 async fn write_sessions(c: &Coordinator, range: std::ops::Range<usize>, tag: &str) -> usize {
     let value = format!("{tag}{}", "x".repeat(98));
     let writes = futures::stream::iter(range).map(|i| {
         let (c, value) = (c.clone(), value.clone());
         async move {
             let now = c.now_ms();
-            let mut mutation = Mutation::update(now + 600_000, now + 3_600_000);
+            let mut mutation = Mutation::create(now + 600_000, now + 3_600_000);
             for field in 0..10 {
                 mutation = mutation.set(format!("f{field}"), value.clone());
             }
@@ -77,16 +93,36 @@ async fn copies(replicas: &[RedisReplica], key: &str) -> Vec<Option<Record>> {
         .collect()
 }
 
-/// Every key 0..count holds the same record on every replica.
+/// Every key 0..count holds the same record on every replica (read directly,
+/// [`CHECK_BATCH`] keys per request, so that 100,000 keys take seconds).
 async fn assert_converged(nodes: &RedisNodes, count: usize) {
     let replicas = nodes.replicas().await;
-    for i in 0..count {
-        let copies = copies(&replicas, &key(i)).await;
-        assert!(copies[0].is_some(), "key {i} missing on replica 0");
-        assert_eq!(copies[0], copies[1], "key {i}: replicas 0 and 1 differ");
-        assert_eq!(copies[1], copies[2], "key {i}: replicas 1 and 2 differ");
+    let keys: Vec<String> = (0..count).map(key).collect();
+    for (batch_index, batch) in keys.chunks(CHECK_BATCH).enumerate() {
+        let reads = futures::future::join_all(replicas.iter().map(|r| r.read_many(batch))).await;
+        let copies: Vec<Vec<Option<Record>>> = reads
+            .into_iter()
+            .map(|replies| {
+                replies
+                    .into_iter()
+                    .map(|reply| reply.expect("direct read").record)
+                    .collect()
+            })
+            .collect();
+        let [zero, one, two] = &copies[..] else {
+            panic!("three replicas");
+        };
+        for (offset, ((a, b), c)) in zero.iter().zip(one).zip(two).enumerate() {
+            let i = batch_index * CHECK_BATCH + offset;
+            assert!(a.is_some(), "key {i} missing on replica 0");
+            assert_eq!(a, b, "key {i}: replicas 0 and 1 differ");
+            assert_eq!(b, c, "key {i}: replicas 1 and 2 differ");
+        }
     }
 }
+
+/// How long [`pass_covering`] keeps starting passes.
+const PASSES_DEADLINE: Duration = Duration::from_secs(240);
 
 /// Runs anti-entropy passes until one covers replica `index` from its first
 /// page to its last (a node that just came back may not answer the first
@@ -97,7 +133,8 @@ async fn pass_covering(
     index: usize,
 ) -> quorum_sessions::AntiEntropyReport {
     let name = nodes.node(index).replica_name();
-    for _ in 0..50 {
+    let deadline = Instant::now() + PASSES_DEADLINE;
+    while Instant::now() < deadline {
         let report = c.anti_entropy().await.expect("one pass at a time");
         if report.covered.contains(&name) {
             return report;
@@ -147,20 +184,148 @@ async fn handoff_after_a_partition_brings_every_acknowledged_write() {
     assert_converged(&nodes, 500).await;
 }
 
+/// Sets its flag when dropped: the workload stops if the test panics.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one workload task saw while the refill ran.
+#[derive(Default)]
+struct Seen {
+    /// Its last acknowledged value per key it wrote.
+    written: Vec<(usize, String)>,
+    reads: usize,
+    /// Reads and updates sent (answered or not).
+    operations: usize,
+    /// Reads that answered "not found", or a record without its 10 fields.
+    missing_or_partial: usize,
+    failed: usize,
+}
+
+/// Updates and reads preloaded sessions (task `task` of
+/// [`WORKLOAD_TASKS`] takes every key `i` with `i % WORKLOAD_TASKS == task`)
+/// until `stop` is set: after each acknowledged update of key `i`, its
+/// field `f0` holds `w{round}`.
+async fn refill_workload(
+    c: Coordinator,
+    task: usize,
+    sessions: usize,
+    stop: Arc<AtomicBool>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut last: std::collections::BTreeMap<usize, String> = Default::default();
+    let mut round = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        // An operation that fails at once never yields: let the test's own
+        // task run (and stop this one).
+        tokio::task::yield_now().await;
+        round += 1;
+        // Spread over the whole keyspace: most keys are not refilled yet.
+        let i = (round * 7_919 * WORKLOAD_TASKS + task) % sessions;
+        let i = i - i % WORKLOAD_TASKS + task;
+        if i >= sessions {
+            continue;
+        }
+        seen.operations += 1;
+        match c.read(&key(i)).await {
+            Ok(Some(record)) if record.values().count() == 10 => seen.reads += 1,
+            Ok(_) => {
+                seen.reads += 1;
+                seen.missing_or_partial += 1;
+            }
+            Err(error) => {
+                if seen.failed == 0 {
+                    println!("workload read of key {i} failed: {error}");
+                }
+                seen.failed += 1;
+            }
+        }
+        let value = format!("w{round}");
+        let now = c.now_ms();
+        let mutation = Mutation::update(now + 600_000, now + 3_600_000).set("f0", value.clone());
+        seen.operations += 1;
+        match c.write(&key(i), mutation).await {
+            Ok(_) => {
+                last.insert(i, value);
+            }
+            Err(error) => {
+                if seen.failed == 0 {
+                    println!("workload update of key {i} failed: {error}");
+                }
+                seen.failed += 1;
+            }
+        }
+    }
+    seen.written = last.into_iter().collect();
+    seen
+}
+
+/// Issue 6: 100,000 sessions live, one node restarted empty and refilled by
+/// anti-entropy while a workload updates and reads sessions. Proves: the
+/// refill completes (marked complete, same key count, every key identical
+/// on every replica); no read during the refill misses a session or sees
+/// it partial; at most 1% of operations fail (with an error: counted in the
+/// row); every acknowledged update is on every replica afterwards. Reports
+/// the refill time and keys per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_empty_is_refilled_completely() {
     let _serial = SERIAL.lock().await;
     let nodes = RedisNodes::start(3).await;
-    let c = app_server(&nodes, config()).await;
-    let acked = write_sessions(&c, 0..REFILL_SESSIONS, "a").await;
-    assert_eq!(acked, REFILL_SESSIONS);
+    // A debug build, three Redis containers behind Docker's proxies and the
+    // refill share two cores: give a request a second.
+    let refill_config = ClusterConfig {
+        request_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let c = app_server(&nodes, refill_config).await;
+    let sessions = refill_sessions();
+    let started = Instant::now();
+    let acked = write_sessions(&c, 0..sessions, "a").await;
+    assert_eq!(acked, sessions);
+    println!(
+        "preloaded {sessions} sessions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Steady state first: the background legs of the preload landed (or
+    // were replayed as hints), so every session has three copies.
+    for _ in 0..100 {
+        if c.stats().hints_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        c.stats().hints_pending,
+        0,
+        "preload settled: {:?}",
+        c.stats()
+    );
     nodes.node(1).restart_empty().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let workload: Vec<_> = (0..WORKLOAD_TASKS)
+        .map(|task| tokio::spawn(refill_workload(c.clone(), task, sessions, stop.clone())))
+        .collect();
     let started = Instant::now();
     let report = pass_covering(&c, &nodes, 1).await;
     let elapsed = started.elapsed();
-    let keys_per_sec = REFILL_SESSIONS as f64 / elapsed.as_secs_f64();
+    println!("after the refill: {:?}", c.stats());
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in workload {
+        seen.push(task.await.expect("workload task"));
+    }
+    let keys_per_sec = sessions as f64 / elapsed.as_secs_f64();
+    let reads: usize = seen.iter().map(|s| s.reads).sum();
+    let writes: usize = seen.iter().map(|s| s.written.len()).sum();
+    let missing: usize = seen.iter().map(|s| s.missing_or_partial).sum();
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
     row(&format!(
-        "| refill of a node restarted empty | {REFILL_SESSIONS} sessions | 0 | 0 | 0 | 0 | {:.1} s, {keys_per_sec:.0} keys/s |",
+        "| refill of a node restarted empty, workload running | {sessions} sessions, {reads} reads, {writes} keys updated during the refill | {failed} | 0 | 0 | {missing} | {:.1} s, {keys_per_sec:.0} keys/s |",
         elapsed.as_secs_f64()
     ));
     assert!(
@@ -170,12 +335,48 @@ async fn a_node_restarted_empty_is_refilled_completely() {
             || c.replica_states()[1].readable,
         "refilled node marked complete: {report:?}"
     );
+    assert!(
+        reads > 0 && writes > 0,
+        "the workload ran during the refill"
+    );
+    assert_eq!(missing, 0, "no session read as missing or partial");
+    // Availability during a full-speed refill is measured, and bounded: with
+    // R = 2 and one replica refilling, a read needs both others, and the
+    // pass's batches share each replica's connection with the workload
+    // (in a debug build a request can wait past its deadline behind them).
+    // An error is an error, never a wrong answer (checked above and below).
+    let operations: usize = seen.iter().map(|s| s.operations).sum();
+    assert!(
+        failed * 100 <= operations,
+        "at most 1% of operations fail during the refill: {failed} of {operations}"
+    );
+    // The background legs of the last updates land, then every replica holds
+    // every key alike and every acknowledged update.
+    for _ in 0..50 {
+        if c.stats().hints_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         nodes.node(1).dbsize().await,
         nodes.node(0).dbsize().await,
         "same key count"
     );
-    assert_converged(&nodes, REFILL_SESSIONS).await;
+    assert_converged(&nodes, sessions).await;
+    let replicas = nodes.replicas().await;
+    for (i, value) in seen.iter().flat_map(|s| &s.written) {
+        for (index, replica) in replicas.iter().enumerate() {
+            let record = replica.read(&key(*i)).await.expect("direct read").record;
+            let held = record.as_ref().and_then(|r| r.get("f0"));
+            assert_eq!(
+                held,
+                Some(value.as_bytes()),
+                "acknowledged update of key {i} on replica {index}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use fred::clients::Pipeline;
 use fred::prelude::*;
 
 use super::{dump, RedisReplica, EXPIRY_MARGIN_MS};
@@ -189,8 +190,16 @@ impl RedisReplica {
         self.ensure_usable().await?;
         let (generation, run_id) = self.run_id().await?;
         let count = commands.len();
+        let deadline = self.timeout * BATCH_TIMEOUT_FACTOR;
         let call = async {
-            let pipeline = self.client.pipeline();
+            // The pipeline's own deadline is the batch's (fred applies the
+            // first command's timeout to the whole pipeline; the default is
+            // one request's).
+            let options = Options {
+                timeout: Some(deadline),
+                ..Options::default()
+            };
+            let pipeline = Pipeline::from(self.client.with_options(&options));
             let ids = || vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
             // Queuing only stores the command: each await returns at once.
             pipeline.mget::<(), _>(ids()).await?;
@@ -215,14 +224,17 @@ impl RedisReplica {
             pipeline.mget::<(), _>(ids()).await?;
             Ok::<_, fred::error::Error>(Box::pin(pipeline.try_all::<Value>()).await)
         };
-        let mut answers = self.finish(
-            "batch",
-            None,
-            tokio::time::timeout(self.timeout * BATCH_TIMEOUT_FACTOR, call).await,
-        )?;
+        let mut answers = self.finish("batch", None, tokio::time::timeout(deadline, call).await)?;
         self.identity.check(&self.name, &self.client, generation)?;
         if answers.len() != count + 2 {
-            return Err(self.malformed("batch"));
+            // fred answers a pipeline that failed as a whole (timed out,
+            // connection lost) with that one error.
+            return Err(match answers.pop() {
+                Some(Err(error)) if answers.is_empty() => {
+                    self.map_command_error("batch", "", error)
+                }
+                _ => self.malformed("batch"),
+            });
         }
         let after = answers.pop().expect("two MGETs");
         let before = answers.remove(0);
