@@ -121,6 +121,9 @@ async fn assert_converged(nodes: &RedisNodes, count: usize) {
     }
 }
 
+/// The request deadline of the refill scenario (coordinator and replicas).
+const REFILL_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long [`pass_covering`] keeps starting passes.
 const PASSES_DEADLINE: Duration = Duration::from_secs(240);
 
@@ -276,12 +279,26 @@ async fn a_node_restarted_empty_is_refilled_completely() {
     let _serial = SERIAL.lock().await;
     let nodes = RedisNodes::start(3).await;
     // A debug build, three Redis containers behind Docker's proxies and the
-    // refill share two cores: give a request a second.
+    // refill share two cores: give a request a second, in the coordinator
+    // and in each replica (fred's own deadline, and its unresponsive-
+    // connection check, which is 4 request timeouts: a connection dropped
+    // for being slow fails every request on it).
+    let mut replicas: Vec<Arc<dyn Replica>> = Vec::new();
+    for index in 0..3 {
+        let mut replica_config = nodes.node(index).replica_config();
+        replica_config.request_timeout = REFILL_REQUEST_TIMEOUT;
+        let replica = RedisReplica::connect(replica_config)
+            .await
+            .expect("replica");
+        replicas.push(Arc::new(replica));
+    }
     let refill_config = ClusterConfig {
-        request_timeout: Duration::from_secs(1),
+        request_timeout: REFILL_REQUEST_TIMEOUT,
         ..config()
     };
-    let c = app_server(&nodes, refill_config).await;
+    let c = Coordinator::connect(refill_config, replicas)
+        .await
+        .expect("coordinator");
     let sessions = refill_sessions();
     let started = Instant::now();
     let acked = write_sessions(&c, 0..sessions, "a").await;
