@@ -102,10 +102,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     use futures::StreamExt;
-    let concurrency: usize = std::env::var("QS_HOT_CONC")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let concurrency: usize = common::env("QS_HOT_CONC").unwrap_or(1);
     let started = Instant::now();
     let latencies: Vec<Duration> = futures::stream::iter(0..ops)
         .map(|index| {
@@ -277,10 +274,7 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "write".into());
-    let ops: usize = std::env::var("QS_HOT_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let ops: usize = common::env("QS_HOT_OPS").unwrap_or(20_000);
     let runtime = if mode.contains('-') {
         // Redis modes: like the replication bench (fred's tasks on the pool).
         tokio::runtime::Builder::new_multi_thread()

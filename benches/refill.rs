@@ -114,10 +114,7 @@ async fn time_replicaof(primary_port: u16) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sessions: usize = std::env::var("QS_REFILL_SESSIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+    let sessions: usize = common::env("QS_REFILL_SESSIONS").unwrap_or(100_000);
     let servers: Vec<RedisServer> = (0..3)
         .map(|_| RedisServer::start(&["--repl-diskless-sync-delay", "0"]))
         .collect();
@@ -137,10 +134,7 @@ async fn main() {
     // Only the passes this bench runs: none started by a rejoin or a timer.
     config.anti_entropy.on_rejoin = false;
     config.anti_entropy.interval = None;
-    if let Some(batch) = std::env::var("QS_REFILL_SCAN_BATCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(batch) = common::env("QS_REFILL_SCAN_BATCH") {
         config.anti_entropy.scan_batch = batch;
     }
     let coordinator = Coordinator::connect(config, replicas)

@@ -255,10 +255,7 @@ async fn memory_usage(client: &Client, key: &str) -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let scale: f64 = std::env::var("QS_BENCH_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let scale: f64 = common::env("QS_BENCH_OPS").unwrap_or(1.0);
     let ops_for =
         |concurrency: usize| ((if concurrency == 1 { 1_500.0 } else { 12_800.0 }) * scale) as usize;
     let servers: Vec<RedisServer> = (0..SERVERS).map(|_| RedisServer::start(&[])).collect();

@@ -68,3 +68,8 @@ pub async fn client(port: u16) -> Client {
     client.init().await.expect("connect to redis-server");
     client
 }
+
+/// The environment variable `name` parsed as a `T`, if set and valid.
+pub fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
