@@ -47,6 +47,11 @@ fn now_ms() -> u64 {
 enum System {
     Single(Client),
     Naive(Vec<Client>),
+    /// Not a store: plain commands to 3 Redis at once (writes to all, wait
+    /// for all; reads from the key's replica as `quorum` spreads them), no
+    /// versions, no merge. The floor any 3-way replication on fred pays on
+    /// this machine, shown to tell the cost of fanning out from ours.
+    Fanout(Vec<Client>),
     Quorum(Coordinator),
 }
 
@@ -55,6 +60,7 @@ impl System {
         match self {
             System::Single(_) => format!("single:s:{{{index}}}"),
             System::Naive(_) => format!("naive:s:{{{index}}}"),
+            System::Fanout(_) => format!("fanout:s:{{{index}}}"),
             System::Quorum(_) => format!("s:{{{index}}}"),
         }
     }
@@ -68,6 +74,14 @@ impl System {
                 for client in clients {
                     plain_write(client, &key, expiry).await;
                 }
+            }
+            System::Fanout(clients) => {
+                futures::future::join_all(
+                    clients
+                        .iter()
+                        .map(|client| plain_write(client, &key, expiry)),
+                )
+                .await;
             }
             System::Quorum(coordinator) => {
                 let mut mutation = Mutation::update(expiry, expiry + 3_600_000);
@@ -87,6 +101,10 @@ impl System {
         match self {
             System::Single(client) => plain_read(client, &key).await,
             System::Naive(clients) => plain_read(&clients[0], &key).await,
+            System::Fanout(clients) => {
+                let replica = quorum_sessions::core::read::key_hash(&key) as usize % clients.len();
+                plain_read(&clients[replica], &key).await
+            }
             System::Quorum(coordinator) => {
                 let record = coordinator.read(&key).await.expect("quorum read");
                 assert!(record.is_some(), "preloaded session missing");
@@ -164,9 +182,21 @@ struct Measure {
     latencies_us: Vec<u32>,
     ops: usize,
     elapsed: Duration,
+    /// CPU time of this process (the client side) and of every Redis server.
+    client_cpu: Duration,
+    server_cpu: Duration,
+}
+
+/// CPU used so far by this process and by all the servers (zero where it
+/// cannot be read).
+fn cpu_now(servers: &[RedisServer]) -> (Duration, Duration) {
+    let client = common::process_cpu(std::process::id()).unwrap_or_default();
+    let server = servers.iter().filter_map(RedisServer::cpu).sum();
+    (client, server)
 }
 
 async fn run_round(
+    servers: &[RedisServer],
     system: &Arc<System>,
     workload: Workload,
     concurrency: usize,
@@ -174,6 +204,7 @@ async fn run_round(
     measure: &mut Measure,
 ) {
     let per_worker = ops / concurrency;
+    let (client_before, server_before) = cpu_now(servers);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
@@ -204,6 +235,9 @@ async fn run_round(
     }
     measure.elapsed += started.elapsed();
     measure.ops += per_worker * concurrency;
+    let (client_after, server_after) = cpu_now(servers);
+    measure.client_cpu += client_after.saturating_sub(client_before);
+    measure.server_cpu += server_after.saturating_sub(server_before);
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -218,6 +252,9 @@ struct Case {
     ops_per_sec: f64,
     p50_us: u32,
     p99_us: u32,
+    /// CPU per operation, µs: this process (client) and all servers.
+    client_cpu_us: f64,
+    server_cpu_us: f64,
 }
 
 fn summarize(name: &str, system: &str, concurrency: usize, mut measure: Measure) -> Case {
@@ -229,6 +266,8 @@ fn summarize(name: &str, system: &str, concurrency: usize, mut measure: Measure)
         ops_per_sec: measure.ops as f64 / measure.elapsed.as_secs_f64(),
         p50_us: percentile(&measure.latencies_us, 0.50),
         p99_us: percentile(&measure.latencies_us, 0.99),
+        client_cpu_us: measure.client_cpu.as_secs_f64() * 1e6 / measure.ops as f64,
+        server_cpu_us: measure.server_cpu.as_secs_f64() * 1e6 / measure.ops as f64,
     }
 }
 
@@ -272,6 +311,7 @@ async fn main() {
             Arc::new(System::Single(clients[0].clone())),
         ),
         ("naive".into(), Arc::new(System::Naive(clients.clone()))),
+        ("fanout".into(), Arc::new(System::Fanout(clients.clone()))),
         (
             "quorum-r1".into(),
             Arc::new(System::Quorum(quorum(&servers, 3, 2, 1, "q3").await)),
@@ -294,6 +334,9 @@ async fn main() {
     for (_, system) in systems.iter().chain(&fanout) {
         preload(system).await;
     }
+    if let Ok(spec) = std::env::var("QS_BENCH_PROFILE") {
+        return profile(&spec, &servers, &systems).await;
+    }
     let mut cases = Vec::new();
     for concurrency in [1, 64] {
         for workload in [Workload::Write, Workload::Read, Workload::Mixed] {
@@ -301,6 +344,7 @@ async fn main() {
             for _ in 0..ROUNDS {
                 for ((_, system), measure) in systems.iter().zip(&mut measures) {
                     run_round(
+                        &servers,
                         system,
                         workload,
                         concurrency,
@@ -321,7 +365,15 @@ async fn main() {
     let mut measures: Vec<Measure> = fanout_systems.iter().map(|_| Measure::default()).collect();
     for _ in 0..ROUNDS {
         for ((_, system), measure) in fanout_systems.iter().zip(&mut measures) {
-            run_round(system, Workload::Write, 1, ops_for(1) / ROUNDS, measure).await;
+            run_round(
+                &servers,
+                system,
+                Workload::Write,
+                1,
+                ops_for(1) / ROUNDS,
+                measure,
+            )
+            .await;
         }
     }
     for ((name, _), measure) in fanout_systems.iter().zip(measures) {
@@ -335,6 +387,66 @@ async fn main() {
     let single_bytes = memory_usage(&clients[0], "single:s:{0}").await;
     let quorum_bytes = memory_usage(&clients[0], "q3:s:{0}").await;
     report(&cases, single_bytes, quorum_bytes);
+    // Server-side cost per command on the first server (it serves `single`,
+    // the first `naive` replica and a replica of every quorum system).
+    let stats: String = clients[0]
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .expect("INFO commandstats");
+    println!("\nserver 0, INFO commandstats (calls, µs per call):");
+    for line in stats.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, fields)) = rest.split_once(':') else {
+            continue;
+        };
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        if ["evalsha", "hset", "hgetall", "mget", "pexpireat", "eval"].contains(&name) {
+            println!(
+                "  {name:<10} {:>10} {:>8}",
+                field("calls"),
+                field("usec_per_call")
+            );
+        }
+    }
+}
+
+/// `QS_BENCH_PROFILE=<workload>:<system>:<concurrency>` (e.g.
+/// `read:quorum-r1:64`): runs that one case for about 10 s, for a profiler
+/// attached to this process (`perf record -g -p <pid>`), and prints its line.
+async fn profile(spec: &str, servers: &[RedisServer], systems: &[(String, Arc<System>)]) {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [workload, name, concurrency] = parts.as_slice() else {
+        panic!("QS_BENCH_PROFILE is <workload>:<system>:<concurrency>, not {spec:?}");
+    };
+    let workload = [Workload::Write, Workload::Read, Workload::Mixed]
+        .into_iter()
+        .find(|w| w.name() == *workload)
+        .unwrap_or_else(|| panic!("workload is write, read or mixed, not {workload:?}"));
+    let concurrency: usize = concurrency.parse().expect("concurrency is a number");
+    let (_, system) = systems
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no system {name:?}"));
+    println!("profiling pid {}", std::process::id());
+    let mut measure = Measure::default();
+    while measure.elapsed < Duration::from_secs(10) {
+        let ops = ops_for_profile(concurrency);
+        run_round(servers, system, workload, concurrency, ops, &mut measure).await;
+    }
+    let case = summarize(workload.name(), name, concurrency, measure);
+    report_cases(std::slice::from_ref(&case));
+}
+
+fn ops_for_profile(concurrency: usize) -> usize {
+    concurrency * 100
 }
 
 fn find<'a>(cases: &'a [Case], name: &str, system: &str, concurrency: usize) -> &'a Case {
@@ -344,17 +456,28 @@ fn find<'a>(cases: &'a [Case], name: &str, system: &str, concurrency: usize) -> 
         .unwrap_or_else(|| panic!("no case {name}/{system}/{concurrency}"))
 }
 
-fn report(cases: &[Case], single_bytes: u64, quorum_bytes: u64) {
+fn report_cases(cases: &[Case]) {
     println!(
-        "{:<14} {:<10} {:>5} {:>12} {:>9} {:>9}",
-        "case", "system", "conc", "ops/s", "p50 µs", "p99 µs"
+        "{:<14} {:<10} {:>5} {:>12} {:>9} {:>9} {:>10} {:>10}",
+        "case", "system", "conc", "ops/s", "p50 µs", "p99 µs", "cpu cli/op", "cpu srv/op"
     );
     for c in cases {
         println!(
-            "{:<14} {:<10} {:>5} {:>12.0} {:>9} {:>9}",
-            c.name, c.system, c.concurrency, c.ops_per_sec, c.p50_us, c.p99_us
+            "{:<14} {:<10} {:>5} {:>12.0} {:>9} {:>9} {:>10.1} {:>10.1}",
+            c.name,
+            c.system,
+            c.concurrency,
+            c.ops_per_sec,
+            c.p50_us,
+            c.p99_us,
+            c.client_cpu_us,
+            c.server_cpu_us
         );
     }
+}
+
+fn report(cases: &[Case], single_bytes: u64, quorum_bytes: u64) {
+    report_cases(cases);
     let p50 = |name, system, conc| f64::from(find(cases, name, system, conc).p50_us);
     let ops = |name, system, conc| find(cases, name, system, conc).ops_per_sec;
     // (ratio name, value, target, true when the target is an upper bound)
@@ -433,6 +556,7 @@ fn report(cases: &[Case], single_bytes: u64, quorum_bytes: u64) {
         "cases": cases.iter().map(|c| serde_json::json!({
             "name": c.name, "system": c.system, "concurrency": c.concurrency,
             "ops_per_sec": c.ops_per_sec, "p50_us": c.p50_us, "p99_us": c.p99_us,
+            "client_cpu_us_per_op": c.client_cpu_us, "server_cpu_us_per_op": c.server_cpu_us,
         })).collect::<Vec<_>>(),
         "ratios": ratios.iter().map(|(name, value, target, upper)| {
             (name.to_string(), serde_json::json!({

@@ -40,6 +40,7 @@ async fn redis_replica_conforms_and_guards_its_data() {
     run_conformance(&replica).await;
 
     foreign_data_is_corrupt_and_untouched(node, &replica).await;
+    a_flush_behind_the_replicas_back_makes_no_miss_authoritative(node, &replica).await;
     restart_empty_gives_a_new_epoch(node, &replica).await;
     restart_from_a_snapshot_gives_a_new_epoch(node, &replica).await;
     evicting_redis_is_refused_or_warned(node).await;
@@ -121,6 +122,54 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
     ));
     assert_eq!(node.command(&["GET", "qs:epoch"]).await, "$12");
     node.command(&["DEL", "qs:epoch"]).await;
+}
+
+/// Reads are one `HGETALL` once the epoch is confirmed complete on the
+/// connection; a `FLUSHALL` keeps the connection (no reconnection to
+/// notice), so this proves that a miss is still confirmed against the epoch
+/// key: after the flush, neither a record that was there nor one that never
+/// was reads as an authoritative "not found" (complete epoch), and the
+/// next merge reports a new, incomplete epoch.
+async fn a_flush_behind_the_replicas_back_makes_no_miss_authoritative(
+    node: &support::RedisNode,
+    replica: &RedisReplica,
+) {
+    let now = wall_clock_ms();
+    replica
+        .merge("t:{flushed}", &live_record(now), MergeMode::Upsert, now)
+        .await
+        .expect("merge");
+    let epoch = replica.ping().await.expect("ping");
+    replica.mark_epoch_complete(epoch.id).await.expect("mark");
+    let complete = replica.ping().await.expect("ping");
+    assert!(complete.complete, "marked complete");
+    // Confirmed: these reads take the one-command path.
+    for _ in 0..3 {
+        let found = replica.read("t:{flushed}").await.expect("read");
+        assert!(found.record.is_some());
+        assert_eq!(found.epoch, complete);
+        let miss = replica.read("t:{never}").await.expect("read");
+        assert_eq!(miss.record, None);
+        assert_eq!(miss.epoch, complete, "a confirmed miss is authoritative");
+    }
+    node.command(&["FLUSHALL"]).await;
+    for key in ["t:{flushed}", "t:{never}"] {
+        let read = replica.read(key).await.expect("read after the flush");
+        assert_eq!(read.record, None, "{key}");
+        assert!(
+            !read.epoch.complete && read.epoch.id != complete.id,
+            "{key}: a miss after a flush must not count: {:?}",
+            read.epoch
+        );
+    }
+    let merged = replica
+        .merge("t:{flushed}", &live_record(now), MergeMode::Upsert, now)
+        .await
+        .expect("merge after the flush");
+    assert_ne!(merged.epoch.id, complete.id, "the flush made a new epoch");
+    assert!(!merged.epoch.complete);
+    let found = replica.read("t:{flushed}").await.expect("read");
+    assert!(!found.epoch.complete, "the new epoch is not confirmed");
 }
 
 async fn restart_empty_gives_a_new_epoch(node: &support::RedisNode, replica: &RedisReplica) {

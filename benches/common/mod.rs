@@ -38,6 +38,25 @@ impl RedisServer {
             .expect("redis-server must be installed (apt-get install redis-server)");
         RedisServer { child, port, dir }
     }
+
+    /// CPU time the server has used so far (Linux; `None` elsewhere).
+    #[allow(dead_code)] // the replication bench only
+    pub fn cpu(&self) -> Option<Duration> {
+        process_cpu(self.child.id())
+    }
+}
+
+/// CPU time used by every thread of process `pid`, from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds on a CPU); `None` where
+/// there is no such file (not Linux).
+#[allow(dead_code)] // the replication bench only
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
 }
 
 impl Drop for RedisServer {

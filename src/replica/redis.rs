@@ -38,7 +38,21 @@
 //!   It returns the status, the epoch, and the largest stamp the record held
 //!   before the merge.
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
-//! - A read needs no script: `MGET <epoch> <epoch:run>`, `HGETALL <key>`,
+//! - A read needs no script. Usually it is one `HGETALL <key>`: when a
+//!   reply on the current connection confirmed the epoch complete (every
+//!   merge reply and every bracketed read does) less than
+//!   [`RECONFIRM_AFTER`] ago, and no reply since showed another epoch or an
+//!   incomplete one. A record found is answered with that epoch: whatever
+//!   the hash holds was merged into it, and a keyspace lost since (a flush,
+//!   a restart: the connection changes, and a reply from a new connection is
+//!   refused, see `process.rs`) leaves only records written after the loss,
+//!   which are partial unless a create wrote them whole. A miss is the
+//!   answer that could lie, so it is confirmed: `MGET <epoch> <epoch:run>`
+//!   after it must show the confirmed epoch, made by this process (an epoch
+//!   id is random and completion never goes back, so the epoch held, complete,
+//!   from the confirmation through the `HGETALL`); otherwise the read is
+//!   made again, bracketed. The bracketed read, taken when nothing is
+//!   confirmed: `MGET <epoch> <epoch:run>`, `HGETALL <key>`,
 //!   `MGET <epoch> <epoch:run>`, queued together so fred writes them at once
 //!   and Redis runs them in that order. A script would pay for every byte
 //!   it moves in and out of Lua (several times the whole read), and `MULTI`
@@ -100,6 +114,7 @@
 
 mod batch;
 mod config;
+mod confirmed;
 mod dump;
 mod process;
 mod wire;
@@ -118,12 +133,14 @@ pub use config::{
     DEFAULT_KEY_PREFIX, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
     DEFAULT_REQUEST_TIMEOUT, KEY_PREFIX_MAX_BYTES,
 };
+pub use confirmed::RECONFIRM_AFTER;
 
 use super::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica, ScanPage};
 use crate::codec;
 use crate::error::ReplicaError;
 use crate::record::Record;
 use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
+use confirmed::ConfirmedEpoch;
 use process::ProcessIdentity;
 use wire::{
     delta_for_wire, epoch_candidate, glob_escape, map_error, parse_epoch, short_key, split_cursor,
@@ -185,6 +202,9 @@ pub struct RedisReplica {
     epoch_script: Script,
     /// The run id of the Redis process behind the connection.
     identity: ProcessIdentity,
+    /// The epoch last confirmed complete on this connection (single-command
+    /// reads).
+    confirmed: ConfirmedEpoch,
     connection: Mutex<Option<ConnectHandle>>,
 }
 
@@ -247,6 +267,7 @@ impl RedisReplica {
             merge_script: Script::from_lua(MERGE_LUA),
             epoch_script: Script::from_lua(EPOCH_LUA),
             identity,
+            confirmed: ConfirmedEpoch::default(),
             connection: Mutex::new(Some(handle)),
             client,
         };
@@ -420,7 +441,7 @@ impl RedisReplica {
         request: impl Fn() -> (Vec<Key>, Vec<Value>),
         run_id_slot: usize,
         key: Option<&str>,
-    ) -> Result<Value, ReplicaError> {
+    ) -> Result<(Value, Option<u64>), ReplicaError> {
         self.ensure_usable().await?;
         let (generation, run_id) = if self.clustered {
             (None, run_id_placeholder())
@@ -450,7 +471,16 @@ impl RedisReplica {
         if let Some(generation) = generation {
             self.identity.check(&self.name, &self.client, generation)?;
         }
-        Ok(reply)
+        Ok((reply, generation))
+    }
+
+    /// Notes the epoch a reply through connection `generation` showed (see
+    /// `confirmed.rs`); Cluster mode (`None`) never reads with one command.
+    fn note_epoch(&self, generation: Option<u64>, epoch: Epoch) {
+        if let Some(generation) = generation {
+            self.confirmed
+                .note(generation, epoch, std::time::Instant::now());
+        }
     }
 
     /// The run id of the Redis process behind the connection, and the
@@ -523,15 +553,22 @@ impl RedisReplica {
         keys
     }
 
-    /// The epoch from a script reply, or (Cluster mode) from the epoch key.
-    async fn epoch_from(&self, value: Option<&Value>) -> Result<Epoch, ReplicaError> {
+    /// The epoch from a script reply through connection `generation`, or
+    /// (Cluster mode) from the epoch key.
+    async fn epoch_from(
+        &self,
+        value: Option<&Value>,
+        generation: Option<u64>,
+    ) -> Result<Epoch, ReplicaError> {
         if self.clustered {
             return Box::pin(self.ping_epoch()).await;
         }
         let text = value.and_then(Value::as_bytes).unwrap_or_default();
-        parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
+        let epoch = parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
             detail: format!("{}: malformed epoch in a script reply", self.name),
-        })
+        })?;
+        self.note_epoch(generation, epoch);
+        Ok(epoch)
     }
 
     async fn ping_epoch(&self) -> Result<Epoch, ReplicaError> {
@@ -541,12 +578,16 @@ impl RedisReplica {
             run_id_placeholder(),
         ];
         let request = || (self.epoch_keys(), args.clone());
-        let reply = self
+        let (reply, generation) = self
             .eval("ping", &self.epoch_script, request, 2, None)
             .await?;
-        parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| ReplicaError::Corrupt {
-            detail: format!("{}: malformed epoch", self.name),
-        })
+        let epoch = parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| {
+            ReplicaError::Corrupt {
+                detail: format!("{}: malformed epoch", self.name),
+            }
+        })?;
+        self.note_epoch(generation, epoch);
+        Ok(epoch)
     }
 
     /// One read outside Cluster mode: `MGET <epoch> <epoch:run>`, `HGETALL
@@ -576,7 +617,70 @@ impl RedisReplica {
             tokio::time::timeout(self.timeout, call).await,
         )?;
         self.identity.check(&self.name, &self.client, generation)?;
-        Ok((self.epoch_between(before, after, &run_id)?, hash))
+        let epoch = self.epoch_between(before, after, &run_id)?;
+        match epoch {
+            Some(epoch) => self.note_epoch(Some(generation), epoch),
+            None => self.confirmed.forget(),
+        }
+        Ok((epoch, hash))
+    }
+
+    /// `HGETALL` of the record `key`, under the deadline.
+    async fn hgetall(&self, key: &str) -> Result<Value, ReplicaError> {
+        self.ensure_usable().await?;
+        // Boxed: see `run_id`.
+        let call = Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key)));
+        self.finish(
+            "read",
+            Some(key),
+            tokio::time::timeout(self.timeout, call).await,
+        )
+    }
+
+    /// One read as a single `HGETALL`, when an epoch was confirmed complete
+    /// on the current connection (see the module docs). `Ok(None)`: no
+    /// confirmation to rely on, take the bracketed path.
+    ///
+    /// A record found is answered with the confirmed epoch. A miss counts
+    /// only if the epoch still held after it: `MGET <epoch> <epoch:run>`
+    /// must show the confirmed epoch, made by this process; else the
+    /// confirmation is dropped and the caller reads again, bracketed.
+    async fn read_fast(&self, key: &str) -> Result<Option<ReadReply>, ReplicaError> {
+        let Some((generation, run_id)) = self.identity.cached(&self.client) else {
+            return Ok(None);
+        };
+        let Some(epoch_id) = self.confirmed.get(generation, std::time::Instant::now()) else {
+            return Ok(None);
+        };
+        let hash = self.hgetall(key).await?;
+        self.identity.check(&self.name, &self.client, generation)?;
+        let epoch = Epoch {
+            id: epoch_id,
+            complete: true,
+        };
+        if let Some(record) = self.decode_hash(key, hash)? {
+            return Ok(Some(ReadReply {
+                record: Some(record),
+                epoch,
+            }));
+        }
+        let ids = vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
+        let call = Box::pin(self.client.mget::<Value, _>(ids));
+        let after = self.finish(
+            "read",
+            Some(key),
+            tokio::time::timeout(self.timeout, call).await,
+        )?;
+        self.identity.check(&self.name, &self.client, generation)?;
+        let held = self.epoch_between(after.clone(), after, &run_id)?;
+        if held == Some(epoch) {
+            return Ok(Some(ReadReply {
+                record: None,
+                epoch,
+            }));
+        }
+        self.confirmed.forget();
+        Ok(None)
     }
 
     /// The epoch that held between two `MGET <epoch> <epoch:run>` answers:
@@ -651,10 +755,11 @@ impl RedisReplica {
                 codec::decode_pairs(pairs)
             }
             Value::Map(map) => {
+                let map = map.inner();
                 let mut pairs = Vec::with_capacity(map.len());
-                for (name, value) in map.inner() {
+                for (name, value) in &map {
                     match value.as_bytes() {
-                        Some(value) => pairs.push((name.as_bytes().to_vec(), value.to_vec())),
+                        Some(value) => pairs.push((name.as_bytes(), value)),
                         None => return Err(self.malformed("read")),
                     }
                 }
@@ -836,16 +941,13 @@ impl Replica for RedisReplica {
     async fn read(&self, key: &str) -> Result<ReadReply, ReplicaError> {
         self.check_key(key)?;
         if self.clustered {
-            self.ensure_usable().await?;
-            let call = Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key)));
-            let hash = self.finish(
-                "read",
-                Some(key),
-                tokio::time::timeout(self.timeout, call).await,
-            )?;
+            let hash = self.hgetall(key).await?;
             let record = self.decode_hash(key, hash)?;
             let epoch = Box::pin(self.ping_epoch()).await?;
             return Ok(ReadReply { record, epoch });
+        }
+        if let Some(reply) = self.read_fast(key).await? {
+            return Ok(reply);
         }
         let (epoch, hash) = self.read_bracketed(key).await?;
         let record = self.decode_hash(key, hash)?;
@@ -891,7 +993,7 @@ impl Replica for RedisReplica {
             }
             (self.script_keys(key), args)
         };
-        let reply = self
+        let (reply, generation) = self
             .eval(
                 "merge",
                 &self.merge_script,
@@ -917,7 +1019,7 @@ impl Replica for RedisReplica {
             Some(text) => Some(Stamp::decode(text).ok_or_else(|| self.malformed("merge"))?),
             None => return Err(self.malformed("merge")),
         };
-        let epoch = self.epoch_from(Some(epoch)).await?;
+        let epoch = self.epoch_from(Some(epoch), generation).await?;
         Ok(MergeReply {
             status,
             epoch,
@@ -971,7 +1073,7 @@ impl Replica for RedisReplica {
             run_id_placeholder(),
         ];
         let request = || (self.epoch_keys(), args.clone());
-        let reply = self
+        let (reply, _) = self
             .eval("mark_epoch_complete", &self.epoch_script, request, 2, None)
             .await?;
         match reply {
@@ -986,6 +1088,7 @@ impl Replica for RedisReplica {
     /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
     /// shared.
     async fn wipe(&self) -> Result<(), ReplicaError> {
+        self.confirmed.forget();
         self.unlink(self.epoch_key_names()).await?;
         for node in self.scan_nodes() {
             let mut cursor = "0".to_owned();
@@ -998,7 +1101,9 @@ impl Replica for RedisReplica {
                 cursor = next;
             }
         }
-        self.unlink(self.epoch_key_names()).await
+        self.unlink(self.epoch_key_names()).await?;
+        self.confirmed.forget();
+        Ok(())
     }
 }
 
