@@ -104,7 +104,20 @@ pub struct AntiEntropyConfig {
     /// few complete sources: more than N − W replicas lost data), wait this
     /// long before trying again.
     pub retry_interval: Duration,
+    /// How long the anti-entropy lease lasts unless renewed (a pass renews
+    /// it after each page once a third of it went by), from
+    /// [`LEASE_TTL_MIN`] to [`LEASE_TTL_MAX`]. A pass runs only while its
+    /// coordinator holds the lease on a majority of the replicas, so one
+    /// pass runs at a time across all app servers; a coordinator that
+    /// stops in the middle of a pass blocks others for at most this long.
+    pub lease_ttl: Duration,
 }
+
+/// The shortest [`AntiEntropyConfig::lease_ttl`] accepted.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+/// The longest [`AntiEntropyConfig::lease_ttl`] accepted (what a replica
+/// grants at most).
+pub const LEASE_TTL_MAX: Duration = Duration::from_secs(86_400);
 
 impl Default for AntiEntropyConfig {
     fn default() -> Self {
@@ -114,6 +127,7 @@ impl Default for AntiEntropyConfig {
             on_rejoin: true,
             interval: None,
             retry_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -239,6 +253,12 @@ impl ClusterConfig {
                 format!("must be at most {SCAN_BATCH_MAX}"),
             ));
         }
+        if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&self.anti_entropy.lease_ttl) {
+            return Err(ConfigError::new(
+                "anti_entropy.lease_ttl",
+                format!("must be from {LEASE_TTL_MIN:?} to {LEASE_TTL_MAX:?}"),
+            ));
+        }
         let limits = &self.limits;
         for (field, value) in [
             ("limits.max_field_name_bytes", limits.max_field_name_bytes),
@@ -341,6 +361,17 @@ mod tests {
                 },
                 3,
                 "anti_entropy.scan_batch",
+            ),
+            (
+                ClusterConfig {
+                    anti_entropy: AntiEntropyConfig {
+                        lease_ttl: Duration::from_millis(999),
+                        ..AntiEntropyConfig::default()
+                    },
+                    ..base()
+                },
+                3,
+                "anti_entropy.lease_ttl",
             ),
             (
                 ClusterConfig {

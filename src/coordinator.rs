@@ -89,6 +89,10 @@ pub struct CoordinatorStats {
     pub anti_entropy_passes: u64,
     /// Records sent by anti-entropy passes.
     pub anti_entropy_records_sent: u64,
+    /// Passes not run or stopped because this coordinator could not hold
+    /// the anti-entropy lease on a majority of the replicas (another app
+    /// server runs a pass, or too few replicas answered).
+    pub anti_entropy_lease_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +107,7 @@ pub(crate) struct Counters {
     replica_failures: AtomicU64,
     pub(crate) anti_entropy_passes: AtomicU64,
     pub(crate) anti_entropy_records_sent: AtomicU64,
+    pub(crate) anti_entropy_lease_refused: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -143,6 +148,8 @@ pub(crate) struct Inner {
     started: Instant,
     /// True while an anti-entropy pass runs in this coordinator.
     pub(crate) anti_entropy_running: std::sync::atomic::AtomicBool,
+    /// This coordinator's id as the holder of the anti-entropy lease.
+    pub(crate) lease_owner: u64,
     /// Monotonic ms before which no rejoin-triggered pass starts (set after a
     /// pass that could not refill anything; scheduled passes also use it).
     pub(crate) anti_entropy_not_before_ms: AtomicU64,
@@ -248,6 +255,7 @@ impl CoordinatorBuilder {
                 wall_clock: self.wall_clock,
                 started: Instant::now(),
                 anti_entropy_running: std::sync::atomic::AtomicBool::new(false),
+                lease_owner: rand::random(),
                 anti_entropy_not_before_ms: AtomicU64::new(0),
             }),
         })
@@ -317,18 +325,11 @@ impl Coordinator {
     /// is marked complete (misses count from then on). Returns the number of
     /// replicas that answered.
     pub async fn initialize(&self) -> usize {
-        let pings = self
-            .inner
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(index, replica)| {
-                let replica = replica.clone();
-                async move { (index, self.call(index, replica.ping()).await) }
-            });
-        let results: Vec<_> = futures::future::join_all(pings).await;
+        let results = self
+            .on_every_replica(|replica| async move { replica.ping().await })
+            .await;
         let mut epochs = Vec::new();
-        for (index, result) in results {
+        for (index, result) in results.into_iter().enumerate() {
             if let Ok(epoch) = result {
                 self.observe_epoch(index, epoch);
                 epochs.push((index, epoch));
@@ -397,6 +398,7 @@ impl Coordinator {
             hints_pending: state.hints.total_len() as u64,
             anti_entropy_passes: load(&c.anti_entropy_passes),
             anti_entropy_records_sent: load(&c.anti_entropy_records_sent),
+            anti_entropy_lease_refused: load(&c.anti_entropy_lease_refused),
             writes_acknowledged: load(&c.writes_acknowledged),
             writes_failed: load(&c.writes_failed),
             reads_conclusive: load(&c.reads_conclusive),
@@ -518,6 +520,28 @@ impl Coordinator {
                 })
             }
         }
+    }
+
+    /// `request` on every replica at once, each under [`Coordinator::call`]
+    /// (deadline, health): the answers in replica order.
+    pub(crate) async fn on_every_replica<T, F, Fut>(
+        &self,
+        request: F,
+    ) -> Vec<Result<T, ReplicaError>>
+    where
+        F: Fn(Arc<dyn Replica>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ReplicaError>>,
+    {
+        let calls = self
+            .inner
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| {
+                let call = request(replica.clone());
+                async move { self.call(index, call).await }
+            });
+        futures::future::join_all(calls).await
     }
 
     /// One merge on one replica, with its deadline; the reply's facts (epoch,

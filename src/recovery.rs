@@ -207,15 +207,60 @@ impl Coordinator {
 
     /// Runs one anti-entropy pass over every reachable replica and returns
     /// its report, or `None` if a pass is already running in this
-    /// coordinator. Cancellable: dropping the future stops the pass (nothing
-    /// is marked complete then).
+    /// coordinator, or this coordinator could not take or keep the
+    /// anti-entropy lease on a majority of the replicas (another app server
+    /// runs a pass; counted in
+    /// [`CoordinatorStats::anti_entropy_lease_refused`](crate::CoordinatorStats)).
+    /// Cancellable: dropping the future stops the pass (nothing is marked
+    /// complete then; the lease expires after
+    /// [`AntiEntropyConfig::lease_ttl`](crate::AntiEntropyConfig)).
     pub async fn anti_entropy(&self) -> Option<AntiEntropyReport> {
         let running = &self.inner.anti_entropy_running;
         if running.swap(true, Ordering::AcqRel) {
             return None;
         }
         let _guard = RunningGuard(running);
+        if !self.hold_lease().await {
+            bump(&self.inner.counters.anti_entropy_lease_refused);
+            debug!("anti-entropy lease held elsewhere: no pass");
+            return None;
+        }
+        let report = self.anti_entropy_leased().await;
+        self.release_lease().await;
+        report
+    }
+
+    /// Takes or renews the anti-entropy lease on every replica that
+    /// answers; true when a majority of the replicas granted it. Otherwise
+    /// the grants obtained are given back.
+    async fn hold_lease(&self) -> bool {
+        let (owner, ttl) = (self.inner.lease_owner, self.config().anti_entropy.lease_ttl);
+        let granted = self
+            .on_every_replica(|replica| async move { replica.acquire_lease(owner, ttl).await })
+            .await
+            .into_iter()
+            .filter(|grant| matches!(grant, Ok(true)))
+            .count();
+        let held = granted > self.replica_count() / 2;
+        if !held && granted > 0 {
+            self.release_lease().await;
+        }
+        held
+    }
+
+    /// Gives the anti-entropy lease back on every replica (best effort: a
+    /// replica that does not answer lets it expire).
+    async fn release_lease(&self) {
+        let owner = self.inner.lease_owner;
+        self.on_every_replica(|replica| async move { replica.release_lease(owner).await })
+            .await;
+    }
+
+    /// The pass itself, while the lease is held; `None` if it was lost.
+    async fn anti_entropy_leased(&self) -> Option<AntiEntropyReport> {
         let started = Instant::now();
+        let lease_ttl = self.config().anti_entropy.lease_ttl;
+        let mut lease_renewed = Instant::now();
         let epochs = self.ping_all().await;
         let mut pass = AntiEntropyPass::new(&epochs, self.config().write_quorum);
         let config = self.config().anti_entropy.clone();
@@ -265,6 +310,14 @@ impl Coordinator {
             if !config.pause_between_pages.is_zero() {
                 tokio::time::sleep(config.pause_between_pages).await;
             }
+            if lease_renewed.elapsed() >= lease_ttl / 3 {
+                if !self.hold_lease().await {
+                    bump(&self.inner.counters.anti_entropy_lease_refused);
+                    warn!("anti-entropy lease lost: the pass stops");
+                    return None;
+                }
+                lease_renewed = Instant::now();
+            }
         }
         // Every repair answered before the pass decides anything.
         self.collect_repairs(&mut pass, &mut pending, 0).await;
@@ -304,20 +357,16 @@ impl Coordinator {
     }
 
     async fn ping_all(&self) -> Vec<Option<Epoch>> {
-        let pings = self
-            .inner
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(index, replica)| {
-                let replica = replica.clone();
-                async move {
-                    let epoch = self.call(index, replica.ping()).await.ok()?;
-                    self.observe_epoch(index, epoch);
-                    Some(epoch)
-                }
-            });
-        futures::future::join_all(pings).await
+        let pings = self.on_every_replica(|replica| async move { replica.ping().await });
+        let mut epochs = Vec::new();
+        for (index, epoch) in pings.await.into_iter().enumerate() {
+            let epoch = epoch.ok();
+            if let Some(epoch) = epoch {
+                self.observe_epoch(index, epoch);
+            }
+            epochs.push(epoch);
+        }
+        epochs
     }
 
     /// Scans one page of replica `scanned` from `cursor` and starts reading

@@ -53,8 +53,53 @@ pub async fn run_conformance_at(replica: &dyn Replica, now_ms: u64) {
     check_held_max(replica, now_ms).await;
     check_epoch_is_stable(replica, now_ms).await;
     check_mark_epoch_complete(replica).await;
+    check_lease(replica).await;
     check_scan_covers_all_keys(replica, now_ms).await;
     check_wipe_starts_a_new_epoch(replica, now_ms).await;
+}
+
+/// The anti-entropy lease is held by one owner at a time: granted when
+/// free or already the owner's, refused to another owner until released or
+/// expired, released only by its owner, and never listed by a scan.
+pub async fn check_lease(replica: &dyn Replica) {
+    let name = replica.name();
+    let (a, b) = (0x0a, 0x0b);
+    let long = std::time::Duration::from_secs(30);
+    let acquire = |owner, ttl| replica.acquire_lease(owner, ttl);
+    assert!(
+        acquire(a, long).await.expect("lease"),
+        "{name}: a free lease is granted"
+    );
+    assert!(
+        acquire(a, long).await.expect("lease"),
+        "{name}: its owner renews it"
+    );
+    assert!(
+        !acquire(b, long).await.expect("lease"),
+        "{name}: another owner is refused"
+    );
+    replica.release_lease(b).await.expect("release");
+    assert!(
+        !acquire(b, long).await.expect("lease"),
+        "{name}: only the owner releases it"
+    );
+    let page = replica.scan("0", 1_000).await.expect("scan");
+    assert!(
+        !page.keys.iter().any(|k| k == "lease"),
+        "{name}: a scan lists no lease"
+    );
+    replica.release_lease(a).await.expect("release");
+    let short = std::time::Duration::from_millis(50);
+    assert!(
+        acquire(b, short).await.expect("lease"),
+        "{name}: a released lease is granted"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(
+        acquire(a, long).await.expect("lease"),
+        "{name}: an expired lease is granted"
+    );
+    replica.release_lease(a).await.expect("release");
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -184,3 +184,49 @@ async fn two_wiped_replicas_stay_unavailable_without_spinning_until_the_operator
         "misses count again"
     );
 }
+
+/// One pass at a time across app servers: while another owner (another
+/// app server's coordinator) holds the anti-entropy lease on a majority of
+/// the replicas, a pass does not run and is counted as refused; with the
+/// lease held on a minority only, or released, or expired, it runs; and a
+/// pass gives the lease back when it ends.
+#[tokio::test(start_paused = true)]
+async fn one_anti_entropy_pass_at_a_time_across_app_servers() {
+    let (c, nodes, _handles) = cluster(manual()).await;
+    write_many(&c, 20, "a").await;
+    let other = 0x5eed;
+    let ttl = Duration::from_secs(30);
+    for node in &nodes[..2] {
+        assert!(node.acquire_lease(other, ttl).await.unwrap());
+    }
+    assert!(
+        c.anti_entropy().await.is_none(),
+        "the lease is held elsewhere"
+    );
+    assert_eq!(c.stats().anti_entropy_lease_refused, 1);
+    assert_eq!(c.stats().anti_entropy_passes, 0);
+    // The refused attempt gave back what it was granted: the other owner
+    // can still take the third replica.
+    assert!(nodes[2].acquire_lease(other, ttl).await.unwrap());
+    nodes[2].release_lease(other).await.unwrap();
+
+    nodes[1].release_lease(other).await.unwrap();
+    let report = c
+        .anti_entropy()
+        .await
+        .expect("a majority is free: the pass runs");
+    assert!(report.stats.keys_compared >= 20);
+    assert!(
+        nodes[1].acquire_lease(other, ttl).await.unwrap(),
+        "the pass released the lease"
+    );
+
+    // The other owner holds a majority again, then stops without releasing:
+    // its lease expires.
+    assert!(nodes[2].acquire_lease(other, ttl).await.unwrap());
+    assert!(c.anti_entropy().await.is_none());
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    assert!(c.anti_entropy().await.is_some(), "an expired lease is free");
+    assert_eq!(c.stats().anti_entropy_lease_refused, 2);
+    assert_eq!(c.stats().anti_entropy_passes, 2);
+}

@@ -217,6 +217,20 @@ impl<R: Replica> Replica for FaultyReplica<R> {
         self.inner.mark_epoch_complete(epoch_id).await
     }
 
+    async fn acquire_lease(
+        &self,
+        owner: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, ReplicaError> {
+        self.before_call().await?;
+        self.inner.acquire_lease(owner, ttl).await
+    }
+
+    async fn release_lease(&self, owner: u64) -> Result<(), ReplicaError> {
+        self.before_call().await?;
+        self.inner.release_lease(owner).await
+    }
+
     async fn wipe(&self) -> Result<(), ReplicaError> {
         self.inner.wipe().await
     }

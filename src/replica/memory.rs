@@ -19,6 +19,8 @@ static EPOCH_SOURCE: AtomicU64 = AtomicU64::new(1);
 struct State {
     records: BTreeMap<String, Record>,
     epoch: Epoch,
+    /// The anti-entropy lease: its owner and when it expires.
+    lease: Option<(u64, tokio::time::Instant)>,
 }
 
 /// A replica held in this process's memory.
@@ -49,6 +51,7 @@ impl InMemoryReplica {
             state: Mutex::new(State {
                 records: BTreeMap::new(),
                 epoch: fresh_epoch(),
+                lease: None,
             }),
         }
     }
@@ -79,6 +82,7 @@ impl InMemoryReplica {
         let mut state = self.lock();
         state.records = records;
         state.epoch = fresh_epoch();
+        state.lease = None;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -168,6 +172,31 @@ impl Replica for InMemoryReplica {
         }
         state.epoch.complete = true;
         Ok(true)
+    }
+
+    async fn acquire_lease(
+        &self,
+        owner: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, ReplicaError> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.lock();
+        let free = match state.lease {
+            Some((holder, until)) => holder == owner || until <= now,
+            None => true,
+        };
+        if free {
+            state.lease = Some((owner, now + ttl));
+        }
+        Ok(free)
+    }
+
+    async fn release_lease(&self, owner: u64) -> Result<(), ReplicaError> {
+        let mut state = self.lock();
+        if matches!(state.lease, Some((holder, _)) if holder == owner) {
+            state.lease = None;
+        }
+        Ok(())
     }
 
     async fn wipe(&self) -> Result<(), ReplicaError> {

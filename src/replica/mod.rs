@@ -4,6 +4,8 @@
 //! (atomically, with the join of [`Record::merge`]), scan keys, ping, and mark
 //! its epoch complete. Everything about quorums lives in the coordinator.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::error::ReplicaError;
@@ -116,6 +118,18 @@ pub trait Replica: Send + Sync + std::fmt::Debug + 'static {
     /// Marks epoch `epoch_id` complete. Returns `false` (and changes nothing)
     /// if the replica's epoch is another one by now.
     async fn mark_epoch_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError>;
+
+    /// Takes or renews the anti-entropy lease on this replica for `owner`
+    /// (an id drawn by each coordinator): granted when the lease is free,
+    /// expired, or already `owner`'s, and then held until `ttl` from now.
+    /// Returns whether `owner` holds it. A coordinator runs a pass only
+    /// while it holds the lease on a majority of the replicas, so that one
+    /// pass runs at a time across all app servers.
+    async fn acquire_lease(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError>;
+
+    /// Gives the anti-entropy lease up if `owner` holds it (else changes
+    /// nothing).
+    async fn release_lease(&self, owner: u64) -> Result<(), ReplicaError>;
 
     /// Reads many records: for each key, in order, what [`Replica::read`]
     /// answers. Anti-entropy reads a page of keys at a time this way; a

@@ -15,6 +15,7 @@
 //!   TTL             PEXPIREAT min(m:e, m:c) + EXPIRY_MARGIN_MS
 //! <prefix>epoch     string  16 hex ‖ ":n" (new) or ":c" (complete)
 //! <prefix>epoch:run string  run_id of the Redis process that made or confirmed the epoch
+//! <prefix>lease     string  16 hex: the coordinator holding the anti-entropy lease (PX ttl)
 //! ```
 //!
 //! (See [`crate::codec`]; the default prefix is `qs:`.)
@@ -91,6 +92,14 @@
 //! `NOPERM`, `BUSY` and script errors [`ReplicaError::Refused`]. Logs name a
 //! key by its first 8 characters only and never show values.
 //!
+//! # Connections
+//!
+//! Two per replica: one for the requests (reads, merges, epochs, leases)
+//! and one for anti-entropy's batched reads and creates and its `SCAN`s, so
+//! that a page of hundreds of keys never queues a foreground request behind
+//! it on the connection. Each has its own run id and reconnection count
+//! (`process.rs`); the epoch of a batch is checked on its own connection.
+//!
 //! # Permissions
 //!
 //! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `MGET`
@@ -150,6 +159,9 @@ use wire::{
 /// clock a little ahead never drops a record the coordinators still count
 /// on (they enforce the exact expiry on reads).
 pub const EXPIRY_MARGIN_MS: u64 = 60_000;
+/// Longest anti-entropy lease a replica grants (one day, as the script
+/// checks).
+const LEASE_TTL_MAX_MS: u64 = 86_400_000;
 /// Keys fetched and unlinked per round by [`Replica::wipe`].
 pub const WIPE_BATCH: usize = 500;
 /// Largest `COUNT` hint a scan sends.
@@ -168,6 +180,12 @@ const EPOCH_LUA: &str = concat!(
     include_str!("redis/common.lua"),
     include_str!("redis/epoch.lua")
 );
+const LEASE_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/lease.lua")
+);
+/// Name of the anti-entropy lease key, after the prefix.
+const LEASE_KEY_SUFFIX: &str = "lease";
 
 /// [`EXPIRY_MARGIN_MS`] as the merge script reads it.
 const EXPIRY_MARGIN_ARG: &str = "60000";
@@ -200,12 +218,21 @@ pub struct RedisReplica {
     eviction_state: AtomicU8,
     merge_script: Script,
     epoch_script: Script,
+    lease_script: Script,
+    /// `<prefix>lease`.
+    lease_key: String,
     /// The run id of the Redis process behind the connection.
     identity: ProcessIdentity,
+    /// A second connection for anti-entropy's batches and scans, so that a
+    /// page of hundreds of keys never queues foreground requests behind it
+    /// (standalone and Sentinel; Cluster mode reads key by key on `client`).
+    bulk: Client,
+    bulk_identity: ProcessIdentity,
     /// The epoch last confirmed complete on this connection (single-command
     /// reads).
     confirmed: ConfirmedEpoch,
-    connection: Mutex<Option<ConnectHandle>>,
+    /// The connection tasks (`client`'s, `bulk`'s), aborted on drop.
+    connections: Mutex<Vec<ConnectHandle>>,
 }
 
 impl std::fmt::Debug for RedisReplica {
@@ -251,6 +278,9 @@ impl RedisReplica {
         let _ = futures::poll!(wait.as_mut());
         let handle = client.connect();
         let first = first_connection(wait, errors);
+        let bulk = build_client(&config, config.fred_config()?)?;
+        let bulk_identity = ProcessIdentity::new(&bulk);
+        let bulk_handle = bulk.connect();
         let epoch_key = format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix);
         let run_key = format!("{}{RUN_KEY_SUFFIX}", config.key_prefix);
         let replica = RedisReplica {
@@ -266,13 +296,23 @@ impl RedisReplica {
             eviction_state: AtomicU8::new(EVICTION_UNCHECKED),
             merge_script: Script::from_lua(MERGE_LUA),
             epoch_script: Script::from_lua(EPOCH_LUA),
+            lease_script: Script::from_lua(LEASE_LUA),
+            lease_key: format!("{}{LEASE_KEY_SUFFIX}", config.key_prefix),
             identity,
+            bulk,
+            bulk_identity,
             confirmed: ConfirmedEpoch::default(),
-            connection: Mutex::new(Some(handle)),
+            connections: Mutex::new(vec![handle, bulk_handle]),
             client,
         };
         match tokio::time::timeout(config.connect_timeout, first).await {
-            Ok(Ok(())) => replica.check_eviction().await?,
+            Ok(Ok(())) => {
+                replica.check_eviction().await?;
+                // The node answers: the bulk connection follows at once (or
+                // later, in the background; batches wait for it meanwhile).
+                let bulk = replica.bulk.wait_for_connect();
+                let _ = tokio::time::timeout(config.connect_timeout, bulk).await;
+            }
             Ok(Err(error)) if *error.kind() == ErrorKind::Auth => {
                 // Dropping the replica aborts the connection task.
                 return Err(RedisConnectError::Auth {
@@ -326,14 +366,16 @@ impl RedisReplica {
 
     /// Closes the connection; every later request fails as unavailable.
     pub async fn quit(&self) {
-        let _ = tokio::time::timeout(self.timeout, self.client.quit()).await;
-        if let Some(handle) = self.lock_connection().take() {
-            handle.abort();
-        }
+        let quits = futures::future::join(self.client.quit(), self.bulk.quit());
+        let _ = tokio::time::timeout(self.timeout, quits).await;
+        self.abort_connections();
     }
 
-    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Option<ConnectHandle>> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    fn abort_connections(&self) {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for handle in connections.drain(..) {
+            handle.abort();
+        }
     }
 
     /// Checks `maxmemory-policy` once per replica, when the node answers.
@@ -397,7 +439,12 @@ impl RedisReplica {
     /// command until the deadline; answering at once lets the coordinator
     /// skip the replica).
     async fn ensure_usable(&self) -> Result<(), ReplicaError> {
-        if !self.client.is_connected() {
+        self.ensure_usable_on(&self.client).await
+    }
+
+    /// [`ensure_usable`](Self::ensure_usable) for a request on `client`.
+    async fn ensure_usable_on(&self, client: &Client) -> Result<(), ReplicaError> {
+        if !client.is_connected() {
             return Err(ReplicaError::Unavailable {
                 detail: format!("{}: not connected (reconnecting)", self.name),
                 source: None,
@@ -429,7 +476,8 @@ impl RedisReplica {
 
     /// Runs a script under the deadline and maps its errors. `request`
     /// makes the keys and arguments; `args[run_id_slot]` is a placeholder
-    /// for the run id, filled in here outside Cluster mode. An answer that
+    /// for the run id, filled in here outside Cluster mode (`None`: the
+    /// script takes no run id). An answer that
     /// arrives after a reconnection is refused (see `process.rs`). On
     /// `NOSCRIPT` (a restarted or flushed Redis) the script is loaded and
     /// the request made and sent again: the usual case sends what `request`
@@ -439,11 +487,11 @@ impl RedisReplica {
         op: &'static str,
         script: &Script,
         request: impl Fn() -> (Vec<Key>, Vec<Value>),
-        run_id_slot: usize,
+        run_id_slot: Option<usize>,
         key: Option<&str>,
     ) -> Result<(Value, Option<u64>), ReplicaError> {
         self.ensure_usable().await?;
-        let (generation, run_id) = if self.clustered {
+        let (generation, run_id) = if self.clustered || run_id_slot.is_none() {
             (None, run_id_placeholder())
         } else {
             let (generation, run_id) = self.run_id().await?;
@@ -453,7 +501,9 @@ impl RedisReplica {
             // Boxed: see `run_id`.
             let send = || {
                 let (keys, mut args) = request();
-                args[run_id_slot] = run_id.clone();
+                if let Some(slot) = run_id_slot {
+                    args[slot] = run_id.clone();
+                }
                 Box::pin(
                     self.client
                         .evalsha::<Value, _, _, _>(script.sha1().clone(), keys, args),
@@ -491,14 +541,24 @@ impl RedisReplica {
     /// every future it awaits inline, so the ones awaited here are boxed:
     /// the request futures stay small and cheap to move.
     async fn run_id(&self) -> Result<(u64, Value), ReplicaError> {
-        if let Some(known) = self.identity.cached(&self.client) {
+        self.run_id_on(&self.client, &self.identity).await
+    }
+
+    /// [`run_id`](Self::run_id) of the connection of `client`, whose
+    /// reconnections `identity` counts.
+    async fn run_id_on(
+        &self,
+        client: &Client,
+        identity: &ProcessIdentity,
+    ) -> Result<(u64, Value), ReplicaError> {
+        if let Some(known) = identity.cached(client) {
             return Ok(known);
         }
         let info = Box::pin(async {
-            let call = process::info_server(&self.client);
+            let call = process::info_server(client);
             self.finish("info", None, tokio::time::timeout(self.timeout, call).await)
         });
-        self.identity.learn(&self.name, &self.client, info).await
+        identity.learn(&self.name, client, info).await
     }
 
     /// Maps a command's outcome (deadline, then fred's result).
@@ -579,7 +639,7 @@ impl RedisReplica {
         ];
         let request = || (self.epoch_keys(), args.clone());
         let (reply, generation) = self
-            .eval("ping", &self.epoch_script, request, 2, None)
+            .eval("ping", &self.epoch_script, request, Some(2), None)
             .await?;
         let epoch = parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| {
             ReplicaError::Corrupt {
@@ -777,7 +837,11 @@ impl RedisReplica {
 
     /// Refuses a logical key that would collide with the epoch keys.
     fn check_key(&self, key: &str) -> Result<(), ReplicaError> {
-        if key == EPOCH_KEY_SUFFIX || key == RUN_KEY_SUFFIX || key.is_empty() {
+        if key == EPOCH_KEY_SUFFIX
+            || key == RUN_KEY_SUFFIX
+            || key == LEASE_KEY_SUFFIX
+            || key.is_empty()
+        {
             return Err(ReplicaError::Refused {
                 detail: format!("{}: key {key:?} is reserved or empty", self.name),
                 source: None,
@@ -808,19 +872,19 @@ impl RedisReplica {
         cursor: &str,
         count: usize,
     ) -> Result<(String, Vec<String>), ReplicaError> {
-        self.ensure_usable().await?;
+        self.ensure_usable_on(&self.bulk).await?;
         let pattern = format!("{}*", glob_escape(&self.prefix));
         let count = Some(count.clamp(1, SCAN_COUNT_MAX) as u32);
         let call = async {
             let (next, keys): (String, Vec<Key>) = match node {
                 Some(server) => {
-                    self.client
+                    self.bulk
                         .with_cluster_node(server.clone())
                         .scan_page(cursor.to_owned(), pattern, count, None)
                         .await?
                 }
                 None => {
-                    self.client
+                    self.bulk
                         .scan_page(cursor.to_owned(), pattern, count, None)
                         .await?
                 }
@@ -862,10 +926,8 @@ impl RedisReplica {
 
 impl Drop for RedisReplica {
     fn drop(&mut self) {
-        // The connection task would otherwise reconnect forever.
-        if let Some(handle) = self.lock_connection().take() {
-            handle.abort();
-        }
+        // The connection tasks would otherwise reconnect forever.
+        self.abort_connections();
     }
 }
 
@@ -998,7 +1060,7 @@ impl Replica for RedisReplica {
                 "merge",
                 &self.merge_script,
                 request,
-                MERGE_RUN_ID_SLOT,
+                Some(MERGE_RUN_ID_SLOT),
                 Some(key),
             )
             .await?;
@@ -1050,7 +1112,9 @@ impl Replica for RedisReplica {
         let (next, full_keys) = self.scan_raw(node, redis_cursor, count).await?;
         let keys = full_keys
             .iter()
-            .filter(|key| **key != self.epoch_key && **key != self.run_key)
+            .filter(|key| {
+                **key != self.epoch_key && **key != self.run_key && **key != self.lease_key
+            })
             .filter_map(|key| key.strip_prefix(&self.prefix).map(str::to_owned))
             .collect();
         let next_cursor = match (next.as_str(), self.clustered) {
@@ -1074,13 +1138,35 @@ impl Replica for RedisReplica {
         ];
         let request = || (self.epoch_keys(), args.clone());
         let (reply, _) = self
-            .eval("mark_epoch_complete", &self.epoch_script, request, 2, None)
+            .eval(
+                "mark_epoch_complete",
+                &self.epoch_script,
+                request,
+                Some(2),
+                None,
+            )
             .await?;
         match reply {
             Value::Integer(1) => Ok(true),
             Value::Integer(0) => Ok(false),
             _ => Err(self.malformed("mark_epoch_complete")),
         }
+    }
+
+    async fn acquire_lease(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError> {
+        let ttl_ms = ttl.as_millis().clamp(1, u128::from(LEASE_TTL_MAX_MS));
+        let reply = self
+            .lease_call("acquire", owner, ttl_ms.to_string())
+            .await?;
+        match reply {
+            Value::Integer(granted) => Ok(granted == 1),
+            _ => Err(self.malformed("lease")),
+        }
+    }
+
+    async fn release_lease(&self, owner: u64) -> Result<(), ReplicaError> {
+        self.lease_call("release", owner, String::new()).await?;
+        Ok(())
     }
 
     /// Deletes every key under the prefix (SCAN + UNLINK in batches of
@@ -1118,6 +1204,25 @@ impl RedisReplica {
             id: epoch.id,
             complete: false,
         })
+    }
+
+    /// One call of the lease script (a single key: any deployment).
+    async fn lease_call(
+        &self,
+        op: &'static str,
+        owner: u64,
+        ttl_ms: String,
+    ) -> Result<Value, ReplicaError> {
+        let args = vec![
+            Value::from_static_str(op),
+            Value::from(format!("{owner:016x}")),
+            Value::from(ttl_ms),
+        ];
+        let request = || (vec![Key::from(self.lease_key.as_str())], args.clone());
+        let (reply, _) = self
+            .eval("lease", &self.lease_script, request, None, None)
+            .await?;
+        Ok(reply)
     }
 
     fn malformed(&self, op: &str) -> ReplicaError {

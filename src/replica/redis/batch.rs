@@ -187,8 +187,10 @@ impl RedisReplica {
         &self,
         commands: Vec<KeyCommand>,
     ) -> Result<(Epoch, Vec<Result<Value, fred::error::Error>>), ReplicaError> {
-        self.ensure_usable().await?;
-        let (generation, run_id) = self.run_id().await?;
+        // On the bulk connection: see `RedisReplica::bulk`.
+        let (client, identity) = (&self.bulk, &self.bulk_identity);
+        self.ensure_usable_on(client).await?;
+        let (generation, run_id) = self.run_id_on(client, identity).await?;
         let count = commands.len();
         let deadline = self.timeout * BATCH_TIMEOUT_FACTOR;
         let call = async {
@@ -199,7 +201,7 @@ impl RedisReplica {
                 timeout: Some(deadline),
                 ..Options::default()
             };
-            let pipeline = Pipeline::from(self.client.with_options(&options));
+            let pipeline = Pipeline::from(client.with_options(&options));
             let ids = || vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
             // Queuing only stores the command: each await returns at once.
             pipeline.mget::<(), _>(ids()).await?;
@@ -225,7 +227,7 @@ impl RedisReplica {
             Ok::<_, fred::error::Error>(Box::pin(pipeline.try_all::<Value>()).await)
         };
         let mut answers = self.finish("batch", None, tokio::time::timeout(deadline, call).await)?;
-        self.identity.check(&self.name, &self.client, generation)?;
+        identity.check(&self.name, client, generation)?;
         if answers.len() != count + 2 {
             // fred answers a pipeline that failed as a whole (timed out,
             // connection lost) with that one error.
