@@ -223,6 +223,13 @@ impl Coordinator {
         if !self.hold_lease().await {
             bump(&self.inner.counters.anti_entropy_lease_refused);
             debug!("anti-entropy lease held elsewhere: no pass");
+            // Passes started by this coordinator wait a third of a lease
+            // before asking again (on-demand calls do not wait).
+            let lease_ms =
+                u64::try_from(self.config().anti_entropy.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+            self.inner
+                .anti_entropy_not_before_ms
+                .fetch_max(self.monotonic_ms() + lease_ms / 3, Ordering::Relaxed);
             return None;
         }
         let report = self.anti_entropy_leased().await;
@@ -232,7 +239,7 @@ impl Coordinator {
 
     /// Takes or renews the anti-entropy lease on every replica that
     /// answers; true when a majority of the replicas granted it. Otherwise
-    /// the grants obtained are given back.
+    /// it is given back everywhere.
     async fn hold_lease(&self) -> bool {
         let (owner, ttl) = (self.inner.lease_owner, self.config().anti_entropy.lease_ttl);
         let granted = self
@@ -242,7 +249,9 @@ impl Coordinator {
             .filter(|grant| matches!(grant, Ok(true)))
             .count();
         let held = granted > self.replica_count() / 2;
-        if !held && granted > 0 {
+        if !held {
+            // Also where no grant was seen: one may have been applied after
+            // its request timed out.
             self.release_lease().await;
         }
         held

@@ -124,12 +124,14 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
     node.command(&["DEL", "qs:epoch"]).await;
 }
 
-/// Reads are one `HGETALL` once the epoch is confirmed complete on the
-/// connection; a `FLUSHALL` keeps the connection (no reconnection to
-/// notice), so this proves that a miss is still confirmed against the epoch
-/// key: after the flush, neither a record that was there nor one that never
-/// was reads as an authoritative "not found" (complete epoch), and the
-/// next merge reports a new, incomplete epoch.
+/// Reads skip the epoch `MGET` before their `HGETALL` once the epoch is
+/// confirmed complete on the connection; a `FLUSHALL` keeps the connection
+/// (no reconnection to notice), so this proves that a read is still checked
+/// against the epoch key: after the flush, neither a record that was there
+/// nor one that never was reads as an authoritative "not found" (complete
+/// epoch); a record written whole after the flush (a create) is not read in
+/// the old, complete epoch; and the next merge reports a new, incomplete
+/// epoch.
 async fn a_flush_behind_the_replicas_back_makes_no_miss_authoritative(
     node: &support::RedisNode,
     replica: &RedisReplica,
@@ -153,6 +155,20 @@ async fn a_flush_behind_the_replicas_back_makes_no_miss_authoritative(
         assert_eq!(miss.epoch, complete, "a confirmed miss is authoritative");
     }
     node.command(&["FLUSHALL"]).await;
+    // Another app server creates a record on the flushed node: this replica
+    // heard nothing of it (its confirmation still names the old epoch).
+    let other = node.replica().await;
+    other
+        .merge("t:{created}", &live_record(now), MergeMode::Create, now)
+        .await
+        .expect("create after the flush");
+    let created = replica.read("t:{created}").await.expect("read");
+    assert!(created.record.is_some());
+    assert!(
+        !created.epoch.complete && created.epoch.id != complete.id,
+        "a record written after the flush is not read in the old epoch: {:?}",
+        created.epoch
+    );
     for key in ["t:{flushed}", "t:{never}"] {
         let read = replica.read(key).await.expect("read after the flush");
         assert_eq!(read.record, None, "{key}");

@@ -39,21 +39,20 @@
 //!   It returns the status, the epoch, and the largest stamp the record held
 //!   before the merge.
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
-//! - A read needs no script. Usually it is one `HGETALL <key>`: when a
-//!   reply on the current connection confirmed the epoch complete (every
-//!   merge reply and every bracketed read does) less than
-//!   [`RECONFIRM_AFTER`] ago, and no reply since showed another epoch or an
-//!   incomplete one. A record found is answered with that epoch: whatever
-//!   the hash holds was merged into it, and a keyspace lost since (a flush,
-//!   a restart: the connection changes, and a reply from a new connection is
-//!   refused, see `process.rs`) leaves only records written after the loss,
-//!   which are partial unless a create wrote them whole. A miss is the
-//!   answer that could lie, so it is confirmed: `MGET <epoch> <epoch:run>`
-//!   after it must show the confirmed epoch, made by this process (an epoch
-//!   id is random and completion never goes back, so the epoch held, complete,
-//!   from the confirmation through the `HGETALL`); otherwise the read is
-//!   made again, bracketed. The bracketed read, taken when nothing is
-//!   confirmed: `MGET <epoch> <epoch:run>`, `HGETALL <key>`,
+//! - A read needs no script. Usually it is `HGETALL <key>` then `MGET
+//!   <epoch> <epoch:run>`, queued together (one round trip), when a reply
+//!   on the current connection confirmed the epoch complete (every merge
+//!   reply and every bracketed read does) less than [`RECONFIRM_AFTER`]
+//!   ago. The answer counts, found or missing, only if the `MGET` shows
+//!   that confirmed epoch, made by this process: an epoch id is random and
+//!   completion never goes back, so the epoch existed, complete, from the
+//!   confirmation through the `HGETALL` (a flush or `wipe` deletes it, a
+//!   restart or failover changes the connection, a reloaded snapshot has
+//!   another run id). Even a confirmation noted late, from a reply older
+//!   than a newer one, cannot make a read count that should not: the check
+//!   is against the epoch key itself. Otherwise the confirmation is dropped
+//!   and the read is made again, bracketed. The bracketed read, taken when
+//!   nothing is confirmed: `MGET <epoch> <epoch:run>`, `HGETALL <key>`,
 //!   `MGET <epoch> <epoch:run>`, queued together so fred writes them at once
 //!   and Redis runs them in that order. A script would pay for every byte
 //!   it moves in and out of Lua (several times the whole read), and `MULTI`
@@ -97,8 +96,11 @@
 //! Two per replica: one for the requests (reads, merges, epochs, leases)
 //! and one for anti-entropy's batched reads and creates and its `SCAN`s, so
 //! that a page of hundreds of keys never queues a foreground request behind
-//! it on the connection. Each has its own run id and reconnection count
-//! (`process.rs`); the epoch of a batch is checked on its own connection.
+//! it on the connection (while the second is down, or in Cluster mode, they
+//! take the first). Each has its own run id and reconnection count
+//! (`process.rs`); a batch's bracketing `MGET`s are checked on the
+//! connection that ran it (a new epoch made after a failed check comes
+//! from the first, and counts as incomplete anyway).
 //!
 //! # Permissions
 //!
@@ -225,7 +227,8 @@ pub struct RedisReplica {
     identity: ProcessIdentity,
     /// A second connection for anti-entropy's batches and scans, so that a
     /// page of hundreds of keys never queues foreground requests behind it
-    /// (standalone and Sentinel; Cluster mode reads key by key on `client`).
+    /// (standalone and Sentinel; Cluster mode reads key by key and scans on
+    /// `client`). While it is down, they take `client` (see `bulk_link`).
     bulk: Client,
     bulk_identity: ProcessIdentity,
     /// The epoch last confirmed complete on this connection (single-command
@@ -276,10 +279,12 @@ impl RedisReplica {
         let waiter = client.clone();
         let mut wait = Box::pin(waiter.wait_for_connect());
         let _ = futures::poll!(wait.as_mut());
-        let handle = client.connect();
-        let first = first_connection(wait, errors);
+        // Both clients are built before either connects: an error returned
+        // below must not leave a connection task running.
         let bulk = build_client(&config, config.fred_config()?)?;
         let bulk_identity = ProcessIdentity::new(&bulk);
+        let handle = client.connect();
+        let first = first_connection(wait, errors);
         let bulk_handle = bulk.connect();
         let epoch_key = format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix);
         let run_key = format!("{}{RUN_KEY_SUFFIX}", config.key_prefix);
@@ -309,7 +314,8 @@ impl RedisReplica {
             Ok(Ok(())) => {
                 replica.check_eviction().await?;
                 // The node answers: the bulk connection follows at once (or
-                // later, in the background; batches wait for it meanwhile).
+                // later, in the background; batches use the main connection
+                // while it is down).
                 let bulk = replica.bulk.wait_for_connect();
                 let _ = tokio::time::timeout(config.connect_timeout, bulk).await;
             }
@@ -440,6 +446,20 @@ impl RedisReplica {
     /// skip the replica).
     async fn ensure_usable(&self) -> Result<(), ReplicaError> {
         self.ensure_usable_on(&self.client).await
+    }
+
+    /// The connection for anti-entropy's batches and scans, with its
+    /// reconnection count: `bulk` when it is connected (not in Cluster mode,
+    /// whose scans walk `client`'s view of the primaries), else `client`, so
+    /// that a bulk connection still reconnecting (or refused by
+    /// `maxclients`) never fails a pass nor counts against the replica's
+    /// health.
+    fn bulk_link(&self) -> (&Client, &ProcessIdentity) {
+        if !self.clustered && self.bulk.is_connected() {
+            (&self.bulk, &self.bulk_identity)
+        } else {
+            (&self.client, &self.identity)
+        }
     }
 
     /// [`ensure_usable`](Self::ensure_usable) for a request on `client`.
@@ -697,14 +717,11 @@ impl RedisReplica {
         )
     }
 
-    /// One read as a single `HGETALL`, when an epoch was confirmed complete
-    /// on the current connection (see the module docs). `Ok(None)`: no
-    /// confirmation to rely on, take the bracketed path.
-    ///
-    /// A record found is answered with the confirmed epoch. A miss counts
-    /// only if the epoch still held after it: `MGET <epoch> <epoch:run>`
-    /// must show the confirmed epoch, made by this process; else the
-    /// confirmation is dropped and the caller reads again, bracketed.
+    /// One read as `HGETALL <key>` then `MGET <epoch> <epoch:run>`, queued
+    /// together (one round trip), when an epoch was confirmed complete on
+    /// the current connection (see the module docs). `Ok(None)`: no
+    /// confirmation to rely on, or the `MGET` did not show the confirmed
+    /// epoch (the confirmation is then dropped): take the bracketed path.
     async fn read_fast(&self, key: &str) -> Result<Option<ReadReply>, ReplicaError> {
         let Some((generation, run_id)) = self.identity.cached(&self.client) else {
             return Ok(None);
@@ -712,35 +729,33 @@ impl RedisReplica {
         let Some(epoch_id) = self.confirmed.get(generation, std::time::Instant::now()) else {
             return Ok(None);
         };
-        let hash = self.hgetall(key).await?;
-        self.identity.check(&self.name, &self.client, generation)?;
-        let epoch = Epoch {
-            id: epoch_id,
-            complete: true,
-        };
-        if let Some(record) = self.decode_hash(key, hash)? {
-            return Ok(Some(ReadReply {
-                record: Some(record),
-                epoch,
-            }));
-        }
+        self.ensure_usable().await?;
         let ids = vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
-        let call = Box::pin(self.client.mget::<Value, _>(ids));
-        let after = self.finish(
+        // join! polls in order and a fred command is queued on its first
+        // poll: the HGETALL goes first. Boxed: see `run_id`.
+        let call = async {
+            let (hash, after) = tokio::join!(
+                Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key))),
+                Box::pin(self.client.mget::<Value, _>(ids)),
+            );
+            Ok::<_, fred::error::Error>((hash?, after?))
+        };
+        let (hash, after) = self.finish(
             "read",
             Some(key),
             tokio::time::timeout(self.timeout, call).await,
         )?;
         self.identity.check(&self.name, &self.client, generation)?;
-        let held = self.epoch_between(after.clone(), after, &run_id)?;
-        if held == Some(epoch) {
-            return Ok(Some(ReadReply {
-                record: None,
-                epoch,
-            }));
+        let epoch = Epoch {
+            id: epoch_id,
+            complete: true,
+        };
+        if self.epoch_between(after.clone(), after, &run_id)? != Some(epoch) {
+            self.confirmed.forget();
+            return Ok(None);
         }
-        self.confirmed.forget();
-        Ok(None)
+        let record = self.decode_hash(key, hash)?;
+        Ok(Some(ReadReply { record, epoch }))
     }
 
     /// The epoch that held between two `MGET <epoch> <epoch:run>` answers:
@@ -872,19 +887,20 @@ impl RedisReplica {
         cursor: &str,
         count: usize,
     ) -> Result<(String, Vec<String>), ReplicaError> {
-        self.ensure_usable_on(&self.bulk).await?;
+        let (client, _) = self.bulk_link();
+        self.ensure_usable_on(client).await?;
         let pattern = format!("{}*", glob_escape(&self.prefix));
         let count = Some(count.clamp(1, SCAN_COUNT_MAX) as u32);
         let call = async {
             let (next, keys): (String, Vec<Key>) = match node {
                 Some(server) => {
-                    self.bulk
+                    client
                         .with_cluster_node(server.clone())
                         .scan_page(cursor.to_owned(), pattern, count, None)
                         .await?
                 }
                 None => {
-                    self.bulk
+                    client
                         .scan_page(cursor.to_owned(), pattern, count, None)
                         .await?
                 }

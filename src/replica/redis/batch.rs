@@ -188,7 +188,7 @@ impl RedisReplica {
         commands: Vec<KeyCommand>,
     ) -> Result<(Epoch, Vec<Result<Value, fred::error::Error>>), ReplicaError> {
         // On the bulk connection: see `RedisReplica::bulk`.
-        let (client, identity) = (&self.bulk, &self.bulk_identity);
+        let (client, identity) = self.bulk_link();
         self.ensure_usable_on(client).await?;
         let (generation, run_id) = self.run_id_on(client, identity).await?;
         let count = commands.len();
@@ -244,6 +244,10 @@ impl RedisReplica {
             answer.map_err(|error| self.map_command_error("batch", "", error))
         };
         let epoch = self.epoch_between(ids(before)?, ids(after)?, &run_id)?;
+        if !epoch.is_some_and(|epoch| epoch.complete) {
+            // The keyspace may have changed: reads confirm it again.
+            self.confirmed.forget();
+        }
         let epoch = match epoch {
             Some(epoch) => epoch,
             None => Box::pin(self.new_epoch_after_read()).await?,

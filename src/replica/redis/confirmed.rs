@@ -1,22 +1,25 @@
 //! The epoch last confirmed complete on the current connection, so that a
-//! read can be one `HGETALL` (see "Reads" in the module docs of `redis.rs`).
+//! read can skip the `MGET` before its `HGETALL` (see "Reads" in the module
+//! docs of `redis.rs`).
 //!
 //! An entry says: on connection `generation`, a reply that went through that
 //! connection showed epoch `id`, complete, made by the Redis process behind
-//! it, at `at`. It is dropped by any reply that shows another epoch or an
-//! incomplete one, by [`Replica::wipe`](crate::replica::Replica::wipe), and
-//! is unused once the connection changed or [`RECONFIRM_AFTER`] passed (the
-//! next read then takes the bracketed path, which confirms it again).
+//! it. It is dropped by a reply that shows another epoch or an incomplete
+//! one, by a fast read whose `MGET` does not show it, and by
+//! [`Replica::wipe`](crate::replica::Replica::wipe); it is unused once the
+//! connection changed or [`RECONFIRM_AFTER`] passed. Replies may be noted
+//! out of order (a late one can bring an entry back): harmless, because a
+//! fast read counts only if the epoch key itself still shows the entry's
+//! epoch after the `HGETALL`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::replica::Epoch;
 
-/// How long a confirmation serves single-command reads. Past it, one read
-/// takes the bracketed path again: a keyspace replaced under a live
-/// connection without a flush (`REPLICAOF` run by hand on the node) is seen
-/// within this time even when no write or miss reveals it first.
+/// How long a confirmation serves one-round-trip reads without a fresh
+/// confirmation. Past it, one read takes the bracketed path (or a merge
+/// reply confirms it again).
 pub const RECONFIRM_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug)]
