@@ -221,6 +221,9 @@ impl Coordinator {
         }
         let _guard = RunningGuard(running);
         if !self.hold_lease().await {
+            // Given back everywhere, also where no grant was seen: one may
+            // have been applied after its request timed out.
+            self.release_lease().await;
             bump(&self.inner.counters.anti_entropy_lease_refused);
             debug!("anti-entropy lease held elsewhere: no pass");
             // Passes started by this coordinator wait a third of a lease
@@ -232,14 +235,15 @@ impl Coordinator {
                 .fetch_max(self.monotonic_ms() + lease_ms / 3, Ordering::Relaxed);
             return None;
         }
+        // Released however the pass ended (a lost renewal included).
         let report = self.anti_entropy_leased().await;
         self.release_lease().await;
         report
     }
 
     /// Takes or renews the anti-entropy lease on every replica that
-    /// answers; true when a majority of the replicas granted it. Otherwise
-    /// it is given back everywhere.
+    /// answers; true when a majority of the replicas granted it (the
+    /// caller gives it back otherwise).
     async fn hold_lease(&self) -> bool {
         let (owner, ttl) = (self.inner.lease_owner, self.config().anti_entropy.lease_ttl);
         let granted = self
@@ -248,13 +252,7 @@ impl Coordinator {
             .into_iter()
             .filter(|grant| matches!(grant, Ok(true)))
             .count();
-        let held = granted > self.replica_count() / 2;
-        if !held {
-            // Also where no grant was seen: one may have been applied after
-            // its request timed out.
-            self.release_lease().await;
-        }
-        held
+        granted > self.replica_count() / 2
     }
 
     /// Gives the anti-entropy lease back on every replica (best effort: a

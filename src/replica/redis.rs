@@ -161,9 +161,6 @@ use wire::{
 /// clock a little ahead never drops a record the coordinators still count
 /// on (they enforce the exact expiry on reads).
 pub const EXPIRY_MARGIN_MS: u64 = 60_000;
-/// Longest anti-entropy lease a replica grants (one day, as the script
-/// checks).
-const LEASE_TTL_MAX_MS: u64 = 86_400_000;
 /// Keys fetched and unlinked per round by [`Replica::wipe`].
 pub const WIPE_BATCH: usize = 500;
 /// Largest `COUNT` hint a scan sends.
@@ -750,7 +747,7 @@ impl RedisReplica {
             id: epoch_id,
             complete: true,
         };
-        if self.epoch_between(after.clone(), after, &run_id)? != Some(epoch) {
+        if self.epoch_in(after, &run_id)? != Some(epoch) {
             self.confirmed.forget();
             return Ok(None);
         }
@@ -772,25 +769,10 @@ impl RedisReplica {
         after: Value,
         run_id: &Value,
     ) -> Result<Option<Epoch>, ReplicaError> {
-        let epoch_of = |ids: Value| -> Result<Option<Epoch>, ReplicaError> {
-            let Value::Array(ids) = ids else {
-                return Err(self.malformed("read"));
-            };
-            let Ok([epoch, run]) = <[Value; 2]>::try_from(ids) else {
-                return Err(self.malformed("read"));
-            };
-            if epoch.is_null() {
-                return Ok(None);
-            }
-            let epoch = parse_epoch(epoch.as_bytes().unwrap_or_default()).ok_or_else(|| {
-                ReplicaError::Corrupt {
-                    detail: format!("{}: the epoch key holds foreign data", self.name),
-                }
-            })?;
-            let made_here = run.as_bytes().is_some() && run.as_bytes() == run_id.as_bytes();
-            Ok(made_here.then_some(epoch))
-        };
-        let (before, after) = (epoch_of(before)?, epoch_of(after)?);
+        let (before, after) = (
+            self.epoch_in(before, run_id)?,
+            self.epoch_in(after, run_id)?,
+        );
         Ok(match (before, after) {
             (Some(before), Some(after)) if before.id == after.id => Some(Epoch {
                 id: before.id,
@@ -798,6 +780,31 @@ impl RedisReplica {
             }),
             _ => None,
         })
+    }
+
+    /// The epoch in one `MGET <epoch> <epoch:run>` answer, if it was made by
+    /// the process whose run id is `run_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicaError::Corrupt`] when the epoch key holds foreign data.
+    fn epoch_in(&self, ids: Value, run_id: &Value) -> Result<Option<Epoch>, ReplicaError> {
+        let Value::Array(ids) = ids else {
+            return Err(self.malformed("read"));
+        };
+        let Ok([epoch, run]) = <[Value; 2]>::try_from(ids) else {
+            return Err(self.malformed("read"));
+        };
+        if epoch.is_null() {
+            return Ok(None);
+        }
+        let epoch = parse_epoch(epoch.as_bytes().unwrap_or_default()).ok_or_else(|| {
+            ReplicaError::Corrupt {
+                detail: format!("{}: the epoch key holds foreign data", self.name),
+            }
+        })?;
+        let made_here = run.as_bytes().is_some() && run.as_bytes() == run_id.as_bytes();
+        Ok(made_here.then_some(epoch))
     }
 
     /// Maps the error of one command of a batch (and logs it).
@@ -1170,7 +1177,8 @@ impl Replica for RedisReplica {
     }
 
     async fn acquire_lease(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError> {
-        let ttl_ms = ttl.as_millis().clamp(1, u128::from(LEASE_TTL_MAX_MS));
+        // The script refuses more than a day: the longest lease configurable.
+        let ttl_ms = ttl.min(crate::config::LEASE_TTL_MAX).as_millis().max(1);
         let reply = self
             .lease_call("acquire", owner, ttl_ms.to_string())
             .await?;
