@@ -667,6 +667,45 @@ impl RedisReplica {
         Ok(epoch)
     }
 
+    /// `HGETALL <key>` then `MGET <epoch> <epoch:run>`, after another such
+    /// `MGET` when `bracketed`, as one pipeline under the deadline: the
+    /// commands reach the connection task as one message, run in this order
+    /// and leave in one write. Answers `(before, hash, after)`; `before` is
+    /// `Value::Null` when not bracketed.
+    async fn read_commands(
+        &self,
+        key: &str,
+        bracketed: bool,
+    ) -> Result<(Value, Value, Value), ReplicaError> {
+        let ids = || vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
+        // Boxed: see `run_id`.
+        let call = Box::pin(async {
+            let pipeline = self.client.pipeline();
+            if bracketed {
+                let () = pipeline.mget(ids()).await?;
+            }
+            let () = pipeline.hgetall(self.redis_key(key)).await?;
+            let () = pipeline.mget(ids()).await?;
+            pipeline.all::<Vec<Value>>().await
+        });
+        let mut answers = self
+            .finish(
+                "read",
+                Some(key),
+                tokio::time::timeout(self.timeout, call).await,
+            )?
+            .into_iter();
+        let before = if bracketed {
+            answers.next()
+        } else {
+            Some(Value::Null)
+        };
+        match (before, answers.next(), answers.next(), answers.next()) {
+            (Some(before), Some(hash), Some(after), None) => Ok((before, hash, after)),
+            _ => Err(self.malformed("read")),
+        }
+    }
+
     /// One read outside Cluster mode: `MGET <epoch> <epoch:run>`, `HGETALL
     /// <key>`, `MGET <epoch> <epoch:run>` again, submitted together (fred
     /// writes them at once, Redis runs them in that order). Returns the
@@ -676,23 +715,7 @@ impl RedisReplica {
     async fn read_bracketed(&self, key: &str) -> Result<(Option<Epoch>, Value), ReplicaError> {
         self.ensure_usable().await?;
         let (generation, run_id) = self.run_id().await?;
-        let ids = || vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
-        // join! polls in order, and a fred command is queued on its first
-        // poll: the three are queued in this order, back to back. Boxed: see
-        // `run_id`.
-        let call = async {
-            let (before, hash, after) = tokio::join!(
-                Box::pin(self.client.mget::<Value, _>(ids())),
-                Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key))),
-                Box::pin(self.client.mget::<Value, _>(ids())),
-            );
-            Ok::<_, fred::error::Error>((before?, hash?, after?))
-        };
-        let (before, hash, after) = self.finish(
-            "read",
-            Some(key),
-            tokio::time::timeout(self.timeout, call).await,
-        )?;
+        let (before, hash, after) = self.read_commands(key, true).await?;
         self.identity.check(&self.name, &self.client, generation)?;
         let epoch = self.epoch_between(before, after, &run_id)?;
         match epoch {
@@ -727,21 +750,7 @@ impl RedisReplica {
             return Ok(None);
         };
         self.ensure_usable().await?;
-        let ids = vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
-        // join! polls in order and a fred command is queued on its first
-        // poll: the HGETALL goes first. Boxed: see `run_id`.
-        let call = async {
-            let (hash, after) = tokio::join!(
-                Box::pin(self.client.hgetall::<Value, _>(self.redis_key(key))),
-                Box::pin(self.client.mget::<Value, _>(ids)),
-            );
-            Ok::<_, fred::error::Error>((hash?, after?))
-        };
-        let (hash, after) = self.finish(
-            "read",
-            Some(key),
-            tokio::time::timeout(self.timeout, call).await,
-        )?;
+        let (_, hash, after) = self.read_commands(key, false).await?;
         self.identity.check(&self.name, &self.client, generation)?;
         let epoch = Epoch {
             id: epoch_id,
