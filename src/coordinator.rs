@@ -43,7 +43,7 @@ pub fn system_clock() -> WallClock {
     Arc::new(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, crate::stamp::duration_ms)
     })
 }
 
@@ -239,7 +239,7 @@ impl CoordinatorBuilder {
         if writer_id > WRITER_MAX {
             return Err(ConfigError::new("writer_id", "must fit in 48 bits"));
         }
-        let skew_ms = u64::try_from(self.config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let skew_ms = crate::stamp::duration_ms(self.config.max_clock_skew);
         let state = CoreState {
             clock: Hlc::new(writer_id, skew_ms),
             health: HealthTracker::new(n, &self.config.health),
@@ -864,7 +864,7 @@ impl Coordinator {
     }
 
     pub(crate) fn monotonic_ms(&self) -> u64 {
-        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        crate::stamp::duration_ms(self.inner.started.elapsed())
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CoreState> {

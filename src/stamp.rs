@@ -120,6 +120,12 @@ pub fn encode_ms(ms: u64) -> String {
     format!("{ms:012x}")
 }
 
+/// A duration in whole milliseconds, saturating at `u64::MAX` (the unit of
+/// every time this crate stores or compares).
+pub(crate) fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Parses [`encode_ms`] output.
 pub fn decode_ms(text: &[u8]) -> Option<u64> {
     if text.len() != 12 {

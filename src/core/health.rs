@@ -4,6 +4,7 @@
 
 use super::ReplicaIndex;
 use crate::config::HealthConfig;
+use crate::stamp::duration_ms;
 
 /// A replica's health as the coordinator sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,10 +121,6 @@ impl HealthTracker {
         let replica = &mut self.replicas[index];
         replica.next_probe_at_ms = now_ms + replica.probe_backoff_ms;
     }
-}
-
-fn duration_ms(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

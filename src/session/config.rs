@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::config::Limits;
 use crate::error::ConfigError;
+pub(crate) use crate::stamp::duration_ms;
 
 /// Ids tried by one create before giving up ([`SessionError::IdCollisions`](super::SessionError::IdCollisions)).
 /// With 122 random bits a second attempt is already astronomically unlikely.
@@ -242,10 +243,6 @@ impl SessionConfig {
     pub(crate) fn lifetime_ms(&self) -> u64 {
         duration_ms(self.absolute_lifetime)
     }
-}
-
-pub(crate) fn duration_ms(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
