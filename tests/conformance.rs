@@ -41,6 +41,7 @@ async fn redis_replica_conforms_and_guards_its_data() {
 
     foreign_data_is_corrupt_and_untouched(node, &replica).await;
     a_flush_behind_the_replicas_back_makes_no_miss_authoritative(node, &replica).await;
+    only_a_record_written_in_the_confirmed_epoch_skips_the_epoch_check(node, &replica).await;
     restart_empty_gives_a_new_epoch(node, &replica).await;
     restart_from_a_snapshot_gives_a_new_epoch(node, &replica).await;
     evicting_redis_is_refused_or_warned(node).await;
@@ -53,7 +54,7 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
     delta
         .fields
         .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("t:{string}", &["SET", "qs:t:{string}", "hello"]),
         ("t:{unknown}", &["HSET", "qs:t:{unknown}", "name", "alice"]),
         (
@@ -82,6 +83,21 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
                 "000000000001",
                 "m:c",
                 "000000000001",
+            ],
+        ),
+        (
+            "t:{epoch}",
+            &[
+                "HSET",
+                "qs:t:{epoch}",
+                "m:v",
+                "1",
+                "m:e",
+                "000000000001",
+                "m:c",
+                "000000000001",
+                "m:ep",
+                "not-an-epoch-id!",
             ],
         ),
         (
@@ -186,6 +202,53 @@ async fn a_flush_behind_the_replicas_back_makes_no_miss_authoritative(
     assert!(!merged.epoch.complete);
     let found = replica.read("t:{flushed}").await.expect("read");
     assert!(!found.epoch.complete, "the new epoch is not confirmed");
+}
+
+/// A confirmed read skips the epoch `MGET` only for a record whose `m:ep`
+/// names the confirmed epoch (written by a merge in it). Proved by losing
+/// the epoch key alone, the one loss that keeps records: a record written
+/// in the epoch still reads in it (documented: what it returns is what the
+/// replica holds), while one without `m:ep` (as a refill's `RESTORE` makes
+/// them) and one naming another epoch are checked against the epoch key,
+/// and so report the new, incomplete epoch.
+async fn only_a_record_written_in_the_confirmed_epoch_skips_the_epoch_check(
+    node: &support::RedisNode,
+    replica: &RedisReplica,
+) {
+    let now = wall_clock_ms();
+    for key in ["t:{ep-own}", "t:{ep-none}", "t:{ep-other}"] {
+        replica
+            .merge(key, &live_record(now), MergeMode::Upsert, now)
+            .await
+            .expect("merge");
+    }
+    node.command(&["HDEL", "qs:t:{ep-none}", "m:ep"]).await;
+    node.command(&["HSET", "qs:t:{ep-other}", "m:ep", "0123456789abcdef"])
+        .await;
+    let epoch = replica.ping().await.expect("ping");
+    replica.mark_epoch_complete(epoch.id).await.expect("mark");
+    let complete = replica.ping().await.expect("ping");
+    for key in ["t:{ep-own}", "t:{ep-none}", "t:{ep-other}"] {
+        let read = replica.read(key).await.expect("read");
+        assert!(read.record.is_some(), "{key}");
+        assert_eq!(read.epoch, complete, "{key}: read in the confirmed epoch");
+    }
+    node.command(&["DEL", "qs:epoch"]).await;
+    let own = replica.read("t:{ep-own}").await.expect("read");
+    assert!(own.record.is_some());
+    assert_eq!(
+        own.epoch, complete,
+        "written in the confirmed epoch: no MGET"
+    );
+    for key in ["t:{ep-none}", "t:{ep-other}"] {
+        let read = replica.read(key).await.expect("read");
+        assert!(read.record.is_some(), "{key}");
+        assert!(
+            !read.epoch.complete && read.epoch.id != complete.id,
+            "{key}: checked against the epoch key: {:?}",
+            read.epoch
+        );
+    }
 }
 
 async fn restart_empty_gives_a_new_epoch(node: &support::RedisNode, replica: &RedisReplica) {

@@ -12,6 +12,7 @@
 //!   m:t             stamp (32 hex)     tombstone (absent when live)
 //!   m:o             stamp (32 hex)     origin: the create's stamp (absent when unknown)
 //!   m:p             "1"                partial (absent when full)
+//!   m:ep            16 hex             epoch of the last merge that wrote it (not part of the record)
 //!   TTL             PEXPIREAT min(m:e, m:c) + EXPIRY_MARGIN_MS
 //! <prefix>epoch     string  16 hex ‖ ":n" (new) or ":c" (complete)
 //! <prefix>epoch:run string  run_id of the Redis process that made or confirmed the epoch
@@ -39,24 +40,37 @@
 //!   It returns the status, the epoch, and the largest stamp the record held
 //!   before the merge.
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
-//! - A read needs no script. Usually it is `HGETALL <key>` then `MGET
-//!   <epoch> <epoch:run>`, queued together (one round trip), when a reply
-//!   on the current connection confirmed the epoch complete (every merge
-//!   reply and every bracketed read does) less than [`RECONFIRM_AFTER`]
-//!   ago. The answer counts, found or missing, only if the `MGET` shows
-//!   that confirmed epoch, made by this process: an epoch id is random and
-//!   completion never goes back, so the epoch existed, complete, from the
-//!   confirmation through the `HGETALL` (a flush or `wipe` deletes it, a
-//!   restart or failover changes the connection, a reloaded snapshot has
-//!   another run id). Even a confirmation noted late, from a reply older
-//!   than a newer one, cannot make a read count that should not: the check
-//!   is against the epoch key itself. Otherwise the confirmation is dropped
-//!   and the read is made again, bracketed. The bracketed read, taken when
-//!   nothing is confirmed: `MGET <epoch> <epoch:run>`, `HGETALL <key>`,
-//!   `MGET <epoch> <epoch:run>`, queued together so fred writes them at once
-//!   and Redis runs them in that order. A script would pay for every byte
-//!   it moves in and out of Lua (several times the whole read), and `MULTI`
-//!   in a fred pipeline is written one command per system call. If both
+//! - A read needs no script. When a reply on the current connection
+//!   confirmed the epoch complete (every merge reply and every bracketed
+//!   read does) less than [`RECONFIRM_AFTER`] ago, it is `HGETALL <key>`
+//!   alone if that finds a record whose `m:ep` names the confirmed epoch:
+//!   `merge.lua` writes there the epoch it read in the same atomic call, an
+//!   epoch id is random and never made twice, a flush or `wipe` deletes the
+//!   records with the epoch key, and a restart or failover changes the
+//!   connection (which drops the confirmation) and leaves an epoch of
+//!   another run id, never confirmed again; so a record holding `m:ep` = E,
+//!   read while E is confirmed, was written in E and nothing since has
+//!   emptied the replica. Otherwise (a miss, a record written in another epoch, or
+//!   created by a refill, which writes no `m:ep`) an `MGET <epoch>
+//!   <epoch:run>` follows on the same connection, and the answer counts,
+//!   found or missing, only if it shows that confirmed epoch, made by this
+//!   process: completion never goes back, so the epoch existed, complete,
+//!   from the confirmation through the `HGETALL`. Even a confirmation noted
+//!   late, from a reply older than a newer one, cannot make a read count
+//!   that should not: the check is against the epoch key or a record
+//!   written in that epoch. One difference: if only the epoch key is lost
+//!   (deleted by hand, or evicted under a policy the connect check refused
+//!   or warned about), hits on records written before still report the old
+//!   epoch until the confirmation ages out (at most [`RECONFIRM_AFTER`]);
+//!   what they return is what the replica holds either way, and misses
+//!   already see the change. When `MGET` shows another epoch the
+//!   confirmation is dropped and the read is made again, bracketed. The
+//!   bracketed read, taken when nothing is confirmed: `MGET <epoch>
+//!   <epoch:run>`, `HGETALL <key>`, `MGET <epoch> <epoch:run>`, as one fred
+//!   pipeline (one message to the connection task, one write), which Redis
+//!   runs in that order. A script would pay for every byte it moves in and
+//!   out of Lua (several times the whole read), and `MULTI` in a fred
+//!   pipeline is written one command per system call. If both
 //!   `MGET`s see the same epoch, made by this process, the hash was read
 //!   within that epoch: an epoch id is random, so the epoch key cannot have
 //!   been deleted (a flush, a restart, `wipe`) and made again with the same
@@ -165,6 +179,10 @@ pub const EXPIRY_MARGIN_MS: u64 = 60_000;
 pub const WIPE_BATCH: usize = 500;
 /// Largest `COUNT` hint a scan sends.
 pub const SCAN_COUNT_MAX: usize = 10_000;
+/// The hash field where `merge.lua` notes the epoch id (16 hex) it wrote the
+/// record in: a read finding the epoch it has confirmed there needs no
+/// epoch `MGET` (see "Reads" above).
+const WRITE_EPOCH_FIELD: &[u8] = b"m:ep";
 /// Name of the epoch key, after the prefix.
 const EPOCH_KEY_SUFFIX: &str = "epoch";
 /// Name of the key holding the run id of the Redis process that made or
@@ -667,55 +685,31 @@ impl RedisReplica {
         Ok(epoch)
     }
 
-    /// `HGETALL <key>` then `MGET <epoch> <epoch:run>`, after another such
-    /// `MGET` when `bracketed`, as one pipeline under the deadline: the
-    /// commands reach the connection task as one message, run in this order
-    /// and leave in one write. Answers `(before, hash, after)`; `before` is
-    /// `Value::Null` when not bracketed.
-    async fn read_commands(
-        &self,
-        key: &str,
-        bracketed: bool,
-    ) -> Result<(Value, Value, Value), ReplicaError> {
-        let ids = || vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()];
-        // Boxed: see `run_id`.
-        let call = Box::pin(async {
-            let pipeline = self.client.pipeline();
-            if bracketed {
-                let () = pipeline.mget(ids()).await?;
-            }
-            let () = pipeline.hgetall(self.redis_key(key)).await?;
-            let () = pipeline.mget(ids()).await?;
-            pipeline.all::<Vec<Value>>().await
-        });
-        let mut answers = self
-            .finish(
-                "read",
-                Some(key),
-                tokio::time::timeout(self.timeout, call).await,
-            )?
-            .into_iter();
-        let before = if bracketed {
-            answers.next()
-        } else {
-            Some(Value::Null)
-        };
-        match (before, answers.next(), answers.next(), answers.next()) {
-            (Some(before), Some(hash), Some(after), None) => Ok((before, hash, after)),
-            _ => Err(self.malformed("read")),
-        }
-    }
-
     /// One read outside Cluster mode: `MGET <epoch> <epoch:run>`, `HGETALL
-    /// <key>`, `MGET <epoch> <epoch:run>` again, submitted together (fred
-    /// writes them at once, Redis runs them in that order). Returns the
-    /// epoch that held while the hash was read (see the module docs: `None`
-    /// when there was none made by this process, or it changed), then the
-    /// hash.
+    /// <key>`, `MGET <epoch> <epoch:run>` again, as one fred pipeline (one
+    /// message to the connection task, one write; Redis runs them in that
+    /// order). Returns the epoch that held while the hash was read (see the
+    /// module docs: `None` when there was none made by this process, or it
+    /// changed), then the hash.
     async fn read_bracketed(&self, key: &str) -> Result<(Option<Epoch>, Value), ReplicaError> {
         self.ensure_usable().await?;
         let (generation, run_id) = self.run_id().await?;
-        let (before, hash, after) = self.read_commands(key, true).await?;
+        // Boxed: see `run_id`.
+        let call = Box::pin(async {
+            let pipeline = self.client.pipeline();
+            let () = pipeline.mget(self.epoch_ids()).await?;
+            let () = pipeline.hgetall(self.redis_key(key)).await?;
+            let () = pipeline.mget(self.epoch_ids()).await?;
+            pipeline.all::<Vec<Value>>().await
+        });
+        let answers = self.finish(
+            "read",
+            Some(key),
+            tokio::time::timeout(self.timeout, call).await,
+        )?;
+        let Ok([before, hash, after]) = <[Value; 3]>::try_from(answers) else {
+            return Err(self.malformed("read"));
+        };
         self.identity.check(&self.name, &self.client, generation)?;
         let epoch = self.epoch_between(before, after, &run_id)?;
         match epoch {
@@ -723,6 +717,11 @@ impl RedisReplica {
             None => self.confirmed.forget(),
         }
         Ok((epoch, hash))
+    }
+
+    /// The keys of `MGET <epoch> <epoch:run>`.
+    fn epoch_ids(&self) -> Vec<fred::types::Key> {
+        vec![self.epoch_fred_key.clone(), self.run_fred_key.clone()]
     }
 
     /// `HGETALL` of the record `key`, under the deadline.
@@ -737,11 +736,14 @@ impl RedisReplica {
         )
     }
 
-    /// One read as `HGETALL <key>` then `MGET <epoch> <epoch:run>`, queued
-    /// together (one round trip), when an epoch was confirmed complete on
-    /// the current connection (see the module docs). `Ok(None)`: no
-    /// confirmation to rely on, or the `MGET` did not show the confirmed
-    /// epoch (the confirmation is then dropped): take the bracketed path.
+    /// A read when an epoch was confirmed complete on the current
+    /// connection (see the module docs): `HGETALL <key>` alone when it finds
+    /// a record whose last merge ran in that epoch (`m:ep`); otherwise (a
+    /// miss, a record written in another epoch or by a refill) `MGET
+    /// <epoch> <epoch:run>` next on the same connection, and the read
+    /// counts if that shows the confirmed epoch. `Ok(None)`: no confirmation
+    /// to rely on, or the `MGET` did not show it (the confirmation is then
+    /// dropped): take the bracketed path.
     async fn read_fast(&self, key: &str) -> Result<Option<ReadReply>, ReplicaError> {
         let Some((generation, run_id)) = self.identity.cached(&self.client) else {
             return Ok(None);
@@ -749,18 +751,28 @@ impl RedisReplica {
         let Some(epoch_id) = self.confirmed.get(generation, std::time::Instant::now()) else {
             return Ok(None);
         };
-        self.ensure_usable().await?;
-        let (_, hash, after) = self.read_commands(key, false).await?;
+        let hash = self.hgetall(key).await?;
         self.identity.check(&self.name, &self.client, generation)?;
         let epoch = Epoch {
             id: epoch_id,
             complete: true,
         };
+        let (record, written_in) = self.decode_hash(key, hash)?;
+        if record.is_some() && written_in == Some(epoch_id) {
+            return Ok(Some(ReadReply { record, epoch }));
+        }
+        // Boxed: see `run_id`.
+        let call = Box::pin(self.client.mget::<Value, _>(self.epoch_ids()));
+        let after = self.finish(
+            "read",
+            Some(key),
+            tokio::time::timeout(self.timeout, call).await,
+        )?;
+        self.identity.check(&self.name, &self.client, generation)?;
         if self.epoch_in(after, &run_id)? != Some(epoch) {
             self.confirmed.forget();
             return Ok(None);
         }
-        let record = self.decode_hash(key, hash)?;
         Ok(Some(ReadReply { record, epoch }))
     }
 
@@ -832,38 +844,56 @@ impl RedisReplica {
     }
 
     /// Decodes a hash as `HGETALL` answers it (a flat array, or a map with
-    /// RESP3).
-    fn decode_hash(&self, key: &str, hash: Value) -> Result<Option<Record>, ReplicaError> {
-        let decoded = match hash {
-            Value::Array(flat) if flat.len() % 2 == 0 => {
-                let mut pairs = Vec::with_capacity(flat.len() / 2);
+    /// RESP3): the record, and the epoch id its last merge ran in (`m:ep`,
+    /// kept apart from the record: it belongs to this replica, not to the
+    /// data).
+    fn decode_hash(
+        &self,
+        key: &str,
+        hash: Value,
+    ) -> Result<(Option<Record>, Option<u64>), ReplicaError> {
+        let mut pairs = Vec::new();
+        let (flat, map);
+        match hash {
+            Value::Array(array) if array.len() % 2 == 0 => {
+                flat = array;
+                pairs.reserve(flat.len() / 2);
                 for pair in flat.chunks_exact(2) {
                     match (pair[0].as_bytes(), pair[1].as_bytes()) {
                         (Some(name), Some(value)) => pairs.push((name, value)),
                         _ => return Err(self.malformed("read")),
                     }
                 }
-                codec::decode_pairs(pairs)
             }
-            Value::Map(map) => {
-                let map = map.inner();
-                let mut pairs = Vec::with_capacity(map.len());
+            Value::Map(resp3) => {
+                map = resp3.inner();
+                pairs.reserve(map.len());
                 for (name, value) in &map {
                     match value.as_bytes() {
                         Some(value) => pairs.push((name.as_bytes(), value)),
                         None => return Err(self.malformed("read")),
                     }
                 }
-                codec::decode_pairs(pairs)
             }
             _ => return Err(self.malformed("read")),
-        };
-        decoded.map_err(|detail| {
+        }
+        let corrupt = |detail: &str| {
             tracing::debug!(replica = %self.name, key = %short_key(key), %detail, "corrupt record");
             ReplicaError::Corrupt {
                 detail: format!("{}: {detail}", self.name),
             }
-        })
+        };
+        let mut written_in = None;
+        if let Some(at) = pairs
+            .iter()
+            .position(|(name, _)| *name == WRITE_EPOCH_FIELD)
+        {
+            let (_, value) = pairs.swap_remove(at);
+            written_in =
+                Some(wire::parse_epoch_id(value).ok_or_else(|| corrupt("bad write epoch"))?);
+        }
+        let record = codec::decode_pairs(pairs).map_err(|detail| corrupt(&detail))?;
+        Ok((record, written_in))
     }
 
     /// Refuses a logical key that would collide with the epoch keys.
@@ -1036,7 +1066,7 @@ impl Replica for RedisReplica {
         self.check_key(key)?;
         if self.clustered {
             let hash = self.hgetall(key).await?;
-            let record = self.decode_hash(key, hash)?;
+            let (record, _) = self.decode_hash(key, hash)?;
             let epoch = Box::pin(self.ping_epoch()).await?;
             return Ok(ReadReply { record, epoch });
         }
@@ -1044,7 +1074,7 @@ impl Replica for RedisReplica {
             return Ok(reply);
         }
         let (epoch, hash) = self.read_bracketed(key).await?;
-        let record = self.decode_hash(key, hash)?;
+        let (record, _) = self.decode_hash(key, hash)?;
         let epoch = match epoch {
             Some(epoch) => epoch,
             None => Box::pin(self.new_epoch_after_read()).await?,

@@ -76,7 +76,7 @@ impl RedisReplica {
             .zip(hashes)
             .map(|(key, hash)| {
                 let hash = hash.map_err(|error| self.map_command_error("read", key, error))?;
-                let record = self.decode_hash(key, hash)?;
+                let (record, _) = self.decode_hash(key, hash)?;
                 Ok(ReadReply { record, epoch })
             })
             .collect()

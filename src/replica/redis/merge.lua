@@ -131,6 +131,9 @@ local function check_meta(rec, name, value)
   elseif name == 'm:p' then
     if value ~= '1' then return 'bad partial flag' end
     rec.p = true
+  elseif name == 'm:ep' then
+    if not is_hex(value, 16) then return 'bad write epoch' end
+    rec.ep = value
   else
     return 'unknown hash field'
   end
@@ -178,6 +181,8 @@ local function parse(flat, first, stored)
         end
       end
     else
+      -- m:ep belongs to the stored hash (the epoch of its last merge).
+      if stored and name == 'm:ep' then return nil, 'the write epoch in a delta' end
       local err = check_meta(rec, name, value)
       if err then return nil, err end
     end
@@ -301,6 +306,16 @@ end
 
 -- Everything is validated and decided: writes start here.
 epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+-- m:ep: the epoch this write happened in, read in this same script (so a
+-- record holding m:ep = E was written while E stood; see "Reads" in
+-- redis.rs). Not in Cluster mode (no epoch).
+if epoch ~= '' then
+  local ep = string.sub(epoch, 1, 16)
+  if stored.ep ~= ep then
+    set[#set + 1] = 'm:ep'
+    set[#set + 1] = ep
+  end
+end
 -- 12 hex digits are at most 2^48: exact in a double.
 local effective = tonumber(pick(merged.e, merged.c, false, true), 16)
 if effective <= now_ms then

@@ -60,13 +60,22 @@ pub(super) fn parse_epoch(text: &[u8]) -> Option<Epoch> {
     if text.len() != 18 {
         return None;
     }
-    let id = parse_hex(&text[..16])?;
+    let id = parse_epoch_id(&text[..16])?;
     let complete = match &text[16..] {
         b":c" => true,
         b":n" => false,
         _ => return None,
     };
     Some(Epoch { id, complete })
+}
+
+/// An epoch id alone: 16 lowercase hex digits (as a record's `m:ep` holds
+/// it).
+pub(super) fn parse_epoch_id(text: &[u8]) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    parse_hex(text)
 }
 
 /// Escapes the glob characters of `text` for `SCAN MATCH`.
