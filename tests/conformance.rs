@@ -54,7 +54,7 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
     delta
         .fields
         .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("t:{string}", &["SET", "qs:t:{string}", "hello"]),
         ("t:{unknown}", &["HSET", "qs:t:{unknown}", "name", "alice"]),
         (
@@ -99,6 +99,10 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
                 "m:ep",
                 "not-an-epoch-id!",
             ],
+        ),
+        (
+            "t:{eponly}",
+            &["HSET", "qs:t:{eponly}", "m:ep", "0123456789abcdef"],
         ),
         (
             "t:{nometa}",
@@ -233,6 +237,9 @@ async fn only_a_record_written_in_the_confirmed_epoch_skips_the_epoch_check(
         assert!(read.record.is_some(), "{key}");
         assert_eq!(read.epoch, complete, "{key}: read in the confirmed epoch");
     }
+    // Confirmed again just before, so that the read below comes well within
+    // RECONFIRM_AFTER of a confirmation even on a slow machine.
+    assert_eq!(replica.ping().await.expect("ping"), complete);
     node.command(&["DEL", "qs:epoch"]).await;
     let own = replica.read("t:{ep-own}").await.expect("read");
     assert!(own.record.is_some());

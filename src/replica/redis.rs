@@ -42,35 +42,36 @@
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
 //! - A read needs no script. When a reply on the current connection
 //!   confirmed the epoch complete (every merge reply and every bracketed
-//!   read does) less than [`RECONFIRM_AFTER`] ago, it is `HGETALL <key>`
-//!   alone if that finds a record whose `m:ep` names the confirmed epoch:
-//!   `merge.lua` writes there the epoch it read in the same atomic call, an
-//!   epoch id is random and never made twice, a flush or `wipe` deletes the
-//!   records with the epoch key, and a restart or failover changes the
-//!   connection (which drops the confirmation) and leaves an epoch of
-//!   another run id, never confirmed again; so a record holding `m:ep` = E,
-//!   read while E is confirmed, was written in E and nothing since has
-//!   emptied the replica. Otherwise (a miss, a record written in another epoch, or
-//!   created by a refill, which writes no `m:ep`) an `MGET <epoch>
-//!   <epoch:run>` follows on the same connection, and the answer counts,
-//!   found or missing, only if it shows that confirmed epoch, made by this
-//!   process: completion never goes back, so the epoch existed, complete,
-//!   from the confirmation through the `HGETALL`. Even a confirmation noted
-//!   late, from a reply older than a newer one, cannot make a read count
-//!   that should not: the check is against the epoch key or a record
-//!   written in that epoch. One difference: if only the epoch key is lost
-//!   (deleted by hand, or evicted under a policy the connect check refused
-//!   or warned about), hits on records written before still report the old
-//!   epoch until the confirmation ages out (at most [`RECONFIRM_AFTER`]);
-//!   what they return is what the replica holds either way, and misses
-//!   already see the change. When `MGET` shows another epoch the
-//!   confirmation is dropped and the read is made again, bracketed. The
-//!   bracketed read, taken when nothing is confirmed: `MGET <epoch>
-//!   <epoch:run>`, `HGETALL <key>`, `MGET <epoch> <epoch:run>`, as one fred
-//!   pipeline (one message to the connection task, one write), which Redis
-//!   runs in that order. A script would pay for every byte it moves in and
-//!   out of Lua (several times the whole read), and `MULTI` in a fred
-//!   pipeline is written one command per system call. If both
+//!   read does) less than [`RECONFIRM_AFTER`] before (counted from when its
+//!   request was sent), it is `HGETALL <key>` alone if that finds a record
+//!   whose `m:ep` names the confirmed epoch: `merge.lua` writes there the
+//!   epoch it read in the same atomic call, an epoch id is random and never
+//!   made twice, a flush deletes the records with the epoch key, and a
+//!   restart or a Sentinel failover changes the connection (which drops the
+//!   confirmation) and leaves an epoch of another run id, never confirmed
+//!   again; so such a record was written in the confirmed epoch and the
+//!   replica has not been emptied since. Otherwise (a miss, a record written
+//!   in another epoch, or created by a refill's `RESTORE`, which writes no
+//!   `m:ep`) an `MGET <epoch> <epoch:run>` follows on the same connection,
+//!   and the answer counts, found or missing, only if it shows that
+//!   confirmed epoch, made by this process: completion never goes back, so
+//!   the epoch existed, complete, from the confirmation through the
+//!   `HGETALL`. What the one-command hit does not see: the epoch keys lost
+//!   while the records stay (deleted by hand, evicted under a policy the
+//!   connect check refused or warned about, or `wipe` part way), or the
+//!   dataset replaced under the same connection by an operator (a manual
+//!   `REPLICAOF` without Sentinel, `SWAPDB`, `RESTORE` of old dumps). Then
+//!   hits on records written before report the old epoch for at most
+//!   [`RECONFIRM_AFTER`] after it was last seen standing: each such hit is
+//!   what the replica holds, as a hit from a lagging replica is (which R=1
+//!   allows anyway), and misses already see the change. When `MGET` shows
+//!   another epoch the confirmation is dropped and the read is made again,
+//!   bracketed. The bracketed read, taken when nothing is confirmed: `MGET
+//!   <epoch> <epoch:run>`, `HGETALL <key>`, `MGET <epoch> <epoch:run>`, as
+//!   one fred pipeline (one message to the connection task, one write),
+//!   which Redis runs in that order. A script would pay for every byte it
+//!   moves in and out of Lua (several times the whole read), and `MULTI` in
+//!   a fred pipeline is written one command per system call. If both
 //!   `MGET`s see the same epoch, made by this process, the hash was read
 //!   within that epoch: an epoch id is random, so the epoch key cannot have
 //!   been deleted (a flush, a restart, `wipe`) and made again with the same
@@ -183,6 +184,14 @@ pub const SCAN_COUNT_MAX: usize = 10_000;
 /// record in: a read finding the epoch it has confirmed there needs no
 /// epoch `MGET` (see "Reads" above).
 const WRITE_EPOCH_FIELD: &[u8] = b"m:ep";
+/// The connection a request went through (its generation, see
+/// `process.rs`) and when it was sent.
+#[derive(Clone, Copy, Debug)]
+struct Via {
+    generation: u64,
+    sent: std::time::Instant,
+}
+
 /// Name of the epoch key, after the prefix.
 const EPOCH_KEY_SUFFIX: &str = "epoch";
 /// Name of the key holding the run id of the Redis process that made or
@@ -524,13 +533,17 @@ impl RedisReplica {
         request: impl Fn() -> (Vec<Key>, Vec<Value>),
         run_id_slot: Option<usize>,
         key: Option<&str>,
-    ) -> Result<(Value, Option<u64>), ReplicaError> {
+    ) -> Result<(Value, Option<Via>), ReplicaError> {
         self.ensure_usable().await?;
-        let (generation, run_id) = if self.clustered || run_id_slot.is_none() {
+        let (via, run_id) = if self.clustered || run_id_slot.is_none() {
             (None, run_id_placeholder())
         } else {
             let (generation, run_id) = self.run_id().await?;
-            (Some(generation), run_id)
+            let via = Via {
+                generation,
+                sent: std::time::Instant::now(),
+            };
+            (Some(via), run_id)
         };
         let call = async {
             // Boxed: see `run_id`.
@@ -553,18 +566,20 @@ impl RedisReplica {
             }
         };
         let reply = self.finish(op, key, tokio::time::timeout(self.timeout, call).await)?;
-        if let Some(generation) = generation {
-            self.identity.check(&self.name, &self.client, generation)?;
+        if let Some(via) = via {
+            self.identity
+                .check(&self.name, &self.client, via.generation)?;
         }
-        Ok((reply, generation))
+        Ok((reply, via))
     }
 
-    /// Notes the epoch a reply through connection `generation` showed (see
-    /// `confirmed.rs`); Cluster mode (`None`) never reads with one command.
-    fn note_epoch(&self, generation: Option<u64>, epoch: Epoch) {
-        if let Some(generation) = generation {
-            self.confirmed
-                .note(generation, epoch, std::time::Instant::now());
+    /// Notes the epoch a reply showed (see `confirmed.rs`), as of when its
+    /// request was sent: a reply noted late cannot make a confirmation last
+    /// beyond [`RECONFIRM_AFTER`] after the epoch was last seen standing.
+    /// Cluster mode (`None`) never reads with one command.
+    fn note_epoch(&self, via: Option<Via>, epoch: Epoch) {
+        if let Some(via) = via {
+            self.confirmed.note(via.generation, epoch, via.sent);
         }
     }
 
@@ -648,12 +663,12 @@ impl RedisReplica {
         keys
     }
 
-    /// The epoch from a script reply through connection `generation`, or
-    /// (Cluster mode) from the epoch key.
+    /// The epoch from a script reply through `via`, or (Cluster mode) from
+    /// the epoch key.
     async fn epoch_from(
         &self,
         value: Option<&Value>,
-        generation: Option<u64>,
+        via: Option<Via>,
     ) -> Result<Epoch, ReplicaError> {
         if self.clustered {
             return Box::pin(self.ping_epoch()).await;
@@ -662,7 +677,7 @@ impl RedisReplica {
         let epoch = parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
             detail: format!("{}: malformed epoch in a script reply", self.name),
         })?;
-        self.note_epoch(generation, epoch);
+        self.note_epoch(via, epoch);
         Ok(epoch)
     }
 
@@ -673,7 +688,7 @@ impl RedisReplica {
             run_id_placeholder(),
         ];
         let request = || (self.epoch_keys(), args.clone());
-        let (reply, generation) = self
+        let (reply, via) = self
             .eval("ping", &self.epoch_script, request, Some(2), None)
             .await?;
         let epoch = parse_epoch(reply.as_bytes().unwrap_or_default()).ok_or_else(|| {
@@ -681,7 +696,7 @@ impl RedisReplica {
                 detail: format!("{}: malformed epoch", self.name),
             }
         })?;
-        self.note_epoch(generation, epoch);
+        self.note_epoch(via, epoch);
         Ok(epoch)
     }
 
@@ -694,6 +709,10 @@ impl RedisReplica {
     async fn read_bracketed(&self, key: &str) -> Result<(Option<Epoch>, Value), ReplicaError> {
         self.ensure_usable().await?;
         let (generation, run_id) = self.run_id().await?;
+        let via = Via {
+            generation,
+            sent: std::time::Instant::now(),
+        };
         // Boxed: see `run_id`.
         let call = Box::pin(async {
             let pipeline = self.client.pipeline();
@@ -713,7 +732,7 @@ impl RedisReplica {
         self.identity.check(&self.name, &self.client, generation)?;
         let epoch = self.epoch_between(before, after, &run_id)?;
         match epoch {
-            Some(epoch) => self.note_epoch(Some(generation), epoch),
+            Some(epoch) => self.note_epoch(Some(via), epoch),
             None => self.confirmed.forget(),
         }
         Ok((epoch, hash))
@@ -891,6 +910,10 @@ impl RedisReplica {
             let (_, value) = pairs.swap_remove(at);
             written_in =
                 Some(wire::parse_epoch_id(value).ok_or_else(|| corrupt("bad write epoch"))?);
+            if pairs.is_empty() {
+                // As merge.lua sees it: a hash, but no record in it.
+                return Err(corrupt("missing record metadata"));
+            }
         }
         let record = codec::decode_pairs(pairs).map_err(|detail| corrupt(&detail))?;
         Ok((record, written_in))
@@ -1117,7 +1140,7 @@ impl Replica for RedisReplica {
             }
             (self.script_keys(key), args)
         };
-        let (reply, generation) = self
+        let (reply, via) = self
             .eval(
                 "merge",
                 &self.merge_script,
@@ -1143,7 +1166,7 @@ impl Replica for RedisReplica {
             Some(text) => Some(Stamp::decode(text).ok_or_else(|| self.malformed("merge"))?),
             None => return Err(self.malformed("merge")),
         };
-        let epoch = self.epoch_from(Some(epoch), generation).await?;
+        let epoch = self.epoch_from(Some(epoch), via).await?;
         Ok(MergeReply {
             status,
             epoch,

@@ -7,10 +7,13 @@
 //! it. It is dropped by a reply that shows another epoch or an incomplete
 //! one, by a fast read whose `MGET` does not show it, and by
 //! [`Replica::wipe`](crate::replica::Replica::wipe); it is unused once the
-//! connection changed or [`RECONFIRM_AFTER`] passed. Replies may be noted
-//! out of order (a late one can bring an entry back): harmless, because a
-//! fast read counts only if the epoch key itself still shows the entry's
-//! epoch after the `HGETALL`.
+//! connection changed or [`RECONFIRM_AFTER`] passed since the request that
+//! showed it was sent. Replies may be noted out of order (a late one can
+//! bring an entry back): a fast read then counts only if the epoch key
+//! still shows the entry's epoch after the `HGETALL`, or the record was
+//! written in that epoch (its `m:ep`); and the entry ages from when its
+//! request left, so it never serves beyond [`RECONFIRM_AFTER`] after the
+//! epoch was last seen standing.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
