@@ -119,6 +119,15 @@ pub(super) fn delta_for_wire(delta: &Record) -> std::borrow::Cow<'_, Record> {
     std::borrow::Cow::Borrowed(delta)
 }
 
+/// The bytes of a string reply frame; `None` for any other frame.
+pub(super) fn blob(frame: &fred::types::Resp3Frame) -> Option<&[u8]> {
+    match frame {
+        fred::types::Resp3Frame::BlobString { data, .. }
+        | fred::types::Resp3Frame::SimpleString { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
