@@ -169,8 +169,8 @@ use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
 use confirmed::ConfirmedEpoch;
 use process::ProcessIdentity;
 use wire::{
-    blob, delta_for_wire, epoch_candidate, glob_escape, map_error, parse_epoch, short_key,
-    split_cursor,
+    blob, delta_args, delta_for_wire, epoch_candidate, glob_escape, map_error, parse_epoch,
+    short_key, split_cursor,
 };
 
 /// Added to a record's effective expiry for its Redis TTL, so that a Redis
@@ -1177,18 +1177,15 @@ impl Replica for RedisReplica {
         };
         let now = encode_ms(now_ms.min(PHYSICAL_MAX));
         let candidate = epoch_candidate();
+        let pairs = delta_args(&delta);
         let request = || {
-            let pairs = codec::encode_pairs(&delta);
-            let mut args = Vec::with_capacity(5 + 2 * pairs.len());
+            let mut args = Vec::with_capacity(5 + pairs.len());
             args.push(Value::from_static_str(mode));
             args.push(Value::from(now.as_str()));
             args.push(Value::from(candidate.as_str()));
             args.push(Value::from_static_str(EXPIRY_MARGIN_ARG));
             args.push(run_id_placeholder());
-            for (name, value) in pairs {
-                args.push(Value::Bytes(name.into()));
-                args.push(Value::Bytes(value.into()));
-            }
+            args.extend(pairs.iter().cloned().map(Value::Bytes));
             (self.script_keys(key), args)
         };
         let (reply, via) = self
