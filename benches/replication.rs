@@ -272,6 +272,34 @@ async fn run_round(
     measure.server_cpu += server_after.saturating_sub(server_before);
 }
 
+/// `ops` operations of `workload` on each of `systems`, taken in
+/// [`rounds`] short rounds in which the systems take turns (see [`turns`]):
+/// one measure per system, in order.
+async fn interleaved(
+    servers: &[RedisServer],
+    systems: &[&Arc<System>],
+    workload: Workload,
+    concurrency: usize,
+    ops: usize,
+) -> Vec<Measure> {
+    let mut measures: Vec<Measure> = systems.iter().map(|_| Measure::default()).collect();
+    for round in 0..rounds(concurrency) {
+        for i in turns(round, systems.len()) {
+            let per_round = ops / rounds(concurrency);
+            run_round(
+                servers,
+                systems[i],
+                workload,
+                concurrency,
+                per_round,
+                &mut measures[i],
+            )
+            .await;
+        }
+    }
+    measures
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank]
@@ -378,20 +406,9 @@ async fn main() {
     let mut cases = Vec::new();
     for concurrency in [1, 64] {
         for workload in [Workload::Write, Workload::Read, Workload::Mixed] {
-            let mut measures: Vec<Measure> = systems.iter().map(|_| Measure::default()).collect();
-            for round in 0..rounds(concurrency) {
-                for i in turns(round, systems.len()) {
-                    run_round(
-                        &servers,
-                        &systems[i].1,
-                        workload,
-                        concurrency,
-                        ops_for(concurrency) / rounds(concurrency),
-                        &mut measures[i],
-                    )
-                    .await;
-                }
-            }
+            let list: Vec<&Arc<System>> = systems.iter().map(|(_, system)| system).collect();
+            let measures =
+                interleaved(&servers, &list, workload, concurrency, ops_for(concurrency)).await;
             for ((name, _), measure) in systems.iter().zip(measures) {
                 cases.push(summarize(workload.name(), name, concurrency, measure));
             }
@@ -400,20 +417,8 @@ async fn main() {
     // Fan-out: N = 3, 5, 7 writes at concurrency 1, interleaved.
     systems.retain(|(name, _)| name == "quorum-r1" || name == "fanout");
     let fanout_systems: Vec<_> = systems.iter().chain(&fanout).collect();
-    let mut measures: Vec<Measure> = fanout_systems.iter().map(|_| Measure::default()).collect();
-    for round in 0..rounds(1) {
-        for i in turns(round, fanout_systems.len()) {
-            run_round(
-                &servers,
-                &fanout_systems[i].1,
-                Workload::Write,
-                1,
-                ops_for(1) / rounds(1),
-                &mut measures[i],
-            )
-            .await;
-        }
-    }
+    let list: Vec<&Arc<System>> = fanout_systems.iter().map(|(_, system)| system).collect();
+    let measures = interleaved(&servers, &list, Workload::Write, 1, ops_for(1)).await;
     for ((name, _), measure) in fanout_systems.iter().zip(measures) {
         let label = match name.as_str() {
             "quorum-r1" => "quorum-n3",

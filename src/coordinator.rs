@@ -32,7 +32,7 @@ use crate::error::{ConfigError, Error, InvalidInput, ReplicaError, ReplicaFailur
 use crate::mutation::{Mutation, MutationKind};
 use crate::record::Record;
 use crate::replica::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica};
-use crate::stamp::{Hlc, Stamp, WRITER_MAX};
+use crate::stamp::{duration_ms, Hlc, Stamp, WRITER_MAX};
 
 /// Milliseconds since the Unix epoch, from the wall clock. Injectable so
 /// tests can skew one coordinator's clock.
@@ -43,7 +43,7 @@ pub fn system_clock() -> WallClock {
     Arc::new(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, crate::stamp::duration_ms)
+            .map_or(0, duration_ms)
     })
 }
 
@@ -239,7 +239,7 @@ impl CoordinatorBuilder {
         if writer_id > WRITER_MAX {
             return Err(ConfigError::new("writer_id", "must fit in 48 bits"));
         }
-        let skew_ms = crate::stamp::duration_ms(self.config.max_clock_skew);
+        let skew_ms = duration_ms(self.config.max_clock_skew);
         let state = CoreState {
             clock: Hlc::new(writer_id, skew_ms),
             health: HealthTracker::new(n, &self.config.health),
@@ -864,7 +864,7 @@ impl Coordinator {
     }
 
     pub(crate) fn monotonic_ms(&self) -> u64 {
-        crate::stamp::duration_ms(self.inner.started.elapsed())
+        duration_ms(self.inner.started.elapsed())
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CoreState> {

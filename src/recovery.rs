@@ -34,6 +34,7 @@ use crate::core::ReplicaIndex;
 use crate::error::ReplicaError;
 use crate::record::Record;
 use crate::replica::{Epoch, MergeMode, ReadReply};
+use crate::stamp::duration_ms;
 
 /// What one anti-entropy pass did.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,7 +117,7 @@ impl Coordinator {
         }
         if let Some(interval) = config.interval {
             // A scheduled pass: the next one `interval` after this one starts.
-            let next = now_ms + crate::stamp::duration_ms(interval);
+            let next = now_ms + duration_ms(interval);
             self.inner
                 .anti_entropy_not_before_ms
                 .store(next, Ordering::Relaxed);
@@ -158,7 +159,7 @@ impl Coordinator {
                 // data): retrying at once changes nothing. See
                 // `Coordinator::accept_data_loss` for the operator's way out.
                 let retry = this.config().anti_entropy.retry_interval;
-                let retry_ms = crate::stamp::duration_ms(retry);
+                let retry_ms = duration_ms(retry);
                 let next = this.monotonic_ms() + retry_ms;
                 this.inner
                     .anti_entropy_not_before_ms
@@ -228,7 +229,7 @@ impl Coordinator {
             debug!("anti-entropy lease held elsewhere: no pass");
             // Passes started by this coordinator wait a third of a lease
             // before asking again (on-demand calls do not wait).
-            let lease_ms = crate::stamp::duration_ms(self.config().anti_entropy.lease_ttl);
+            let lease_ms = duration_ms(self.config().anti_entropy.lease_ttl);
             self.inner
                 .anti_entropy_not_before_ms
                 .fetch_max(self.monotonic_ms() + lease_ms / 3, Ordering::Relaxed);

@@ -193,6 +193,16 @@ struct Via {
     sent: std::time::Instant,
 }
 
+impl Via {
+    /// A request about to be sent on connection `generation`.
+    fn now(generation: u64) -> Via {
+        Via {
+            generation,
+            sent: std::time::Instant::now(),
+        }
+    }
+}
+
 /// Name of the epoch key, after the prefix.
 const EPOCH_KEY_SUFFIX: &str = "epoch";
 /// Name of the key holding the run id of the Redis process that made or
@@ -540,11 +550,7 @@ impl RedisReplica {
             (None, run_id_placeholder())
         } else {
             let (generation, run_id) = self.run_id().await?;
-            let via = Via {
-                generation,
-                sent: std::time::Instant::now(),
-            };
-            (Some(via), run_id)
+            (Some(Via::now(generation)), run_id)
         };
         let call = async {
             // Boxed: see `run_id`.
@@ -710,10 +716,7 @@ impl RedisReplica {
     async fn read_bracketed(&self, key: &str) -> Result<(Option<Epoch>, Value), ReplicaError> {
         self.ensure_usable().await?;
         let (generation, run_id) = self.run_id().await?;
-        let via = Via {
-            generation,
-            sent: std::time::Instant::now(),
-        };
+        let via = Via::now(generation);
         // Boxed: see `run_id`.
         let call = Box::pin(async {
             let pipeline = self.client.pipeline();
@@ -762,6 +765,10 @@ impl RedisReplica {
             Some(key),
             tokio::time::timeout(self.timeout, call).await,
         )?;
+        let error_reply = |text: String| {
+            let error = fred::error::Error::new(ErrorKind::Unknown, text);
+            self.map_command_error("read", key, error)
+        };
         let mut pairs = Vec::new();
         match &frame {
             Resp3Frame::Array { data, .. } if data.len() % 2 == 0 => {
@@ -783,14 +790,9 @@ impl RedisReplica {
                 }
             }
             // An error reply (a key of another type answers WRONGTYPE).
-            Resp3Frame::SimpleError { data, .. } => {
-                let error = fred::error::Error::new(ErrorKind::Unknown, data.to_string());
-                return Err(self.map_command_error("read", key, error));
-            }
+            Resp3Frame::SimpleError { data, .. } => return Err(error_reply(data.to_string())),
             Resp3Frame::BlobError { data, .. } => {
-                let text = String::from_utf8_lossy(data).into_owned();
-                let error = fred::error::Error::new(ErrorKind::Unknown, text);
-                return Err(self.map_command_error("read", key, error));
+                return Err(error_reply(String::from_utf8_lossy(data).into_owned()))
             }
             _ => return Err(self.malformed("read")),
         }
