@@ -198,6 +198,7 @@ pub struct CoordinatorBuilder {
     config: ClusterConfig,
     replicas: Vec<Arc<dyn Replica>>,
     writer_id: Option<u64>,
+    lease_owner: Option<u64>,
     wall_clock: WallClock,
 }
 
@@ -205,6 +206,14 @@ impl CoordinatorBuilder {
     /// The HLC writer id (default: random, 48 bits).
     pub fn writer_id(mut self, writer_id: u64) -> Self {
         self.writer_id = Some(writer_id);
+        self
+    }
+
+    /// This coordinator's id as a holder of the anti-entropy lease (default:
+    /// random). Must differ between app servers; set it only to make runs
+    /// reproducible (the simulator does).
+    pub fn lease_owner(mut self, lease_owner: u64) -> Self {
+        self.lease_owner = Some(lease_owner);
         self
     }
 
@@ -255,7 +264,7 @@ impl CoordinatorBuilder {
                 wall_clock: self.wall_clock,
                 started: Instant::now(),
                 anti_entropy_running: std::sync::atomic::AtomicBool::new(false),
-                lease_owner: rand::random(),
+                lease_owner: self.lease_owner.unwrap_or_else(rand::random),
                 anti_entropy_not_before_ms: AtomicU64::new(0),
             }),
         })
@@ -282,6 +291,7 @@ impl Coordinator {
             config,
             replicas,
             writer_id: None,
+            lease_owner: None,
             wall_clock: system_clock(),
         }
     }

@@ -16,6 +16,12 @@
 //!   ahead of the reading coordinator's clock. "Older" is the stamp order —
 //!   the order the merge itself uses — so clock skew within the limit makes
 //!   a later write lose to an earlier one but never makes a read stale.
+//! - **hidden writes**: an acknowledged write stamped below a write to the
+//!   same field that was acknowledged before it began. Last-writer-wins
+//!   keeps the larger stamp, so the later write is invisible for good
+//!   unless something overwrites the field: acknowledgement order and stamp
+//!   order must agree (clock skew alone breaks that unless the coordinator
+//!   re-stamps above what its ackers held).
 //! - **resurrections**: a read that began after a delete was acknowledged and
 //!   returned the session as present.
 //! - **expired sessions served**: a read returned the session while the
@@ -45,6 +51,9 @@ pub struct Violations {
     pub lost_writes: u64,
     /// Reads older than a write acknowledged before they began.
     pub stale_reads: u64,
+    /// Acknowledged writes stamped below a write acknowledged before they
+    /// began (hidden by it for good).
+    pub hidden_writes: u64,
     /// Deleted sessions read as present after the delete was acknowledged.
     pub resurrections: u64,
     /// Expired sessions returned to a client.
@@ -58,6 +67,7 @@ impl Violations {
     pub fn total(&self) -> u64 {
         self.lost_writes
             + self.stale_reads
+            + self.hidden_writes
             + self.resurrections
             + self.expired_served
             + self.diverged_keys
@@ -183,6 +193,13 @@ pub struct ReadToken {
     acked_expiry_max: u64,
 }
 
+/// What a write must be stamped above, fixed when it began: per field, the
+/// largest stamp acknowledged before.
+#[derive(Clone, Debug)]
+pub struct WriteToken {
+    floor: [Option<Stamp>; FIELD_COUNT],
+}
+
 /// The checker. Feed it every invocation and completion, then the final
 /// replica states.
 #[derive(Debug, Default)]
@@ -214,20 +231,37 @@ impl Checker {
     }
 
     /// A write was sent.
-    pub fn write_invoked(&mut self, write: &WriteInfo) {
+    pub fn write_invoked(&mut self, write: &WriteInfo) -> WriteToken {
         let history = &mut self.sessions[write.session as usize];
         history.issued_expiry_max = history.issued_expiry_max.max(write.expiry_ms);
         if write.kind == WriteKind::Delete {
             history.delete_issued = true;
         }
+        WriteToken {
+            floor: history.acked_field_max,
+        }
     }
 
-    /// A write completed (its client got the answer).
-    pub fn write_completed(&mut self, write: &WriteInfo, result: WriteResult) {
+    /// A write completed (its client got the answer); an acknowledged one
+    /// carries the stamp it was acknowledged with.
+    pub fn write_completed(&mut self, write: &WriteInfo, token: &WriteToken, result: WriteResult) {
         if result != WriteResult::Acked {
             return;
         }
         let history = &mut self.sessions[write.session as usize];
+        let hidden_by = write.fields.iter().find_map(|f| {
+            token.floor[f as usize]
+                .filter(|&floor| floor > write.stamp)
+                .map(|floor| (f, floor))
+        });
+        if let Some((field, floor)) = hidden_by {
+            self.violations.hidden_writes += 1;
+            let note = format!(
+                "hidden write: {:?} of {} acknowledged at {} on field {}, below {} acknowledged before it began",
+                write.kind, history.key, write.stamp, FIELD_NAMES[field as usize], floor
+            );
+            push_example(&mut self.examples, note);
+        }
         match write.kind {
             WriteKind::Create => history.create_acked = true,
             WriteKind::Delete => history.delete_acked = true,

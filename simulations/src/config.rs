@@ -19,10 +19,14 @@ pub const DEFAULT_OPS: u64 = 100_000;
 /// A kind of fault the simulator injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
-    /// A replica stops answering, then restarts with its data.
+    /// A replica stops answering, then restarts from its last snapshot (a
+    /// new, incomplete epoch: the run id changed).
     Crash,
     /// A replica stops answering, then restarts empty (a new, incomplete epoch).
     RestartEmpty,
+    /// An operator empties a running replica (`FLUSHALL`): its data and
+    /// epoch key are gone, with no restart.
+    Flush,
     /// One coordinator ↔ replica link drops every message.
     Partition,
     /// A replica's answers follow a heavy-tailed latency mixture.
@@ -35,9 +39,10 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Crash,
         FaultKind::RestartEmpty,
+        FaultKind::Flush,
         FaultKind::Partition,
         FaultKind::Slow,
         FaultKind::Loss,
@@ -49,6 +54,7 @@ impl FaultKind {
         match self {
             FaultKind::Crash => "crash",
             FaultKind::RestartEmpty => "restart-empty",
+            FaultKind::Flush => "flush",
             FaultKind::Partition => "partition",
             FaultKind::Slow => "slow",
             FaultKind::Loss => "loss",

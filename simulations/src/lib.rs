@@ -18,7 +18,6 @@
 //! | [`report`] | run report (text and JSON) |
 //! | [`sweep`] | the (N, W, R) sweep table and its SVG chart |
 //! | [`pbs`] | probabilistically bounded staleness (t-visibility) |
-//! | [`queue`] | the deterministic event queue |
 //! | [`trace`] | bounded event trace for `replay` |
 //!
 //! [`WriteTally`]: quorum_sessions::core::quorum::WriteTally
@@ -34,10 +33,8 @@ pub mod checker;
 pub mod config;
 pub mod latency;
 pub mod pbs;
-pub mod queue;
 pub mod report;
 pub mod sim;
-mod slab;
 pub mod sweep;
 pub mod trace;
 pub mod workload;

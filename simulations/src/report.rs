@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 
-use quorum_sessions::core::hints::HintStats;
 use quorum_sessions::core::read::ReadResult;
 use serde_json::json;
 
@@ -31,26 +30,20 @@ pub struct RunStats {
     pub messages_sent: u64,
     /// Requests and replies lost (partition or loss).
     pub messages_lost: u64,
-    /// Request deadlines that passed.
+    /// Replica calls that failed or timed out (every coordinator).
     pub timeouts: u64,
-    /// Hedge timers that asked one more replica.
-    pub hedges: u64,
     /// Read-repair writes sent.
     pub read_repairs: u64,
     /// Hints queued (coalesced ones included).
     pub hints_queued: u64,
     /// Hints replayed successfully.
     pub hints_replayed: u64,
-    /// Creates refused by a replica after the quorum acknowledged them.
-    pub late_create_refusals: u64,
     /// Stamps refused by an HLC for being too far ahead.
     pub hlc_rejections: u64,
     /// Epoch changes coordinators noticed.
     pub epoch_changes_seen: u64,
     /// Anti-entropy passes started.
     pub anti_entropy_passes: u64,
-    /// Keys anti-entropy repaired.
-    pub anti_entropy_keys_repaired: u64,
     /// Records anti-entropy sent.
     pub anti_entropy_records_sent: u64,
     /// Replicas refilled and marked complete.
@@ -170,7 +163,7 @@ impl Report {
         ops: u64,
         stats: RunStats,
         checker: &Checker,
-        hint_stats: &[HintStats],
+        hints_dropped: u64,
         faults: Vec<(FaultKind, u64)>,
         heal_at: Option<u64>,
         converged_at: Option<u64>,
@@ -193,10 +186,6 @@ impl Report {
             write_p50: percentile_ms(&writes, 0.50),
             write_p99: percentile_ms(&writes, 0.99),
         };
-        let hints_dropped = hint_stats
-            .iter()
-            .map(|s| s.overflow_dropped_count + s.aged_dropped_count)
-            .sum();
         let converged_after_ms = match (heal_at, converged_at) {
             (Some(heal), Some(converged)) => Some((converged - heal) / 1000),
             _ => None,
@@ -244,6 +233,7 @@ impl Report {
             "violations": {
                 "lost_writes": v.lost_writes,
                 "stale_reads": v.stale_reads,
+                "hidden_writes": v.hidden_writes,
                 "resurrections": v.resurrections,
                 "expired_served": v.expired_served,
                 "diverged_keys": v.diverged_keys,
@@ -317,20 +307,20 @@ impl Report {
         w(
             &mut out,
             format!(
-                "  messages    {} sent, {} lost, {} timeouts, {} hedges",
-                s.messages_sent, s.messages_lost, s.timeouts, s.hedges
+                "  messages    {} sent, {} lost, {} replica calls failed or timed out",
+                s.messages_sent, s.messages_lost, s.timeouts
             ),
         );
         w(
             &mut out,
             format!(
-                "  repair      read-repairs {}, hints queued {} / replayed {} / dropped {}, anti-entropy {} passes / {} keys repaired, {} replicas refilled",
+                "  repair      read-repairs {}, hints queued {} / replayed {} / dropped {}, anti-entropy {} passes / {} records sent, {} replicas refilled",
                 s.read_repairs,
                 s.hints_queued,
                 s.hints_replayed,
                 self.hints_dropped,
                 s.anti_entropy_passes,
-                s.anti_entropy_keys_repaired,
+                s.anti_entropy_records_sent,
                 s.epochs_refilled
             ),
         );
@@ -348,17 +338,14 @@ impl Report {
         w(
             &mut out,
             format!(
-                "  checker     {} reads judged; violations: lost writes {}, stale reads {}, resurrections {}, expired served {}, diverged keys {}",
-                self.reads_checked, v.lost_writes, v.stale_reads, v.resurrections, v.expired_served, v.diverged_keys
+                "  checker     {} reads judged; violations: lost writes {}, stale reads {}, hidden writes {}, resurrections {}, expired served {}, diverged keys {}",
+                self.reads_checked, v.lost_writes, v.stale_reads, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
             ),
         );
-        if s.hlc_rejections > 0 || s.late_create_refusals > 0 {
+        if s.hlc_rejections > 0 {
             w(
                 &mut out,
-                format!(
-                    "  notes       {} stamps refused for skew, {} late creates refused (hinted)",
-                    s.hlc_rejections, s.late_create_refusals
-                ),
+                format!("  notes       {} stamps refused for skew", s.hlc_rejections),
             );
         }
         for example in &self.examples {

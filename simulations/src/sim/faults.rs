@@ -1,18 +1,23 @@
-//! Fault injection, drawn from the run's seed: crash (restart with data),
-//! restart empty (a new, incomplete epoch), partition of one coordinator ↔
+//! Fault injection, drawn from the run's seed: crash (the server restarts
+//! from its last snapshot, in a new epoch), restart empty, flush (an
+//! operator empties a running server), partition of one app server ↔
 //! replica link, slow replica (a heavy-tailed latency mixture), lost
 //! messages, clock skew. Faults start at exponential intervals during the
 //! fault phase, last a uniform time, and all end at the heal.
 
-use quorum_sessions::replica::Epoch;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use rand::Rng;
 
-use super::{Event, Phase, World};
+use super::{Phase, World};
 use crate::config::{FaultConfig, FaultKind};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum ActiveFault {
     Crash { replica: usize, empty: bool },
+    Flush { replica: usize },
     Partition { coord: usize, replica: usize },
     Slow { replica: usize },
     Loss { replica: usize, probability: f64 },
@@ -24,17 +29,26 @@ impl ActiveFault {
         match self {
             ActiveFault::Crash { empty: false, .. } => FaultKind::Crash,
             ActiveFault::Crash { empty: true, .. } => FaultKind::RestartEmpty,
+            ActiveFault::Flush { .. } => FaultKind::Flush,
             ActiveFault::Partition { .. } => FaultKind::Partition,
             ActiveFault::Slow { .. } => FaultKind::Slow,
             ActiveFault::Loss { .. } => FaultKind::Loss,
             ActiveFault::Skew { .. } => FaultKind::ClockSkew,
         }
     }
+
+    /// The replica that loses (or may lose) data through it.
+    fn data_loss(self) -> Option<usize> {
+        match self {
+            ActiveFault::Crash { replica, .. } | ActiveFault::Flush { replica } => Some(replica),
+            _ => None,
+        }
+    }
 }
 
 /// The faults of one run.
 #[derive(Debug)]
-pub(super) struct Faults {
+pub(crate) struct Faults {
     config: FaultConfig,
     /// Slot = fault id; `None` once ended.
     active: Vec<Option<ActiveFault>>,
@@ -42,7 +56,7 @@ pub(super) struct Faults {
 }
 
 impl Faults {
-    pub(super) fn new(config: &FaultConfig) -> Faults {
+    pub(crate) fn new(config: &FaultConfig) -> Faults {
         Faults {
             config: config.clone(),
             active: Vec::new(),
@@ -64,62 +78,82 @@ impl Faults {
     }
 
     /// How many faults of each kind started.
-    pub(super) fn started_counts(&self) -> Vec<(FaultKind, u64)> {
+    pub(crate) fn started_counts(&self) -> Vec<(FaultKind, u64)> {
         self.started.clone()
     }
 }
 
 impl World {
-    pub(super) fn on_next_fault(&mut self) {
-        if self.phase != Phase::Faults {
-            return;
-        }
-        if self.faults.active_count() < self.faults.config.concurrent_max {
+    fn fault_interval(&self) -> Duration {
+        let uniform = 1.0 - self.driver().rng.random::<f64>();
+        let ms = -uniform.ln() * self.config.faults.mean_interval_ms;
+        Duration::from_micros((ms * 1000.0) as u64 + 1)
+    }
+
+    /// Starts faults at exponential intervals while the fault phase lasts.
+    pub(super) async fn inject_faults(self: Rc<Self>) {
+        loop {
+            tokio::time::sleep(self.fault_interval()).await;
+            if self.driver().phase != Phase::Faults {
+                return;
+            }
+            let room = {
+                let driver = self.driver();
+                driver.faults.active_count() < driver.faults.config.concurrent_max
+            };
+            if !room {
+                continue;
+            }
             // A few draws: some faults are not possible right now (the
             // replica is already down, the wipe budget is spent).
             for _ in 0..4 {
-                let kinds = &self.faults.config.kinds;
-                let kind = kinds[self.rng.random_range(0..kinds.len())];
+                let kind = {
+                    let mut driver = self.driver();
+                    let driver = &mut *driver;
+                    let kinds = &driver.faults.config.kinds;
+                    kinds[driver.rng.random_range(0..kinds.len())]
+                };
                 if let Some(fault) = self.draw_fault(kind) {
                     self.start_fault(fault);
                     break;
                 }
             }
         }
-        let next = self.fault_interval_us();
-        self.schedule(next, Event::NextFault);
     }
 
-    fn draw_fault(&mut self, kind: FaultKind) -> Option<ActiveFault> {
-        let n = self.replicas.len();
-        let replica = self.rng.random_range(0..n);
-        let coord = self.rng.random_range(0..self.coords.len());
+    fn draw_fault(&self, kind: FaultKind) -> Option<ActiveFault> {
+        let n = self.config.replicas;
+        let mut driver = self.driver();
+        let replica = driver.rng.random_range(0..n);
+        let coord = driver.rng.random_range(0..self.apps.len());
+        let down = self.net.lock().servers[replica].down;
+        let budget_ok = || {
+            !driver.faults.config.wipe_budget || self.wipe_budget_allows(&driver.faults, replica)
+        };
         match kind {
-            FaultKind::Crash => (!self.replicas[replica].crashed).then_some(ActiveFault::Crash {
+            FaultKind::Crash => (!down && budget_ok()).then_some(ActiveFault::Crash {
                 replica,
                 empty: false,
             }),
-            FaultKind::RestartEmpty => {
-                let budget_ok = !self.faults.config.wipe_budget || self.wipe_budget_allows(replica);
-                (!self.replicas[replica].crashed && budget_ok).then_some(ActiveFault::Crash {
-                    replica,
-                    empty: true,
-                })
-            }
+            FaultKind::RestartEmpty => (!down && budget_ok()).then_some(ActiveFault::Crash {
+                replica,
+                empty: true,
+            }),
+            FaultKind::Flush => (!down && budget_ok()).then_some(ActiveFault::Flush { replica }),
             FaultKind::Partition => Some(ActiveFault::Partition { coord, replica }),
             FaultKind::Slow => Some(ActiveFault::Slow { replica }),
             FaultKind::Loss => {
-                let (low, high) = self.faults.config.loss_probability;
-                let probability = low + (high - low) * self.rng.random::<f64>();
+                let (low, high) = driver.faults.config.loss_probability;
+                let probability = low + (high - low) * driver.rng.random::<f64>();
                 Some(ActiveFault::Loss {
                     replica,
                     probability,
                 })
             }
             FaultKind::ClockSkew => {
-                let max = self.faults.config.skew_jump_max_ms as i64;
-                let magnitude = self.rng.random_range(max / 4..=max);
-                let delta_ms = if self.rng.random_bool(0.5) {
+                let max = driver.faults.config.skew_jump_max_ms as i64;
+                let magnitude = driver.rng.random_range(max / 4..=max);
+                let delta_ms = if driver.rng.random_bool(0.5) {
                     magnitude
                 } else {
                     -magnitude
@@ -129,82 +163,93 @@ impl World {
         }
     }
 
-    /// At most one replica is being refilled at a time: every other replica
-    /// is complete and no other wipe is pending.
-    fn wipe_budget_allows(&self, target: usize) -> bool {
-        let others_complete = (0..self.replicas.len())
-            .filter(|&i| i != target)
-            .all(|i| self.replicas[i].epoch.complete);
-        let wipe_pending = self
-            .faults
+    /// At most one replica loses data at a time: every other server is in a
+    /// complete epoch and no other data-losing fault is on. (A crash
+    /// restarts from a snapshot: it may lose the last second of writes.)
+    fn wipe_budget_allows(&self, faults: &Faults, target: usize) -> bool {
+        let net = self.net.lock();
+        let all_complete = (0..self.config.replicas).all(|i| net.is_complete(i));
+        let loss_pending = faults
             .active
             .iter()
             .flatten()
-            .any(|f| matches!(f, ActiveFault::Crash { empty: true, .. }));
-        others_complete && !wipe_pending && self.replicas[target].epoch.complete
+            .any(|f| f.data_loss().is_some());
+        let _ = target;
+        all_complete && !loss_pending
     }
 
-    fn start_fault(&mut self, fault: ActiveFault) {
-        let (shortest, longest) = self.faults.config.duration_ms;
-        let duration_us = self.rng.random_range(shortest..=longest) * 1000;
+    fn start_fault(self: &Rc<Self>, fault: ActiveFault) {
+        let duration = {
+            let mut driver = self.driver();
+            let (shortest, longest) = driver.faults.config.duration_ms;
+            Duration::from_millis(driver.rng.random_range(shortest..=longest))
+        };
         match fault {
-            ActiveFault::Crash { replica, .. } => self.replicas[replica].crashed = true,
+            ActiveFault::Crash { replica, .. } => self.net.lock().stop(replica),
+            ActiveFault::Flush { replica } => self.net.lock().flush(replica),
             ActiveFault::Partition { coord, replica } => {
-                let link = self.link(coord, replica);
-                self.partitions[link] += 1;
+                self.net.lock().partitions[coord * self.config.replicas + replica] += 1;
             }
-            ActiveFault::Slow { replica } => self.replicas[replica].slow += 1,
+            ActiveFault::Slow { replica } => self.net.lock().servers[replica].slow += 1,
             ActiveFault::Loss {
                 replica,
                 probability,
             } => {
-                let loss = &mut self.replicas[replica].loss;
+                let mut net = self.net.lock();
+                let loss = &mut net.servers[replica].loss;
                 *loss = loss.max(probability);
             }
-            ActiveFault::Skew { coord, delta_ms } => self.coords[coord].offset_ms += delta_ms,
+            ActiveFault::Skew { coord, delta_ms } => {
+                self.apps[coord]
+                    .offset_ms
+                    .fetch_add(delta_ms, Ordering::Relaxed);
+            }
         }
-        self.faults.count(fault.kind());
-        let id = self.faults.active.len();
-        self.faults.active.push(Some(fault));
+        let id = {
+            let mut driver = self.driver();
+            driver.faults.count(fault.kind());
+            driver.faults.active.push(Some(fault));
+            driver.faults.active.len() - 1
+        };
         self.trace(None, || {
             format!(
                 "fault #{id} starts: {fault:?} for {} ms",
-                duration_us / 1000
+                duration.as_millis()
             )
         });
-        self.schedule(duration_us, Event::FaultEnd { fault: id });
+        let world = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(duration).await;
+            world.end_fault(id);
+        });
     }
 
-    pub(super) fn on_fault_end(&mut self, id: usize) {
-        let Some(fault) = self.faults.active[id].take() else {
+    fn end_fault(&self, id: usize) {
+        let Some(fault) = self.driver().faults.active[id].take() else {
             return; // ended at the heal
         };
         self.trace(None, || format!("fault #{id} ends: {fault:?}"));
         match fault {
             ActiveFault::Crash { replica, empty } => {
-                let replica_state = &mut self.replicas[replica];
-                replica_state.crashed = false;
-                if empty {
-                    replica_state.records.clear();
-                    replica_state.epoch = Epoch {
-                        id: self.rng.random(),
-                        complete: false,
+                self.net.lock().start(replica, !empty);
+                self.trace(None, || {
+                    let from = if empty {
+                        "empty"
+                    } else {
+                        "from its last snapshot"
                     };
-                    self.mutations += 1;
-                    let epoch = replica_state.epoch.id;
-                    self.trace(None, || {
-                        format!("r{replica} restarts empty in epoch {epoch:x}")
-                    });
-                }
+                    format!("r{replica} restarts {from}, in a new epoch")
+                });
             }
+            ActiveFault::Flush { .. } => {}
             ActiveFault::Partition { coord, replica } => {
-                let link = self.link(coord, replica);
-                self.partitions[link] -= 1;
+                self.net.lock().partitions[coord * self.config.replicas + replica] -= 1;
             }
-            ActiveFault::Slow { replica } => self.replicas[replica].slow -= 1,
+            ActiveFault::Slow { replica } => self.net.lock().servers[replica].slow -= 1,
             ActiveFault::Loss { replica, .. } => {
                 // The loss left is the largest of the loss faults still on.
                 let remaining = self
+                    .driver()
                     .faults
                     .active
                     .iter()
@@ -217,18 +262,24 @@ impl World {
                         _ => None,
                     })
                     .fold(0.0, f64::max);
-                self.replicas[replica].loss = remaining;
+                self.net.lock().servers[replica].loss = remaining;
             }
-            ActiveFault::Skew { coord, delta_ms } => self.coords[coord].offset_ms -= delta_ms,
+            ActiveFault::Skew { coord, delta_ms } => {
+                self.apps[coord]
+                    .offset_ms
+                    .fetch_sub(delta_ms, Ordering::Relaxed);
+            }
         }
     }
 
     /// Ends every active fault now (the heal).
-    pub(super) fn end_all_faults(&mut self) {
-        for id in 0..self.faults.active.len() {
-            self.on_fault_end(id);
+    pub(super) fn end_all_faults(&self) {
+        let count = self.driver().faults.active.len();
+        for id in 0..count {
+            self.end_fault(id);
         }
-        assert_eq!(self.faults.active_count(), 0, "everything healed");
-        assert!(self.partitions.iter().all(|&p| p == 0), "no partition left");
+        let net = self.net.lock();
+        assert!(net.partitions.iter().all(|&p| p == 0), "no partition left");
+        assert!(net.servers.iter().all(|s| !s.down), "every server is up");
     }
 }

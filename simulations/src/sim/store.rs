@@ -9,8 +9,8 @@ use crate::checker::RecordMap;
 use crate::workload::{SessionIndex, SessionKey, PADDED_KEYS};
 
 /// Records by session key.
-#[derive(Debug, Default)]
-pub(super) struct RecordStore {
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RecordStore {
     slots: Vec<Option<Record>>,
 }
 
@@ -37,11 +37,6 @@ impl RecordStore {
     /// Takes the record under `key` out.
     pub(super) fn remove(&mut self, key: SessionKey) -> Option<Record> {
         self.slots.get_mut(key.0 as usize)?.take()
-    }
-
-    /// Drops every record.
-    pub(super) fn clear(&mut self) {
-        self.slots.clear();
     }
 
     /// The keys held after `after` (from the first if `None`), in key order.
@@ -108,7 +103,5 @@ mod tests {
         let keys: Vec<_> = store.keys_after(Some(SessionKey(1))).map(|k| k.0).collect();
         assert_eq!(keys, [3, 5]);
         assert_eq!(store.copies().count(), 3);
-        store.clear();
-        assert_eq!(store.keys_after(None).count(), 0);
     }
 }
