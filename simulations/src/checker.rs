@@ -567,8 +567,8 @@ mod tests {
         let mut checker = Checker::new();
         checker.register_session(0, "s:0", CAP);
         let create = write(WriteKind::Create, 10, &[0, 1]);
-        checker.write_invoked(&create);
-        checker.write_completed(&create, WriteResult::Acked);
+        let token = checker.write_invoked(&create);
+        checker.write_completed(&create, &token, WriteResult::Acked);
         checker
     }
 
@@ -714,12 +714,13 @@ mod tests {
                 .into_iter()
                 .map(|(kind, physical, fields, result)| (write(kind, physical, &fields), result))
                 .collect();
-            for (info, _) in &infos {
-                checker.write_invoked(info);
-            }
+            let tokens: Vec<WriteToken> = infos
+                .iter()
+                .map(|(info, _)| checker.write_invoked(info))
+                .collect();
             let early = checker.read_invoked(0, 1, clock);
-            for (info, result) in &infos {
-                checker.write_completed(info, *result);
+            for ((info, result), token) in infos.iter().zip(&tokens) {
+                checker.write_completed(info, token, *result);
             }
             let late = checker.read_invoked(0, 2, clock);
             let token = if concurrent { early } else { late };
@@ -783,8 +784,8 @@ mod tests {
             let mut checker = created();
             for (kind, physical, fields) in writes {
                 let info = write(kind, physical, &fields);
-                checker.write_invoked(&info);
-                checker.write_completed(&info, WriteResult::Acked);
+                let token = checker.write_invoked(&info);
+                checker.write_completed(&info, &token, WriteResult::Acked);
             }
             let maps: Vec<BTreeMap<String, Record>> = copies
                 .into_iter()
@@ -795,6 +796,41 @@ mod tests {
             let violations = checker.violations();
             assert_eq!(violations.lost_writes, lost, "{name}: lost");
             assert_eq!(violations.diverged_keys, diverged, "{name}: diverged");
+        }
+    }
+
+    /// A write acknowledged below a write acknowledged before it began is
+    /// hidden; below a concurrent one (acknowledged after it began) it is
+    /// not: last-writer-wins may order concurrent writes either way.
+    #[test]
+    fn writes_acknowledged_below_an_earlier_acknowledged_write_are_hidden() {
+        // (name, stamp of the first write, of the second, second began after
+        // the first was acknowledged, same field, expected hidden writes)
+        let cases = [
+            ("in order", 20, 30, true, true, 0),
+            ("inverted after the ack", 30, 20, true, true, 1),
+            ("inverted but concurrent", 30, 20, false, true, 0),
+            ("inverted on another field", 30, 20, true, false, 0),
+        ];
+        for (name, first, second, after, same_field, expected) in cases {
+            let mut checker = created();
+            let a = write(WriteKind::Update, first, &[2]);
+            let b = write(
+                WriteKind::Update,
+                second,
+                if same_field { &[2] } else { &[3] },
+            );
+            let token_a = checker.write_invoked(&a);
+            let token_b = if after {
+                checker.write_completed(&a, &token_a, WriteResult::Acked);
+                checker.write_invoked(&b)
+            } else {
+                let token_b = checker.write_invoked(&b);
+                checker.write_completed(&a, &token_a, WriteResult::Acked);
+                token_b
+            };
+            checker.write_completed(&b, &token_b, WriteResult::Acked);
+            assert_eq!(checker.violations().hidden_writes, expected, "{name}");
         }
     }
 

@@ -183,26 +183,31 @@ impl Default for WorkloadConfig {
     }
 }
 
-/// Switches that turn the library's protections off inside the simulator, to
-/// show that the history checker catches what they prevent. The library
-/// itself is never changed: the simulated coordinator just drives it
-/// differently.
+/// Switches that make the simulated cluster unsafe, to show that the history
+/// checker catches what the protections prevent. The library is never
+/// changed: a switch either sets one of the library's own settings (read
+/// repair, hint age, anti-entropy scheduling) or makes the simulated Redis
+/// servers behave like a naive store (no tombstones, no epochs, no held
+/// stamps in merge replies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Switches {
-    /// Deletes write a tombstone. Off: a delete removes the key on each
-    /// replica (what naive stores do), so stale copies come back.
+    /// Deletes write a tombstone. Off: the servers remove the key when a
+    /// tombstone arrives (what naive stores do), so stale copies come back.
     pub tombstones: bool,
-    /// Anti-entropy passes run (refill wiped replicas, converge). Off: never.
+    /// Anti-entropy passes run (on rejoin, on schedule, on an operator's
+    /// demand during quiesce). Off: never.
     pub anti_entropy: bool,
-    /// Failed or skipped writes leave hints that are replayed. Off: never.
+    /// Failed or skipped writes leave hints that are replayed. Off: every
+    /// hint expires as soon as it is queued (`age_max_ms = 0`).
     pub hints: bool,
-    /// The coordinator checks expiries against its clock on reads. Off: it
-    /// trusts the replicas' TTLs (the read plan is handed no clock), as naive
-    /// stores do, and serves sessions Redis has not dropped yet.
-    pub enforce_expiry: bool,
-    /// Epochs guard reads: a replica that restarted empty is write-only until
-    /// refilled. Off: every replica is readable and every miss counts.
+    /// Servers start a new epoch when they lose data. Off: a server keeps
+    /// one complete epoch whatever happens to its data, so a replica that
+    /// restarted empty is read at once and its misses count.
     pub epochs: bool,
+    /// Merge replies carry the largest stamp the record held (the HLC
+    /// receive rule, and the re-stamp that keeps acknowledgement order and
+    /// stamp order in agreement). Off: they carry none.
+    pub held_stamps: bool,
 }
 
 impl Default for Switches {
@@ -211,8 +216,8 @@ impl Default for Switches {
             tombstones: true,
             anti_entropy: true,
             hints: true,
-            enforce_expiry: true,
             epochs: true,
+            held_stamps: true,
         }
     }
 }

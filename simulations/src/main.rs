@@ -92,13 +92,14 @@ struct SimArgs {
     /// No hinted handoff (unsafe).
     #[arg(long)]
     no_hints: bool,
-    /// Coordinators trust the replicas' TTLs instead of checking expiries
+    /// Servers keep one complete epoch whatever happens to their data
     /// (unsafe).
     #[arg(long)]
-    no_expiry_check: bool,
-    /// Every replica is readable, wiped or not (unsafe).
-    #[arg(long)]
     no_epochs: bool,
+    /// Merge replies carry no held stamp (unsafe: writes may be
+    /// acknowledged below earlier ones).
+    #[arg(long)]
+    no_held_stamps: bool,
     /// Let restart-empty faults overlap (may lose acknowledged writes).
     #[arg(long)]
     no_wipe_budget: bool,
@@ -136,8 +137,8 @@ impl SimArgs {
         switches.tombstones = !self.no_tombstones;
         switches.anti_entropy = !self.no_anti_entropy;
         switches.hints = !self.no_hints;
-        switches.enforce_expiry = !self.no_expiry_check;
         switches.epochs = !self.no_epochs;
+        switches.held_stamps = !self.no_held_stamps;
         config.validate()?;
         Ok(config)
     }

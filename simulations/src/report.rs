@@ -379,13 +379,13 @@ fn describe_setup(config: &SimConfig) -> String {
     };
     let on = |flag: bool| if flag { "on" } else { "OFF" };
     format!(
-        "{} coordinators; read-repair {repair}, tombstones {}, anti-entropy {}, hints {}, expiry check {}, epochs {}",
+        "{} coordinators; read-repair {repair}, tombstones {}, anti-entropy {}, hints {}, epochs {}, held stamps {}",
         config.workload.coordinators,
         on(s.tombstones),
         on(s.anti_entropy),
         on(s.hints),
-        on(s.enforce_expiry),
-        on(s.epochs)
+        on(s.epochs),
+        on(s.held_stamps)
     )
 }
 

@@ -132,16 +132,22 @@ async fn write(
     world.trace(Some(&key), || {
         format!("c{coord} {kind:?} {key} fields {fields:?}")
     });
-    let outcome = world.apps[coord].coordinator.write(&key, mutation).await;
-    let result = match outcome {
-        Ok(ack) => {
-            info.stamp = ack.stamp;
-            WriteResult::Acked
+    let cap_ms = world.driver().workload.session(session).cap_ms;
+    let result = if world.wall_ms(coord) >= cap_ms {
+        // Past its lifetime cap the session is over: the coordinator would
+        // refuse the mutation as invalid, and an app does not send it.
+        WriteResult::Failed
+    } else {
+        match world.apps[coord].coordinator.write(&key, mutation).await {
+            Ok(ack) => {
+                info.stamp = ack.stamp;
+                WriteResult::Acked
+            }
+            Err(Error::Gone) => WriteResult::Gone,
+            Err(Error::Collision) => WriteResult::Collision,
+            Err(Error::QuorumNotReached { .. }) => WriteResult::Failed,
+            Err(other) => panic!("the simulator's writes are valid: {other}"),
         }
-        Err(Error::Gone) => WriteResult::Gone,
-        Err(Error::Collision) => WriteResult::Collision,
-        Err(Error::QuorumNotReached { .. }) => WriteResult::Failed,
-        Err(other) => panic!("the simulator's writes are valid: {other}"),
     };
     let latency_us = world.now_us() - invoked_at;
     let mut driver = world.driver();

@@ -191,6 +191,7 @@ impl World {
         let rules = ServerRules {
             tombstones: config.switches.tombstones,
             epochs: config.switches.epochs,
+            held_stamps: config.switches.held_stamps,
             ttl_margin_ms: config.ttl_margin_ms,
         };
         let net = Net::new(

@@ -91,6 +91,8 @@ pub(crate) struct ServerRules {
     /// Off: a server keeps one complete epoch whatever happens to its data
     /// (as if the epoch marker were stored apart from the data).
     pub(crate) epochs: bool,
+    /// Off: merge replies carry no held stamp.
+    pub(crate) held_stamps: bool,
     /// Redis drops a key this long after its effective expiry (ms).
     pub(crate) ttl_margin_ms: u64,
 }
@@ -297,7 +299,7 @@ impl NetState {
         MergeReply {
             status,
             epoch,
-            held_max,
+            held_max: held_max.filter(|_| self.rules.held_stamps),
         }
     }
 
