@@ -1,7 +1,11 @@
 //! A simulated replica's records: a slot per session, indexed by the
 //! session's number, so that finding a record costs no key comparison.
 //! Scans walk the keys in the order of their strings, as a `BTreeMap` keyed
-//! by the key strings would.
+//! by the key strings would. Records are shared with the server's last
+//! snapshot until one of the two changes them (copy on write), so a
+//! snapshot costs a pointer per session, not a copy of every record.
+
+use std::sync::Arc;
 
 use quorum_sessions::Record;
 
@@ -11,18 +15,21 @@ use crate::workload::{SessionIndex, SessionKey, PADDED_KEYS};
 /// Records by session key.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RecordStore {
-    slots: Vec<Option<Record>>,
+    slots: Vec<Option<Arc<Record>>>,
 }
 
 impl RecordStore {
     /// The record under `key`.
     pub(super) fn get(&self, key: SessionKey) -> Option<&Record> {
-        self.slots.get(key.0 as usize)?.as_ref()
+        self.slots.get(key.0 as usize)?.as_deref()
     }
 
     /// The record under `key`, to change in place.
     pub(super) fn get_mut(&mut self, key: SessionKey) -> Option<&mut Record> {
-        self.slots.get_mut(key.0 as usize)?.as_mut()
+        self.slots
+            .get_mut(key.0 as usize)?
+            .as_mut()
+            .map(Arc::make_mut)
     }
 
     /// Stores `record` under `key`, replacing any record there.
@@ -31,11 +38,11 @@ impl RecordStore {
         if index >= self.slots.len() {
             self.slots.resize_with(index + 1, || None);
         }
-        self.slots[index] = Some(record);
+        self.slots[index] = Some(Arc::new(record));
     }
 
     /// Takes the record under `key` out.
-    pub(super) fn remove(&mut self, key: SessionKey) -> Option<Record> {
+    pub(super) fn remove(&mut self, key: SessionKey) -> Option<Arc<Record>> {
         self.slots.get_mut(key.0 as usize)?.take()
     }
 
