@@ -34,6 +34,8 @@ use crate::record::Record;
 use crate::replica::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica};
 use crate::stamp::{duration_ms, Hlc, Stamp, WRITER_MAX};
 
+pub(crate) mod anti_entropy;
+
 /// Milliseconds since the Unix epoch, from the wall clock. Injectable so
 /// tests can skew one coordinator's clock.
 pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
