@@ -40,7 +40,7 @@
 //! | [`mutation`] | what a caller writes, before stamping |
 //! | [`core`] | pure decisions: write tally, read plan, health, epochs |
 //! | [`replica`] | the `Replica` trait; in-memory, faulty and Redis replicas |
-//! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes |
+//! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes, hinted handoff, anti-entropy (one file per protocol) |
 //! | [`config`] | configuration, named limits, validation |
 //! | [`session`] | the session layer: `SessionStore`, ids, index, CSRF, admin, tower adapter |
 //! | [`error`] | typed errors |
