@@ -40,7 +40,7 @@
 //! | [`mutation`] | what a caller writes, before stamping |
 //! | [`core`] | pure decisions: write tally, read plan, health, epochs |
 //! | [`replica`] | the `Replica` trait; in-memory, faulty and Redis replicas |
-//! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes |
+//! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes, hinted handoff, anti-entropy (one file per protocol) |
 //! | [`config`] | configuration, named limits, validation |
 //! | [`session`] | the session layer: `SessionStore`, ids, index, CSRF, admin, tower adapter |
 //! | [`error`] | typed errors |
@@ -61,12 +61,21 @@ pub mod core;
 pub mod error;
 pub mod mutation;
 pub mod record;
-pub mod recovery;
 pub mod replica;
 pub mod session;
 pub mod stamp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+/// Hinted handoff and anti-entropy: their public names. The drivers live in
+/// the [`coordinator`] module ([`Coordinator::replay_hints`],
+/// [`Coordinator::anti_entropy`]); its documentation tells how they work.
+pub mod recovery {
+    pub use crate::coordinator::anti_entropy::{
+        AntiEntropyReport, BATCH_KEYS, BATCH_TIMEOUT_FACTOR, PENDING_REPAIR_BATCHES_MAX,
+        SEEN_KEYS_MAX,
+    };
+}
 
 pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair, SCAN_BATCH_MAX};
 pub use coordinator::{Coordinator, CoordinatorStats, ReplicaState, WriteAck};

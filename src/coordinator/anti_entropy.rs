@@ -1,39 +1,24 @@
-//! Recovery drivers: hinted handoff and anti-entropy, run by the coordinator.
-//!
-//! - **Hinted handoff**: every write a replica missed (down, timed out,
-//!   skipped) is a hint in a bounded per-replica queue ([`HintQueues`]:
-//!   bounds in entries and bytes; overflow drops the oldest, counts it, and
-//!   marks the replica for anti-entropy). On the coordinator's background
-//!   tick, hints are replayed to replicas that are not Down, oldest first,
-//!   rate-limited, through the same merge (idempotent: a hint that reaches a
-//!   deleted or newer record changes nothing). Hints live in memory and are
-//!   lost with their app server: anti-entropy is what guarantees convergence.
-//! - **Anti-entropy** ([`Coordinator::anti_entropy`]): walks the keyspace of
-//!   every reachable replica with SCAN (bounded pages), reads each key's
-//!   copies, compares digests, and merges the join into every replica whose
-//!   copy differs ([`AntiEntropyPass`]). A replica in a new, incomplete epoch
-//!   (restarted empty, failed over, restored from a snapshot) is refilled by
-//!   the pass and then marked complete, so its misses count again. It runs on
-//!   demand, on rejoin (a changed epoch or a hint overflow) and optionally on
-//!   a schedule; one pass at a time per coordinator; dropping the future
-//!   cancels it; `pause_between_pages` bounds its share of the replicas.
-//!
-//! [`HintQueues`]: crate::core::hints::HintQueues
+//! The anti-entropy pass ([`Coordinator::anti_entropy`]): the lease held on a
+//! majority of the replicas, SCAN pages read ahead, each key's copies read in
+//! batches and compared ([`AntiEntropyPass`]), the joins sent in batches, and
+//! the refilled replicas marked complete. When a pass starts is decided in
+//! `background.rs`; how it fits with hinted handoff, in the
+//! [module documentation](super).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::coordinator::{bump, Coordinator};
+use super::stats::bump;
+use super::Coordinator;
 use crate::core::anti_entropy::{AntiEntropyPass, PassStats};
-use crate::core::health::Health;
 use crate::core::ReplicaIndex;
 use crate::error::ReplicaError;
 use crate::record::Record;
-use crate::replica::{Epoch, MergeMode, ReadReply};
+use crate::replica::{Epoch, ReadReply};
 use crate::stamp::duration_ms;
 
 /// What one anti-entropy pass did.
@@ -67,145 +52,6 @@ impl Drop for RunningGuard<'_> {
 }
 
 impl Coordinator {
-    /// Replays one rate-limited batch of hints to every replica that is not
-    /// Down. The background tick calls it; tests may call it directly.
-    pub async fn replay_hints(&self) {
-        let now_ms = self.now_ms();
-        for index in 0..self.replica_count() {
-            let batch = {
-                let mut state = self.lock();
-                if state.health.health(index) == Health::Down || state.hints.is_empty(index) {
-                    continue;
-                }
-                state.hints.take_batch(index, now_ms)
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            let mut failed = Vec::new();
-            let mut batch = batch.into_iter();
-            for hint in batch.by_ref() {
-                let result = self
-                    .merge_on(index, &hint.key, &hint.delta, MergeMode::Upsert, now_ms)
-                    .await;
-                if let Err(error) = result {
-                    debug!(replica = self.inner.replicas[index].name(), %error, "hint replay failed");
-                    failed.push(hint);
-                    break; // the replica is failing: keep the rest for later
-                }
-            }
-            failed.extend(batch);
-            if !failed.is_empty() {
-                self.lock().hints.restore(index, failed, now_ms);
-            }
-        }
-    }
-
-    /// Starts a background anti-entropy pass when one is due: a replica is
-    /// write-only (new epoch) or its hints overflowed, and it is not Down.
-    pub(crate) fn maybe_start_anti_entropy(&self) {
-        let config = &self.inner.config.anti_entropy;
-        let now_ms = self.monotonic_ms();
-        if self.inner.anti_entropy_running.load(Ordering::Acquire)
-            || now_ms
-                < self
-                    .inner
-                    .anti_entropy_not_before_ms
-                    .load(Ordering::Relaxed)
-        {
-            return;
-        }
-        if let Some(interval) = config.interval {
-            // A scheduled pass: the next one `interval` after this one starts.
-            let next = now_ms + duration_ms(interval);
-            self.inner
-                .anti_entropy_not_before_ms
-                .store(next, Ordering::Relaxed);
-            self.spawn_pass("scheduled anti-entropy pass");
-            return;
-        }
-        if !config.on_rejoin {
-            return;
-        }
-        let states = self.replica_states();
-        let due = states.iter().any(|s| {
-            s.health != Health::Down && (!s.readable || s.needs_anti_entropy) && s.epoch.is_some()
-        });
-        // A cluster where nothing is readable is bootstrapped, not refilled.
-        let any_readable = states.iter().any(|s| s.readable);
-        if due && any_readable {
-            self.spawn_pass("anti-entropy pass after a rejoin");
-        }
-    }
-
-    fn spawn_pass(&self, what: &'static str) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Some(report) = this.anti_entropy().await else {
-                return;
-            };
-            info!(
-                keys = report.stats.keys_compared,
-                repaired = report.stats.keys_repaired,
-                refilled = ?report.marked_complete,
-                "{what}"
-            );
-            let stuck = this
-                .replica_states()
-                .iter()
-                .any(|s| s.health != Health::Down && !s.readable);
-            if stuck && report.marked_complete.is_empty() {
-                // Too few complete sources (more than N - W replicas lost
-                // data): retrying at once changes nothing. See
-                // `Coordinator::accept_data_loss` for the operator's way out.
-                let retry = this.config().anti_entropy.retry_interval;
-                let retry_ms = duration_ms(retry);
-                let next = this.monotonic_ms() + retry_ms;
-                this.inner
-                    .anti_entropy_not_before_ms
-                    .fetch_max(next, Ordering::Relaxed);
-                warn!(
-                    retry_ms,
-                    "anti-entropy could not refill a replica: too few complete replicas"
-                );
-            }
-        });
-    }
-
-    /// Operator override: marks replica `index`'s current epoch complete
-    /// without a refill, so that its misses count again. Use it only after
-    /// more than N − W replicas lost their data at once, when no pass can
-    /// prove a refill complete and reads stay `Unavailable`: writes
-    /// acknowledged only by the lost replicas are gone, and accepting that is
-    /// the point of the call. Returns `false` if the replica's epoch changed
-    /// meanwhile.
-    ///
-    /// # Errors
-    ///
-    /// The replica's error when it cannot be reached.
-    ///
-    /// # Panics
-    ///
-    /// If `index` is not a replica index.
-    pub async fn accept_data_loss(
-        &self,
-        index: ReplicaIndex,
-    ) -> Result<bool, crate::error::ReplicaError> {
-        let replica = self.inner.replicas[index].clone();
-        let epoch = self.call(index, replica.ping()).await?;
-        let marked = self
-            .call(index, replica.mark_epoch_complete(epoch.id))
-            .await?;
-        if marked {
-            self.lock().epochs.mark_complete(index, epoch.id);
-            warn!(
-                replica = replica.name(),
-                "epoch marked complete by the operator: data loss accepted"
-            );
-        }
-        Ok(marked)
-    }
-
     /// Runs one anti-entropy pass over every reachable replica and returns
     /// its report, or `None` if a pass is already running in this
     /// coordinator, or this coordinator could not take or keep the

@@ -1,0 +1,312 @@
+//! The coordinator: the async driver of the pure core.
+//!
+//! It is the only place with tokio. It sends requests to replicas, feeds their
+//! replies to the core ([`WriteTally`], [`ReadPlan`], [`HealthTracker`],
+//! [`EpochTable`], [`Hlc`]), and runs the decided actions. It does no quorum
+//! arithmetic itself.
+//!
+//! ```text
+//! write(key, mutation)                       read(key)
+//!   validate ─► stamp (HLC tick)               read_order (health, epochs, per-key rotation)
+//!   spawn one merge per replica not Down       ReadPlan: ask R ─► answers / failures / hedge timer
+//!   WriteTally: answer at W acks               merged record ─► read-repair of differing replicas
+//!   the rest finish in the background          Found / NotFound (proved) / Unavailable
+//! ```
+//!
+//! ## Where each decision is made
+//!
+//! One file per protocol; the pure decisions themselves live in
+//! [`crate::core`], these files only drive them.
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `coordinator/mod.rs` | [`Coordinator`], its shared state, the wall clock, and the reply glue every protocol uses: the per-request deadline and health feed (`call`, `note_health`), epochs and stamps seen in replies, failures, key checks, `on_every_replica` |
+//! | `coordinator/builder.rs` | [`CoordinatorBuilder`], [`Coordinator::connect`]: validation, writer id, start-up |
+//! | `coordinator/stats.rs` | [`CoordinatorStats`], [`ReplicaState`], the counters |
+//! | `coordinator/write.rs` | [`Coordinator::write`]: stamping, fan-out, the write quorum, merges finishing in the background, hints queued for missed writes |
+//! | `coordinator/read.rs` | [`Coordinator::read`]: read order, the read plan with hedging, what a read answers |
+//! | `coordinator/read_repair.rs` | read-repair: blocking or background repair of the replicas a read found stale, and of answers that arrive after the read concluded |
+//! | `coordinator/bootstrap.rs` | [`Coordinator::initialize`] (a fresh cluster marks every epoch complete), [`Coordinator::accept_data_loss`] |
+//! | `coordinator/background.rs` | the background tick: health probes, hint replay, when an anti-entropy pass starts |
+//! | `coordinator/anti_entropy.rs` | [`Coordinator::anti_entropy`]: the pass itself (lease, scanned pages, batched reads and repairs, refilled replicas marked complete) |
+//!
+//! ## Recovery
+//!
+//! - **Hinted handoff**: every write a replica missed (down, timed out,
+//!   skipped) is a hint in a bounded per-replica queue ([`HintQueues`]:
+//!   bounds in entries and bytes; overflow drops the oldest, counts it, and
+//!   marks the replica for anti-entropy). On the coordinator's background
+//!   tick, hints are replayed to replicas that are not Down, oldest first,
+//!   rate-limited, through the same merge (idempotent: a hint that reaches a
+//!   deleted or newer record changes nothing). Hints live in memory and are
+//!   lost with their app server: anti-entropy is what guarantees convergence.
+//! - **Anti-entropy** ([`Coordinator::anti_entropy`]): walks the keyspace of
+//!   every reachable replica with SCAN (bounded pages), reads each key's
+//!   copies, compares digests, and merges the join into every replica whose
+//!   copy differs ([`AntiEntropyPass`]). A replica in a new, incomplete epoch
+//!   (restarted empty, failed over, restored from a snapshot) is refilled by
+//!   the pass and then marked complete, so its misses count again. It runs on
+//!   demand, on rejoin (a changed epoch or a hint overflow) and optionally on
+//!   a schedule; one pass at a time per coordinator; dropping the future
+//!   cancels it; `pause_between_pages` bounds its share of the replicas.
+//!
+//! [`AntiEntropyPass`]: crate::core::anti_entropy::AntiEntropyPass
+//! [`ReadPlan`]: crate::core::read::ReadPlan
+//! [`WriteTally`]: crate::core::quorum::WriteTally
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::ClusterConfig;
+use crate::core::epoch::{EpochChange, EpochTable};
+use crate::core::health::HealthTracker;
+use crate::core::hints::HintQueues;
+use crate::core::ReplicaIndex;
+use crate::error::{InvalidInput, ReplicaError, ReplicaFailure};
+use crate::replica::{Epoch, Replica};
+use crate::stamp::{duration_ms, Hlc, Stamp};
+
+pub(crate) mod anti_entropy;
+mod background;
+mod bootstrap;
+mod builder;
+mod read;
+mod read_repair;
+mod stats;
+mod write;
+
+pub use builder::CoordinatorBuilder;
+pub use stats::{CoordinatorStats, ReplicaState};
+pub use write::WriteAck;
+
+use stats::{bump, Counters};
+
+/// Milliseconds since the Unix epoch, from the wall clock. Injectable so
+/// tests can skew one coordinator's clock.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock as a [`WallClock`].
+pub fn system_clock() -> WallClock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, duration_ms)
+    })
+}
+
+pub(crate) struct CoreState {
+    pub(crate) clock: Hlc,
+    pub(crate) health: HealthTracker,
+    pub(crate) epochs: EpochTable,
+    pub(crate) hints: HintQueues,
+}
+
+pub(crate) struct Inner {
+    pub(crate) replicas: Vec<Arc<dyn Replica>>,
+    pub(crate) config: ClusterConfig,
+    state: Mutex<CoreState>,
+    pub(crate) counters: Counters,
+    wall_clock: WallClock,
+    started: Instant,
+    /// True while an anti-entropy pass runs in this coordinator.
+    pub(crate) anti_entropy_running: std::sync::atomic::AtomicBool,
+    /// This coordinator's id as the holder of the anti-entropy lease.
+    pub(crate) lease_owner: u64,
+    /// Monotonic ms before which no rejoin-triggered pass starts (set after a
+    /// pass that could not refill anything; scheduled passes also use it).
+    pub(crate) anti_entropy_not_before_ms: AtomicU64,
+}
+
+/// Replicates records over N replicas with quorum writes and reads. Cheap to
+/// clone (an `Arc` inside).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use quorum_sessions::{ClusterConfig, Coordinator, Mutation};
+/// use quorum_sessions::replica::{memory::InMemoryReplica, Replica};
+///
+/// let replicas: Vec<Arc<dyn Replica>> = ["a", "b", "c"]
+///     .into_iter()
+///     .map(|name| Arc::new(InMemoryReplica::new(name)) as Arc<dyn Replica>)
+///     .collect();
+/// let coordinator = Coordinator::connect(ClusterConfig::default(), replicas).await.unwrap();
+/// let now = coordinator.now_ms();
+/// coordinator
+///     .write("s:{demo}", Mutation::create(now + 60_000, now + 3_600_000).set("user", "alice"))
+///     .await
+///     .unwrap();
+/// let record = coordinator.read("s:{demo}").await.unwrap().unwrap();
+/// assert_eq!(record.get("user"), Some(&b"alice"[..]));
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Coordinator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("replicas", &self.inner.replicas.len())
+            .field("write_quorum", &self.inner.config.write_quorum)
+            .field("read_quorum", &self.inner.config.read_quorum)
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The wall clock's time, ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.inner.wall_clock)()
+    }
+
+    /// Number of replicas (N).
+    pub fn replica_count(&self) -> usize {
+        self.inner.replicas.len()
+    }
+
+    /// The replicas, in configured order.
+    pub fn replicas(&self) -> &[Arc<dyn Replica>] {
+        &self.inner.replicas
+    }
+
+    /// `request` on every replica at once, each under [`Coordinator::call`]
+    /// (deadline, health): the answers in replica order.
+    pub(crate) async fn on_every_replica<T, F, Fut>(
+        &self,
+        request: F,
+    ) -> Vec<Result<T, ReplicaError>>
+    where
+        F: Fn(Arc<dyn Replica>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ReplicaError>>,
+    {
+        let calls = self
+            .inner
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| {
+                let call = request(replica.clone());
+                async move { self.call(index, call).await }
+            });
+        futures::future::join_all(calls).await
+    }
+
+    /// Runs one replica call under `request_timeout`, and feeds the result to
+    /// the health tracker.
+    pub(crate) async fn call<T>(
+        &self,
+        index: ReplicaIndex,
+        request: impl std::future::Future<Output = Result<T, ReplicaError>>,
+    ) -> Result<T, ReplicaError> {
+        let timeout = self.inner.config.request_timeout;
+        let result = match tokio::time::timeout(timeout, request).await {
+            Ok(result) => result,
+            Err(_) => Err(ReplicaError::Timeout { after: timeout }),
+        };
+        self.note_health(index, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// Feeds the outcome of one request to replica `index` to the health
+    /// tracker and the failure counter.
+    pub(crate) fn note_health(&self, index: ReplicaIndex, result: Result<(), &ReplicaError>) {
+        let now_ms = self.monotonic_ms();
+        let mut state = self.lock();
+        match result {
+            Ok(()) => state.health.on_success(index),
+            Err(error) if error.is_health_failure() => {
+                bump(&self.inner.counters.replica_failures);
+                if state.health.on_failure(index, now_ms) {
+                    warn!(
+                        replica = self.inner.replicas[index].name(),
+                        "replica marked down"
+                    );
+                }
+            }
+            Err(_) => bump(&self.inner.counters.replica_failures),
+        }
+    }
+
+    pub(crate) fn observe_epoch(&self, index: ReplicaIndex, epoch: Epoch) {
+        let change = self.lock().epochs.observe(index, epoch);
+        if change == EpochChange::Changed {
+            bump(&self.inner.counters.epochs_changed);
+            warn!(
+                replica = self.inner.replicas[index].name(),
+                "replica epoch changed: write-only until refilled"
+            );
+        }
+    }
+
+    pub(crate) fn observe_stamp(&self, stamp: Stamp) {
+        let now_ms = self.now_ms();
+        if let Err(skew) = self.lock().clock.observe(stamp, now_ms) {
+            warn!(
+                ahead_ms = skew.ahead_ms,
+                "stamp refused: too far ahead of the local clock"
+            );
+        }
+    }
+
+    fn failure(&self, index: ReplicaIndex, error: ReplicaError) -> ReplicaFailure {
+        debug!(
+            replica = self.inner.replicas[index].name(),
+            kind = error.kind(),
+            "replica failure"
+        );
+        ReplicaFailure {
+            replica: self.inner.replicas[index].name().to_owned(),
+            error,
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), InvalidInput> {
+        let limit = self.inner.config.limits.max_key_bytes;
+        if key.is_empty() || key.len() > limit {
+            return Err(InvalidInput::Key(format!(
+                "length {} not in 1..={limit}",
+                key.len()
+            )));
+        }
+        if key
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || matches!(b, b'*' | b'?' | b'[' | b']' | b'\\'))
+        {
+            return Err(InvalidInput::Key(
+                "only printable ASCII without glob characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn monotonic_ms(&self) -> u64 {
+        duration_ms(self.inner.started.elapsed())
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CoreState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// A key shortened for logs: never a full session id.
+pub fn redact(key: &str) -> String {
+    let visible: String = key.chars().take(8).collect();
+    if visible.len() < key.len() {
+        format!("{visible}…")
+    } else {
+        visible
+    }
+}

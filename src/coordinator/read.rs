@@ -1,0 +1,147 @@
+//! The read protocol ([`Coordinator::read`]): read order (health, epochs,
+//! per-key rotation), the [`ReadPlan`] (ask R, count answers, failures and
+//! provable misses, hedge), and what the read answers: found, proved absent
+//! or unavailable. Stale replicas are repaired by `read_repair.rs`.
+
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+use tracing::{info_span, Instrument};
+
+use crate::core::health::Health;
+use crate::core::read::{read_order, ReadDecision, ReadPlan, ReadResult};
+use crate::core::ReplicaIndex;
+use crate::error::{Error, ReplicaError, ReplicaFailure, Result};
+use crate::record::Record;
+use crate::replica::ReadReply;
+
+use super::stats::bump;
+use super::{redact, Coordinator};
+
+impl Coordinator {
+    /// Reads the record under `key`: `Some` when found, `None` when provably
+    /// absent, deleted or expired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when too few replicas answered, or when the
+    /// misses that came back do not prove the record absent (never read
+    /// this as "not found"); [`Error::Invalid`] for a malformed key.
+    pub async fn read(&self, key: &str) -> Result<Option<Record>> {
+        self.check_key(key)?;
+        let span = info_span!("read", key = %redact(key));
+        self.read_inner(key).instrument(span).await
+    }
+
+    async fn read_inner(&self, key: &str) -> Result<Option<Record>> {
+        let config = &self.inner.config;
+        let now_ms = self.now_ms();
+        let candidates = {
+            let state = self.lock();
+            let states: Vec<(Health, bool)> = (0..self.replica_count())
+                .map(|i| (state.health.health(i), state.epochs.is_readable(i)))
+                .collect();
+            read_order(key, &states, config.read_order)
+        };
+        let misses_needed = config.misses_for_absence(self.replica_count());
+        let mut plan = ReadPlan::new(candidates, config.read_quorum, misses_needed, now_ms);
+        let mut failures = Vec::new();
+        let mut corrupt = Vec::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut hedge = config
+            .hedge_delay
+            .map(|delay| Box::pin(tokio::time::sleep(delay)));
+        let mut decision = plan.start();
+        let result = loop {
+            match decision {
+                ReadDecision::Done(result) => break result,
+                ReadDecision::Ask(indexes) => {
+                    for index in indexes {
+                        let (this, key) = (self.clone(), key.to_owned());
+                        in_flight.push(async move { this.read_on(index, &key).await });
+                    }
+                    if let (Some(timer), Some(delay)) = (hedge.as_mut(), config.hedge_delay) {
+                        timer.as_mut().reset(Instant::now() + delay);
+                    }
+                }
+                ReadDecision::Wait => {}
+            }
+            decision = tokio::select! {
+                biased;
+                Some((index, result)) = in_flight.next() => match result {
+                    Ok((reply, counts_as_miss)) => plan.on_answer(index, reply.record, counts_as_miss),
+                    Err(error) => {
+                        if matches!(error, ReplicaError::Corrupt { .. }) {
+                            corrupt.push(index);
+                        }
+                        failures.push(self.failure(index, error));
+                        plan.on_failure(index)
+                    }
+                },
+                () = async { hedge.as_mut().expect("guarded").await }, if hedge.is_some() => {
+                    hedge = None; // re-armed when the plan asks again
+                    let next = plan.on_hedge();
+                    if matches!(next, ReadDecision::Ask(_)) {
+                        hedge = config.hedge_delay.map(|delay| Box::pin(tokio::time::sleep(delay)));
+                    }
+                    next
+                }
+            };
+        };
+        if !in_flight.is_empty() {
+            self.repair_late_answers(key, plan.merged(), &result, in_flight);
+        }
+        self.after_read(key, &plan, result, failures, corrupt).await
+    }
+
+    /// One read on one replica; returns the reply and whether its miss counts.
+    async fn read_on(
+        &self,
+        index: ReplicaIndex,
+        key: &str,
+    ) -> (ReplicaIndex, Result<(ReadReply, bool), ReplicaError>) {
+        let replica = self.inner.replicas[index].clone();
+        let result = self.call(index, replica.read(key)).await.map(|reply| {
+            self.observe_epoch(index, reply.epoch);
+            if let Some(stamp) = reply.record.as_ref().and_then(Record::max_stamp) {
+                self.observe_stamp(stamp);
+            }
+            let counts = reply.epoch.complete && self.lock().epochs.is_readable(index);
+            if reply.record.is_none() && !counts {
+                bump(&self.inner.counters.inconclusive_misses);
+            }
+            (reply, counts)
+        });
+        (index, result)
+    }
+
+    async fn after_read(
+        &self,
+        key: &str,
+        plan: &ReadPlan,
+        result: ReadResult,
+        failures: Vec<ReplicaFailure>,
+        corrupt: Vec<ReplicaIndex>,
+    ) -> Result<Option<Record>> {
+        let counters = &self.inner.counters;
+        if let ReadResult::Unavailable { answered, needed } = result {
+            bump(&counters.reads_unavailable);
+            return Err(Error::Unavailable {
+                needed,
+                answered,
+                failures,
+            });
+        }
+        bump(&counters.reads_conclusive);
+        let mut targets = plan.repair_targets(); // empty unless something was merged
+        if let Some(merged) = plan.merged().filter(|_| !targets.is_empty()) {
+            targets.extend(corrupt); // the merge refuses foreign data: safe to try
+            self.read_repair(key, Arc::new(merged), targets).await;
+        }
+        Ok(match result {
+            ReadResult::Found(record) => Some(record),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! The write protocol ([`Coordinator::write`]): validate, stamp (HLC tick),
+//! merge on every replica not Down at once, answer at W acknowledgements
+//! ([`WriteTally`]); the merges still running finish in the background, and a
+//! replica that missed the write gets a hint.
+
+use std::sync::Arc;
+
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::core::hints::HintPush;
+use crate::core::quorum::{WriteOutcome, WriteReply, WriteTally};
+use crate::core::ReplicaIndex;
+use crate::error::{Error, ReplicaError, ReplicaFailure, Result};
+use crate::mutation::{Mutation, MutationKind};
+use crate::record::Record;
+use crate::replica::{MergeMode, MergeReply, MergeStatus};
+use crate::stamp::Stamp;
+
+use super::stats::bump;
+use super::{redact, Coordinator};
+
+/// What a successful write returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteAck {
+    /// The stamp every entry of the write carries.
+    pub stamp: Stamp,
+    /// Acknowledgements when the write returned (at least W).
+    pub acked: usize,
+}
+
+/// Requests that run to completion even when nobody waits for them any more:
+/// whatever is left when this is dropped is driven by one spawned task.
+struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send;
+
+impl Coordinator {
+    /// Writes `mutation` to the record under `key`; returns after W
+    /// acknowledgements while the other replicas finish in the background
+    /// (each bounded by `request_timeout`). Known-down replicas are skipped.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Invalid`] before any replica is contacted;
+    /// - [`Error::QuorumNotReached`] when W can no longer be reached. The
+    ///   write may still have reached some replicas and may surface later (as
+    ///   in Dynamo); retrying the same mutation is safe;
+    /// - [`Error::Gone`] when the record is deleted (delete wins);
+    /// - [`Error::Collision`] when a create finds another record.
+    pub async fn write(&self, key: &str, mutation: Mutation) -> Result<WriteAck> {
+        let now_ms = self.now_ms();
+        self.check_key(key)?;
+        mutation.validate(&self.inner.config.limits, now_ms)?;
+        let mode = match mutation.kind() {
+            MutationKind::Create => MergeMode::Create,
+            _ => MergeMode::Upsert,
+        };
+        let stamp = self.lock().clock.tick(now_ms);
+        let delta = Arc::new(mutation.into_delta(stamp));
+        let span = info_span!("write", key = %redact(key), mode = ?mode);
+        let acked = self.write_delta(key, delta, mode).instrument(span).await?;
+        Ok(WriteAck { stamp, acked })
+    }
+
+    /// Fans a stamped delta out and waits for the write quorum. The merges
+    /// are polled here rather than spawned one task each, every one of them
+    /// in each round (so all are sent at once, as with tasks); once the
+    /// outcome is known, or if the caller drops the write, the ones still
+    /// running go on together in one background task, each bounded by
+    /// `request_timeout`, and queue a hint if they fail.
+    async fn write_delta(&self, key: &str, delta: Arc<Record>, mode: MergeMode) -> Result<usize> {
+        let n = self.replica_count();
+        let mut tally = WriteTally::new(self.inner.config.write_quorum, n);
+        let mut failures = Vec::new();
+        let now_ms = self.now_ms();
+        let mut outcome = WriteOutcome::Pending;
+        let key: Arc<str> = Arc::from(key);
+        let mut merges = FinishInBackground(Vec::with_capacity(n));
+        for index in 0..n {
+            if self.lock().health.is_down(index) {
+                self.queue_hint(index, &key, &delta, now_ms);
+                failures.push(self.failure(index, ReplicaError::Skipped));
+                outcome = tally.record(index, WriteReply::Failed);
+                continue;
+            }
+            let (this, key, delta) = (self.clone(), key.clone(), delta.clone());
+            merges.0.push(Some(Box::pin(async move {
+                let result = this.merge_on(index, &key, &delta, mode, now_ms).await;
+                if result.is_err() {
+                    this.queue_hint(index, &key, &delta, now_ms);
+                }
+                (index, result)
+            })));
+        }
+        while outcome == WriteOutcome::Pending {
+            let replies = merges.next_replies().await;
+            if replies.is_empty() {
+                break; // every merge answered
+            }
+            for (index, result) in replies {
+                let reply = match result {
+                    Ok(reply) => match reply.status {
+                        MergeStatus::Applied => WriteReply::Applied,
+                        MergeStatus::Gone => WriteReply::Gone,
+                        MergeStatus::Exists => WriteReply::Exists,
+                    },
+                    Err(error) => {
+                        failures.push(self.failure(index, error));
+                        WriteReply::Failed
+                    }
+                };
+                outcome = tally.record(index, reply);
+            }
+        }
+        drop(merges); // the merges still running go on in the background
+        self.finish_write(outcome, &tally, failures)
+    }
+
+    fn finish_write(
+        &self,
+        outcome: WriteOutcome,
+        tally: &WriteTally,
+        failures: Vec<ReplicaFailure>,
+    ) -> Result<usize> {
+        let counters = &self.inner.counters;
+        match outcome {
+            WriteOutcome::Reached => {
+                bump(&counters.writes_acknowledged);
+                Ok(tally.acked_count())
+            }
+            WriteOutcome::Gone => Err(Error::Gone),
+            WriteOutcome::Collision => Err(Error::Collision),
+            WriteOutcome::Failed | WriteOutcome::Pending => {
+                bump(&counters.writes_failed);
+                warn!(
+                    acked = tally.acked_count(),
+                    needed = tally.needed(),
+                    "write quorum not reached"
+                );
+                Err(Error::QuorumNotReached {
+                    needed: tally.needed(),
+                    acked: tally.acked_count(),
+                    failures,
+                })
+            }
+        }
+    }
+
+    /// One merge on one replica, with its deadline; the reply's facts (epoch,
+    /// held stamps, health) are fed to the core whoever is still waiting.
+    pub(crate) async fn merge_on(
+        &self,
+        index: ReplicaIndex,
+        key: &str,
+        delta: &Record,
+        mode: MergeMode,
+        now_ms: u64,
+    ) -> Result<MergeReply, ReplicaError> {
+        let replica = self.inner.replicas[index].clone();
+        let reply = self
+            .call(index, replica.merge(key, delta, mode, now_ms))
+            .await?;
+        self.observe_epoch(index, reply.epoch);
+        if let Some(held) = reply.held_max {
+            self.observe_stamp(held);
+        }
+        debug!(replica = replica.name(), status = ?reply.status, "merge reply");
+        Ok(reply)
+    }
+
+    /// Queues a missed write for replay (hinted handoff). Overflow drops the
+    /// oldest hint and marks the replica for anti-entropy.
+    pub(crate) fn queue_hint(&self, index: ReplicaIndex, key: &str, delta: &Record, now_ms: u64) {
+        let push = self.lock().hints.push(index, key, delta, now_ms);
+        if matches!(
+            push,
+            HintPush::QueuedDroppingOldest { .. } | HintPush::TooLarge
+        ) {
+            debug!(
+                replica = self.inner.replicas[index].name(),
+                ?push,
+                "hint queue overflow: anti-entropy due"
+            );
+        }
+    }
+}
+
+impl<F> FinishInBackground<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    /// Polls every request still running and returns the answers of those
+    /// that finished, waiting until there is at least one; empty when none
+    /// is left.
+    async fn next_replies(&mut self) -> Vec<F::Output> {
+        std::future::poll_fn(|cx| {
+            let mut replies = Vec::new();
+            for slot in &mut self.0 {
+                if let Some(request) = slot {
+                    if let std::task::Poll::Ready(reply) = request.as_mut().poll(cx) {
+                        replies.push(reply);
+                        *slot = None;
+                    }
+                }
+            }
+            if replies.is_empty() && self.0.iter().any(Option::is_some) {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(replies)
+            }
+        })
+        .await
+    }
+}
+
+impl<F> Drop for FinishInBackground<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let rest: Vec<_> = self.0.drain(..).flatten().collect();
+        if rest.is_empty() {
+            return;
+        }
+        // Outside a runtime (it is shutting down) there is nothing to run on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = async move {
+                futures::future::join_all(rest).await;
+            };
+            runtime.spawn(task.in_current_span());
+        }
+    }
+}
