@@ -42,6 +42,8 @@ pub struct RunStats {
     pub hlc_rejections: u64,
     /// Epoch changes coordinators noticed.
     pub epoch_changes_seen: u64,
+    /// Replies carrying an epoch their coordinator had seen replaced.
+    pub stale_epoch_replies: u64,
     /// Anti-entropy passes started.
     pub anti_entropy_passes: u64,
     /// Records anti-entropy sent.

@@ -239,12 +239,20 @@ impl Coordinator {
 
     pub(crate) fn observe_epoch(&self, index: ReplicaIndex, epoch: Epoch) {
         let change = self.lock().epochs.observe(index, epoch);
-        if change == EpochChange::Changed {
-            bump(&self.inner.counters.epochs_changed);
-            warn!(
+        match change {
+            EpochChange::Changed => {
+                bump(&self.inner.counters.epochs_changed);
+                warn!(
+                    replica = self.inner.replicas[index].name(),
+                    "replica epoch changed: write-only until refilled"
+                );
+            }
+            EpochChange::Stale => debug!(
                 replica = self.inner.replicas[index].name(),
-                "replica epoch changed: write-only until refilled"
-            );
+                epoch = format_args!("{:016x}", epoch.id),
+                "late reply of a replaced epoch: ignored"
+            ),
+            EpochChange::Same | EpochChange::First => {}
         }
     }
 

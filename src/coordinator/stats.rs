@@ -26,6 +26,10 @@ pub struct CoordinatorStats {
     pub read_repairs: u64,
     /// Epoch changes seen (a replica restarted empty, failed over, restored).
     pub epochs_changed: u64,
+    /// Replies that carried an epoch already seen replaced (late replies,
+    /// typically of anti-entropy reads and repairs crossing a restart):
+    /// ignored for the replica's epoch.
+    pub stale_epoch_replies: u64,
     /// Stamps refused for being further ahead than `max_clock_skew`.
     pub clock_skew_rejections: u64,
     /// Requests to replicas that failed or timed out.
@@ -128,6 +132,9 @@ impl Coordinator {
             inconclusive_misses: load(&c.inconclusive_misses),
             read_repairs: load(&c.read_repairs),
             epochs_changed: load(&c.epochs_changed),
+            stale_epoch_replies: (0..self.replica_count())
+                .map(|index| state.epochs.stale_replies(index))
+                .sum(),
             clock_skew_rejections: state.clock.rejected_count(),
             replica_failures: load(&c.replica_failures),
         }

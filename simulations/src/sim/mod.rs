@@ -464,6 +464,7 @@ impl World {
             hints_dropped += s.hints_dropped;
             stats.hlc_rejections += s.clock_skew_rejections;
             stats.epoch_changes_seen += s.epochs_changed;
+            stats.stale_epoch_replies += s.stale_epoch_replies;
             stats.anti_entropy_passes += s.anti_entropy_passes;
             stats.anti_entropy_records_sent += s.anti_entropy_records_sent;
         }
