@@ -115,12 +115,15 @@ pub enum InvalidInput {
 /// Errors of the coordinator's operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Fewer than W replicas acknowledged a write. The write may still have
+    /// Fewer than W replicas acknowledged a write (or, for a field update,
+    /// fewer than N − W + 1 replicas in a complete epoch: see
+    /// [`core::quorum`](crate::core::quorum)). The write may still have
     /// reached some replicas and may surface later (as in Dynamo): retrying
     /// the same mutation is safe, it is idempotent.
     #[error("write quorum not reached: {acked} of {needed} acknowledgements ({} replica failures)", failures.len())]
     QuorumNotReached {
-        /// W.
+        /// The acknowledgements needed: W, or N − W + 1 from complete
+        /// replicas for a field update that had W.
         needed: usize,
         /// Acknowledgements received.
         acked: usize,
@@ -138,6 +141,20 @@ pub enum Error {
         answered: usize,
         /// Each failed replica's error.
         failures: Vec<ReplicaFailure>,
+    },
+    /// A field update could not be acknowledged above the stamps its ackers
+    /// held: after [`STAMP_ROUNDS_MAX`](crate::coordinator::STAMP_ROUNDS_MAX)
+    /// rounds newer stamps still arrived (writers racing on one record), or
+    /// a replica holds a stamp further ahead than `max_clock_skew` (a host
+    /// with a wrong clock wrote it), which this coordinator refuses to
+    /// follow. Like [`Error::QuorumNotReached`]: the write may have reached
+    /// some replicas, and retrying it is safe.
+    #[error("write not ordered after {rounds} rounds: a replica holds stamp {above}")]
+    Unordered {
+        /// The largest stamp held (or the last stamp tried).
+        above: crate::stamp::Stamp,
+        /// Rounds tried.
+        rounds: u32,
     },
     /// The record was deleted: the write landed on a tombstone and was not
     /// applied.

@@ -80,7 +80,7 @@ mod write;
 
 pub use builder::CoordinatorBuilder;
 pub use stats::{CoordinatorStats, ReplicaState};
-pub use write::WriteAck;
+pub use write::{WriteAck, STAMP_ROUNDS_MAX};
 
 use stats::{bump, Counters};
 

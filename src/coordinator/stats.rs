@@ -16,6 +16,9 @@ pub struct CoordinatorStats {
     pub writes_acknowledged: u64,
     /// Writes that failed to reach W.
     pub writes_failed: u64,
+    /// Field updates stamped and sent again because an acker held a larger
+    /// stamp (a faster clock wrote the record): each is one more round trip.
+    pub restamped_writes: u64,
     /// Reads that found a record or proved it absent.
     pub reads_conclusive: u64,
     /// Reads that ended `Unavailable`.
@@ -56,6 +59,7 @@ pub struct CoordinatorStats {
 pub(crate) struct Counters {
     pub(super) writes_acknowledged: AtomicU64,
     pub(super) writes_failed: AtomicU64,
+    pub(super) restamped_writes: AtomicU64,
     pub(super) reads_conclusive: AtomicU64,
     pub(super) reads_unavailable: AtomicU64,
     pub(super) inconclusive_misses: AtomicU64,
@@ -127,6 +131,7 @@ impl Coordinator {
             anti_entropy_lease_refused: load(&c.anti_entropy_lease_refused),
             writes_acknowledged: load(&c.writes_acknowledged),
             writes_failed: load(&c.writes_failed),
+            restamped_writes: load(&c.restamped_writes),
             reads_conclusive: load(&c.reads_conclusive),
             reads_unavailable: load(&c.reads_unavailable),
             inconclusive_misses: load(&c.inconclusive_misses),

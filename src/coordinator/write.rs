@@ -28,6 +28,17 @@ pub struct WriteAck {
     pub acked: usize,
 }
 
+/// Most times one write is stamped and sent (see [`Error::Unordered`]).
+pub const STAMP_ROUNDS_MAX: u32 = 4;
+
+/// How one round of a write ended.
+enum Written {
+    /// Acknowledged by this many replicas.
+    Acked(usize),
+    /// An acker held this larger stamp: stamp again above it.
+    Restamp { above: Stamp },
+}
+
 /// Requests that run to completion even when nobody waits for them any more:
 /// whatever is left when this is dropped is driven by one spawned task.
 struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>)
@@ -40,12 +51,26 @@ impl Coordinator {
     /// acknowledgements while the other replicas finish in the background
     /// (each bounded by `request_timeout`). Known-down replicas are skipped.
     ///
+    /// A field update is acknowledged only above what its ackers held
+    /// ([`core::quorum`](crate::core::quorum)): when an acker already held
+    /// a larger stamp (another app server's faster clock wrote the record),
+    /// the update is stamped again above it and sent again — one more round
+    /// trip, counted in [`CoordinatorStats::restamped_writes`] — so a write
+    /// acknowledged later is never hidden behind one acknowledged earlier.
+    /// It also waits for N − W + 1 acknowledgements from replicas in a
+    /// complete epoch (with a majority W: no more than W).
+    ///
+    /// [`CoordinatorStats::restamped_writes`]: crate::CoordinatorStats::restamped_writes
+    ///
     /// # Errors
     ///
     /// - [`Error::Invalid`] before any replica is contacted;
     /// - [`Error::QuorumNotReached`] when W can no longer be reached. The
     ///   write may still have reached some replicas and may surface later (as
     ///   in Dynamo); retrying the same mutation is safe;
+    /// - [`Error::Unordered`] when newer stamps kept arriving for
+    ///   [`STAMP_ROUNDS_MAX`] rounds, or a replica holds a stamp further
+    ///   ahead than `max_clock_skew`;
     /// - [`Error::Gone`] when the record is deleted (delete wins);
     /// - [`Error::Collision`] when a create finds another record.
     pub async fn write(&self, key: &str, mutation: Mutation) -> Result<WriteAck> {
@@ -56,22 +81,85 @@ impl Coordinator {
             MutationKind::Create => MergeMode::Create,
             _ => MergeMode::Upsert,
         };
-        let stamp = self.lock().clock.tick(now_ms);
-        let delta = Arc::new(mutation.into_delta(stamp));
+        // Field updates are ordered (see `core::quorum`): a create's stamp
+        // is its origin (a new one would collide with itself), a delete
+        // wins whatever its stamp, and an expiry merges by maximum.
+        let ordered = mutation.kind() == MutationKind::Update && !mutation.is_empty();
         let span = info_span!("write", key = %redact(key), mode = ?mode);
-        let acked = self.write_delta(key, delta, mode).instrument(span).await?;
-        Ok(WriteAck { stamp, acked })
+        async move {
+            let mut stamp = self.lock().clock.tick(now_ms);
+            let mut delta = Arc::new(mutation.into_delta(stamp));
+            for round in 1..=STAMP_ROUNDS_MAX {
+                if round > 1 {
+                    // An update's entries all carry its stamp; nothing else
+                    // in the delta does.
+                    let fresh = Arc::make_mut(&mut delta);
+                    for entry in fresh.fields.values_mut() {
+                        entry.stamp = stamp;
+                    }
+                }
+                let order = ordered.then_some(stamp);
+                match self.write_delta(key, delta.clone(), mode, order).await? {
+                    Written::Acked(acked) => return Ok(WriteAck { stamp, acked }),
+                    Written::Restamp { above } => {
+                        // `merge_on` already moved the clock past `above`
+                        // (unless it was refused as too far ahead).
+                        let now_ms = self.now_ms();
+                        let mut state = self.lock();
+                        if let Err(skew) = state.clock.observe(above, now_ms) {
+                            drop(state);
+                            bump(&self.inner.counters.writes_failed);
+                            warn!(
+                                ahead_ms = skew.ahead_ms,
+                                "write not ordered: a replica holds a stamp too far ahead"
+                            );
+                            return Err(Error::Unordered {
+                                above,
+                                rounds: round,
+                            });
+                        }
+                        stamp = state.clock.tick(now_ms);
+                        drop(state);
+                        bump(&self.inner.counters.restamped_writes);
+                        debug!(round, "an acker held a larger stamp: stamped again");
+                    }
+                }
+            }
+            bump(&self.inner.counters.writes_failed);
+            warn!(
+                rounds = STAMP_ROUNDS_MAX,
+                "write not ordered: newer stamps kept arriving"
+            );
+            Err(Error::Unordered {
+                above: stamp,
+                rounds: STAMP_ROUNDS_MAX,
+            })
+        }
+        .instrument(span)
+        .await
     }
 
-    /// Fans a stamped delta out and waits for the write quorum. The merges
-    /// are polled here rather than spawned one task each, every one of them
-    /// in each round (so all are sent at once, as with tasks); once the
-    /// outcome is known, or if the caller drops the write, the ones still
-    /// running go on together in one background task, each bounded by
-    /// `request_timeout`, and queue a hint if they fail.
-    async fn write_delta(&self, key: &str, delta: Arc<Record>, mode: MergeMode) -> Result<usize> {
+    /// Fans a stamped delta out and waits for the write quorum (and, for
+    /// an ordered write of stamp `order`, the ordering rule of
+    /// [`WriteTally::ordered`]). The merges are polled here rather than
+    /// spawned one task each, every one of them in each round (so all are
+    /// sent at once, as with tasks); once the outcome is known, or if the
+    /// caller drops the write, the ones still running go on together in one
+    /// background task, each bounded by `request_timeout`, and queue a hint
+    /// if they fail.
+    async fn write_delta(
+        &self,
+        key: &str,
+        delta: Arc<Record>,
+        mode: MergeMode,
+        order: Option<Stamp>,
+    ) -> Result<Written> {
         let n = self.replica_count();
-        let mut tally = WriteTally::new(self.inner.config.write_quorum, n);
+        let config = &self.inner.config;
+        let mut tally = WriteTally::new(config.write_quorum, n);
+        if let Some(stamp) = order {
+            tally = tally.ordered(stamp, config.misses_for_absence(n));
+        }
         let mut failures = Vec::new();
         let now_ms = self.now_ms();
         let mut outcome = WriteOutcome::Pending;
@@ -99,18 +187,21 @@ impl Coordinator {
                 break; // every merge answered
             }
             for (index, result) in replies {
-                let reply = match result {
+                outcome = match result {
                     Ok(reply) => match reply.status {
-                        MergeStatus::Applied => WriteReply::Applied,
-                        MergeStatus::Gone => WriteReply::Gone,
-                        MergeStatus::Exists => WriteReply::Exists,
+                        MergeStatus::Applied => {
+                            let complete =
+                                reply.epoch.complete && self.lock().epochs.is_readable(index);
+                            tally.record_ack(index, reply.held_max, complete)
+                        }
+                        MergeStatus::Gone => tally.record(index, WriteReply::Gone),
+                        MergeStatus::Exists => tally.record(index, WriteReply::Exists),
                     },
                     Err(error) => {
                         failures.push(self.failure(index, error));
-                        WriteReply::Failed
+                        tally.record(index, WriteReply::Failed)
                     }
                 };
-                outcome = tally.record(index, reply);
             }
         }
         drop(merges); // the merges still running go on in the background
@@ -122,25 +213,27 @@ impl Coordinator {
         outcome: WriteOutcome,
         tally: &WriteTally,
         failures: Vec<ReplicaFailure>,
-    ) -> Result<usize> {
+    ) -> Result<Written> {
         let counters = &self.inner.counters;
         match outcome {
             WriteOutcome::Reached => {
                 bump(&counters.writes_acknowledged);
-                Ok(tally.acked_count())
+                Ok(Written::Acked(tally.acked_count()))
             }
+            WriteOutcome::Restamp { above } => Ok(Written::Restamp { above }),
             WriteOutcome::Gone => Err(Error::Gone),
             WriteOutcome::Collision => Err(Error::Collision),
             WriteOutcome::Failed | WriteOutcome::Pending => {
                 bump(&counters.writes_failed);
                 warn!(
                     acked = tally.acked_count(),
-                    needed = tally.needed(),
+                    needed = tally.needed_total(),
                     "write quorum not reached"
                 );
+                let (needed, acked) = tally.shortfall();
                 Err(Error::QuorumNotReached {
-                    needed: tally.needed(),
-                    acked: tally.acked_count(),
+                    needed,
+                    acked,
                     failures,
                 })
             }

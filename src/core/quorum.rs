@@ -1,6 +1,22 @@
 //! Write tally: acknowledgements and failures in, an outcome out.
+//!
+//! An *ordered* write (one that writes fields, see
+//! [`WriteTally::ordered`]) is acknowledged only above what its ackers held:
+//! if an acker already held a larger stamp (a coordinator with a faster
+//! clock wrote the record, and this one had not seen it), the outcome is
+//! [`WriteOutcome::Restamp`] — advance the clock past it, stamp again and
+//! write again — and it also waits until N − W + 1 of its acknowledgements
+//! come from replicas in a complete epoch. Any write acknowledged before
+//! this one began is held by at least W − L complete replicas (L of them
+//! lost data since; those are not complete) out of N − L complete ones, so
+//! N − W + 1 complete acknowledgements always include one that holds it:
+//! acknowledgement order and stamp order agree, and last-writer-wins never
+//! hides an acknowledged write behind an earlier one. With a majority W,
+//! N − W + 1 ≤ W: nothing more than W is waited for while every replica is
+//! complete.
 
 use super::ReplicaIndex;
+use crate::stamp::Stamp;
 
 /// One replica's reply to a write, as the tally sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,8 +42,23 @@ pub enum WriteOutcome {
     Gone,
     /// A conditional create met another record.
     Collision,
-    /// W can no longer be reached.
+    /// W can no longer be reached (for an ordered write: or N − W + 1
+    /// acknowledgements from complete replicas).
     Failed,
+    /// An acker held a stamp above the write's (`above`: the largest seen):
+    /// the write must be stamped again above it and sent again before it
+    /// may be acknowledged.
+    Restamp {
+        /// The largest stamp an acker held.
+        above: Stamp,
+    },
+}
+
+/// What an ordered write must be acknowledged above.
+#[derive(Clone, Copy, Debug)]
+struct Order {
+    stamp: Stamp,
+    complete_needed: usize,
 }
 
 /// Counts the replies of one write.
@@ -48,6 +79,9 @@ pub struct WriteTally {
     failed_count: usize,
     gone: bool,
     exists: bool,
+    order: Option<Order>,
+    complete_acked: usize,
+    held_above: Option<Stamp>,
 }
 
 impl WriteTally {
@@ -67,15 +101,63 @@ impl WriteTally {
             failed_count: 0,
             gone: false,
             exists: false,
+            order: None,
+            complete_acked: 0,
+            held_above: None,
         }
     }
 
-    /// Records replica `index`'s reply and returns the outcome so far.
+    /// Makes this an ordered write of `stamp` (see the module docs): it is
+    /// acknowledged only when `complete_needed` (N − W + 1) acknowledgements
+    /// came from complete replicas and no acker held a stamp above `stamp`.
+    pub fn ordered(mut self, stamp: Stamp, complete_needed: usize) -> WriteTally {
+        self.order = Some(Order {
+            stamp,
+            complete_needed: complete_needed.clamp(1, self.replica_count),
+        });
+        self
+    }
+
+    /// Records replica `index`'s acknowledgement: the largest stamp the
+    /// record held before the merge, and whether the replica's epoch is
+    /// complete (for this coordinator). Returns the outcome so far.
+    ///
+    /// # Panics
+    ///
+    /// As [`record`](Self::record).
+    pub fn record_ack(
+        &mut self,
+        index: ReplicaIndex,
+        held_max: Option<Stamp>,
+        complete: bool,
+    ) -> WriteOutcome {
+        self.note(index, WriteReply::Applied);
+        self.complete_acked += usize::from(complete);
+        if let Some(order) = self.order {
+            if let Some(held) = held_max.filter(|&held| held > order.stamp) {
+                self.held_above = self.held_above.max(Some(held));
+            }
+        }
+        self.outcome()
+    }
+
+    /// Records replica `index`'s reply and returns the outcome so far. An
+    /// `Applied` recorded here counts as an acknowledgement from a complete
+    /// replica that held nothing above the write (see
+    /// [`record_ack`](Self::record_ack)).
     ///
     /// # Panics
     ///
     /// If `index` is out of range or replied twice (a driver bug).
     pub fn record(&mut self, index: ReplicaIndex, reply: WriteReply) -> WriteOutcome {
+        if reply == WriteReply::Applied {
+            return self.record_ack(index, None, true);
+        }
+        self.note(index, reply);
+        self.outcome()
+    }
+
+    fn note(&mut self, index: ReplicaIndex, reply: WriteReply) {
         assert!(index < self.replica_count, "replica index out of range");
         assert!(self.replied[index].is_none(), "replica replied twice");
         self.replied[index] = Some(reply);
@@ -86,11 +168,11 @@ impl WriteTally {
             WriteReply::Exists => self.exists = true,
         }
         assert!(self.acked_count + self.failed_count <= self.replica_count);
-        self.outcome()
     }
 
-    /// The outcome so far. Gone and Collision win over Reached: a tombstone
-    /// seen anywhere means the record is deleted.
+    /// The outcome so far. Gone and Collision win over everything: a
+    /// tombstone seen anywhere means the record is deleted. Then an ordered
+    /// write that an acker held a larger stamp for must be stamped again.
     pub fn outcome(&self) -> WriteOutcome {
         if self.gone {
             return WriteOutcome::Gone;
@@ -98,15 +180,41 @@ impl WriteTally {
         if self.exists {
             return WriteOutcome::Collision;
         }
-        if self.acked_count >= self.needed {
+        if let Some(above) = self.held_above {
+            return WriteOutcome::Restamp { above };
+        }
+        let complete_needed = self.order.map_or(0, |o| o.complete_needed);
+        if self.acked_count >= self.needed && self.complete_acked >= complete_needed {
             return WriteOutcome::Reached;
         }
         let answered = self.replied.iter().filter(|r| r.is_some()).count();
-        let still_possible = self.acked_count + (self.replica_count - answered);
-        if still_possible < self.needed {
+        let unanswered = self.replica_count - answered;
+        if self.acked_count + unanswered < self.needed
+            || self.complete_acked + unanswered < complete_needed
+        {
             return WriteOutcome::Failed;
         }
         WriteOutcome::Pending
+    }
+
+    /// What a failed write reports: the acknowledgements it needed and those
+    /// it had — W and all acknowledgements while fewer than W came, else an
+    /// ordered write's N − W + 1 and those from complete replicas.
+    pub fn shortfall(&self) -> (usize, usize) {
+        match self.order {
+            Some(order) if self.acked_count >= self.needed => {
+                (order.complete_needed, self.complete_acked)
+            }
+            _ => (self.needed, self.acked_count),
+        }
+    }
+
+    /// The acknowledgements this write needs, as a failure reports them:
+    /// W, or for an ordered write N − W + 1 from complete replicas when
+    /// that is more.
+    pub fn needed_total(&self) -> usize {
+        self.order
+            .map_or(self.needed, |o| self.needed.max(o.complete_needed))
     }
 
     /// Acknowledgements so far.
@@ -218,6 +326,100 @@ mod tests {
             let seen: Vec<_> = replies.iter().map(|&(i, r)| tally.record(i, r)).collect();
             assert_eq!(seen, expected, "W={w} N={n} replies={replies:?}");
         }
+    }
+
+    /// Ordered writes (N=3, W=2, so N − W + 1 = 2 complete acks; N=3, W=1
+    /// needs 3): the outcome after each acknowledgement `(index, held_max,
+    /// complete)` or failure.
+    #[test]
+    fn ordered_tally_table() {
+        let s = |physical: u64| Stamp::new(physical, 0, 1);
+        let mine = s(10);
+        type Reply = (usize, Option<Option<u64>>, bool);
+        // (W, N, replies: (index, Some(held) = ack / None = failed, complete), outcomes)
+        let cases: Vec<(usize, usize, Vec<Reply>, Vec<WriteOutcome>)> = vec![
+            (
+                2,
+                3,
+                vec![(0, Some(None), true), (1, Some(Some(5)), true)],
+                vec![O::Pending, O::Reached],
+            ),
+            (
+                2,
+                3,
+                vec![(0, Some(Some(20)), true)],
+                vec![O::Restamp { above: s(20) }],
+            ),
+            (
+                2,
+                3,
+                vec![
+                    (0, Some(None), true),
+                    (1, Some(None), false),
+                    (2, Some(Some(30)), true),
+                ],
+                vec![O::Pending, O::Pending, O::Restamp { above: s(30) }],
+            ),
+            // An acknowledgement from a replica being refilled does not order.
+            (
+                2,
+                3,
+                vec![
+                    (0, Some(None), true),
+                    (1, Some(None), false),
+                    (2, Some(None), true),
+                ],
+                vec![O::Pending, O::Pending, O::Reached],
+            ),
+            (
+                2,
+                3,
+                vec![
+                    (0, Some(None), false),
+                    (1, Some(None), true),
+                    (2, None, false),
+                ],
+                vec![O::Pending, O::Pending, O::Failed],
+            ),
+            // W = 1 needs every replica's answer to order a field update.
+            (
+                1,
+                3,
+                vec![
+                    (0, Some(None), true),
+                    (1, Some(None), true),
+                    (2, Some(None), true),
+                ],
+                vec![O::Pending, O::Pending, O::Reached],
+            ),
+            (
+                1,
+                3,
+                vec![(0, Some(None), true), (1, None, false)],
+                vec![O::Pending, O::Failed],
+            ),
+        ];
+        for (w, n, replies, expected) in cases {
+            let needed = n - w + 1;
+            let mut tally = WriteTally::new(w, n).ordered(mine, needed);
+            let seen: Vec<_> = replies
+                .iter()
+                .map(|&(index, ack, complete)| match ack {
+                    Some(held) => tally.record_ack(index, held.map(s), complete),
+                    None => tally.record(index, R::Failed),
+                })
+                .collect();
+            assert_eq!(seen, expected, "W={w} N={n} replies={replies:?}");
+        }
+        let mut short = WriteTally::new(2, 3).ordered(mine, 2);
+        short.record_ack(0, None, true);
+        short.record_ack(1, None, false);
+        short.record(2, R::Failed);
+        assert_eq!(
+            short.shortfall(),
+            (2, 1),
+            "complete acknowledgements reported"
+        );
     }
 
     #[test]

@@ -94,7 +94,11 @@ impl SessionError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            SessionError::Store(Error::Unavailable { .. } | Error::QuorumNotReached { .. })
+            SessionError::Store(
+                Error::Unavailable { .. }
+                    | Error::QuorumNotReached { .. }
+                    | Error::Unordered { .. }
+            )
         )
     }
 }
