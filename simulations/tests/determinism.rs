@@ -98,6 +98,7 @@ fn json_output_differs_only_in_sim_ops_per_sec() {
             &[
                 "diverged_keys",
                 "expired_served",
+                "hidden_writes",
                 "lost_writes",
                 "resurrections",
                 "stale_reads",
