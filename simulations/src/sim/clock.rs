@@ -28,6 +28,11 @@ impl VirtualClock {
         u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
+    /// The instant `us` µs after the run began.
+    pub(crate) fn at_us(&self, us: u64) -> tokio::time::Instant {
+        self.base + std::time::Duration::from_micros(us)
+    }
+
     /// True Unix time, ms: the servers' clock.
     pub(crate) fn true_ms(&self) -> u64 {
         START_UNIX_MS + self.elapsed_us() / 1000

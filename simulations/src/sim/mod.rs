@@ -290,36 +290,38 @@ impl World {
         driver.end_us = self.now_us();
     }
 
-    /// Client operations arrive as a Poisson process until `ops` were issued.
+    /// Client operations arrive as a Poisson process until `ops` were
+    /// issued. Timers fire on whole milliseconds, so the arrivals due by
+    /// the current millisecond are issued together.
     async fn arrivals(self: Rc<Self>) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut next_us = 5_000.0_f64;
         loop {
-            let (coord, op) = {
-                let mut driver = self.driver();
-                let driver = &mut *driver;
-                let coord = driver.rng.random_range(0..self.apps.len());
-                let op = driver.workload.next_op(&mut driver.rng);
-                driver.issued += 1;
-                driver.in_flight += 1;
-                if driver.issued.is_multiple_of(4096) {
-                    let issued = driver.issued;
-                    if let Some(progress) = &mut driver.progress {
-                        progress(issued);
+            tokio::time::sleep_until(self.clock.at_us(next_us as u64)).await;
+            // The timer may fire at the start of the millisecond it is due in.
+            let now = (self.now_us() as f64).max(next_us);
+            while next_us <= now {
+                let (coord, op, issued) = {
+                    let mut driver = self.driver();
+                    let driver = &mut *driver;
+                    let coord = driver.rng.random_range(0..self.apps.len());
+                    let op = driver.workload.next_op(&mut driver.rng);
+                    driver.issued += 1;
+                    driver.in_flight += 1;
+                    if driver.issued.is_multiple_of(4096) {
+                        let issued = driver.issued;
+                        if let Some(progress) = &mut driver.progress {
+                            progress(issued);
+                        }
                     }
+                    let uniform = 1.0 - driver.rng.random::<f64>();
+                    next_us += -uniform.ln() * 1e6 / self.config.workload.ops_per_sec;
+                    (coord, op, driver.issued)
+                };
+                tokio::task::spawn_local(client::issue(self.clone(), coord, op, false));
+                if issued >= self.config.ops {
+                    return;
                 }
-                (coord, op)
-            };
-            tokio::task::spawn_local(client::issue(self.clone(), coord, op, false));
-            let (issued, gap) = {
-                let mut driver = self.driver();
-                let uniform = 1.0 - driver.rng.random::<f64>();
-                let gap_us = -uniform.ln() * 1e6 / self.config.workload.ops_per_sec;
-                (driver.issued, Duration::from_micros(gap_us as u64))
-            };
-            if issued >= self.config.ops {
-                return;
             }
-            tokio::time::sleep(gap).await;
         }
     }
 
