@@ -271,7 +271,6 @@ async fn a_running_app_server_does_not_trust_a_full_cluster_restart() {
 /// `Unavailable`, never "not found" (two replicas lost data: within the
 /// N − W budget).
 #[tokio::test(start_paused = true)]
-#[ignore = "B5: fails until the next commit"]
 async fn a_source_that_restarts_during_a_refill_does_not_count() {
     let config = || {
         let mut config = manual(5, 3, 3);
