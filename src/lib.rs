@@ -75,6 +75,7 @@ pub mod recovery {
         AntiEntropyReport, BATCH_KEYS, BATCH_TIMEOUT_FACTOR, PENDING_REPAIR_BATCHES_MAX,
         SEEN_KEYS_MAX,
     };
+    pub use crate::coordinator::bootstrap::BOOTSTRAP_SCAN_PAGES_MAX;
 }
 
 pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair, SCAN_BATCH_MAX};

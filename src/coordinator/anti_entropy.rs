@@ -1,7 +1,8 @@
 //! The anti-entropy pass ([`Coordinator::anti_entropy`]): the lease held on a
 //! majority of the replicas, SCAN pages read ahead, each key's copies read in
-//! batches and compared ([`AntiEntropyPass`]), the joins sent in batches, and
-//! the refilled replicas marked complete. When a pass starts is decided in
+//! batches and compared ([`AntiEntropyPass`]), the joins sent in batches, the
+//! sources pinged again (one that restarted mid-scan does not count), and the
+//! refilled replicas marked complete. When a pass starts is decided in
 //! `background.rs`; how it fits with hinted handoff, in the
 //! [module documentation](super).
 
@@ -174,6 +175,7 @@ impl Coordinator {
         }
         // Every repair answered before the pass decides anything.
         self.collect_repairs(&mut pass, &mut pending, 0).await;
+        self.confirm_sources(&mut pass).await;
         let outcome = pass.finish();
         let mut marked_complete = Vec::new();
         for (index, epoch_id) in outcome.mark_complete {
@@ -207,6 +209,23 @@ impl Coordinator {
             marked_complete,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Pings every source of the pass again once the scans and repairs are
+    /// over ([`AntiEntropyPass::to_confirm`]): SCAN replies carry no epoch,
+    /// so a source that restarted empty in the middle of its scan is only
+    /// seen here, and then does not count toward a refill.
+    async fn confirm_sources(&self, pass: &mut AntiEntropyPass) {
+        let pings = pass.to_confirm().into_iter().map(|index| {
+            let replica = self.inner.replicas[index].clone();
+            async move { (index, self.call(index, replica.ping()).await.ok()) }
+        });
+        for (index, epoch) in futures::future::join_all(pings).await {
+            if let Some(epoch) = epoch {
+                self.observe_epoch(index, epoch);
+            }
+            pass.on_confirm(index, epoch);
+        }
     }
 
     async fn ping_all(&self) -> Vec<Option<Epoch>> {

@@ -34,6 +34,8 @@ impl Coordinator {
                 let coordinator = Coordinator { inner };
                 coordinator.probe_due_replicas().await;
                 if coordinator.replica_states().iter().all(|s| !s.readable) {
+                    // A new cluster is bootstrapped; a full-cluster restart
+                    // with data is not (see `bootstrap.rs`).
                     coordinator.initialize().await;
                 }
                 coordinator.replay_hints().await;

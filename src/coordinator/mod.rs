@@ -26,7 +26,7 @@
 //! | `coordinator/write.rs` | [`Coordinator::write`]: stamping, fan-out, the write quorum, merges finishing in the background, hints queued for missed writes |
 //! | `coordinator/read.rs` | [`Coordinator::read`]: read order, the read plan with hedging, what a read answers |
 //! | `coordinator/read_repair.rs` | read-repair: blocking or background repair of the replicas a read found stale, and of answers that arrive after the read concluded |
-//! | `coordinator/bootstrap.rs` | [`Coordinator::initialize`] (a fresh cluster marks every epoch complete), [`Coordinator::accept_data_loss`] |
+//! | `coordinator/bootstrap.rs` | [`Coordinator::initialize`] (a fresh cluster, empty by a whole SCAN, marks every epoch complete; a full-cluster restart with data is not trusted), [`Coordinator::accept_data_loss`] |
 //! | `coordinator/background.rs` | the background tick: health probes, hint replay, when an anti-entropy pass starts |
 //! | `coordinator/anti_entropy.rs` | [`Coordinator::anti_entropy`]: the pass itself (lease, scanned pages, batched reads and repairs, refilled replicas marked complete) |
 //!
@@ -71,7 +71,7 @@ use crate::stamp::{duration_ms, Hlc, Stamp};
 
 pub(crate) mod anti_entropy;
 mod background;
-mod bootstrap;
+pub(crate) mod bootstrap;
 mod builder;
 mod read;
 mod read_repair;

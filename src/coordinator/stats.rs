@@ -53,6 +53,14 @@ pub struct CoordinatorStats {
     /// the anti-entropy lease on a majority of the replicas (another app
     /// server runs a pass, or too few replicas answered).
     pub anti_entropy_lease_refused: u64,
+    /// Times [`Coordinator::initialize`] found every replica in a new,
+    /// incomplete epoch with data in one of them (a full-cluster restart
+    /// with persistence) and marked nothing complete: reads stay
+    /// `Unavailable` until the operator decides
+    /// ([`Coordinator::accept_data_loss`]). The background task asks again
+    /// on each tick while no replica is readable, so this keeps growing
+    /// until then.
+    pub bootstraps_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) anti_entropy_passes: AtomicU64,
     pub(crate) anti_entropy_records_sent: AtomicU64,
     pub(crate) anti_entropy_lease_refused: AtomicU64,
+    pub(crate) bootstraps_refused: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -129,6 +138,7 @@ impl Coordinator {
             anti_entropy_passes: load(&c.anti_entropy_passes),
             anti_entropy_records_sent: load(&c.anti_entropy_records_sent),
             anti_entropy_lease_refused: load(&c.anti_entropy_lease_refused),
+            bootstraps_refused: load(&c.bootstraps_refused),
             writes_acknowledged: load(&c.writes_acknowledged),
             writes_failed: load(&c.writes_failed),
             restamped_writes: load(&c.restamped_writes),

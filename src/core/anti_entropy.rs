@@ -18,6 +18,14 @@
 //! A replica that fails or changes epoch during the pass leaves it: it neither
 //! counts as a source nor gets marked complete ([`AntiEntropyPass`]).
 //!
+//! SCAN replies carry no epoch: a source that restarted empty in the middle
+//! of its scan answers its remaining pages empty, and its scan ends looking
+//! complete. So a source counts only once it is **confirmed** after its scan
+//! ([`AntiEntropyPass::to_confirm`], [`AntiEntropyPass::on_confirm`]: the
+//! driver pings it once every repair has answered): still in the epoch it
+//! started the pass in, it held everything from the pass's start to its
+//! scan's end; in another epoch, or unreachable, it leaves the pass.
+//!
 //! Pure: no clock (`now_ms` in), no I/O; the driver scans, reads, writes.
 
 use super::ReplicaIndex;
@@ -181,7 +189,8 @@ pub struct PassOutcome {
     pub mark_complete: Vec<(ReplicaIndex, u64)>,
     /// Replicas that took part from the first page to the last.
     pub covered: Vec<ReplicaIndex>,
-    /// Complete replicas that were scanned in full.
+    /// Complete replicas that were scanned in full and confirmed in their
+    /// starting epoch afterwards ([`AntiEntropyPass::on_confirm`]).
     pub complete_sources: usize,
     /// [`sources_needed`].
     pub sources_needed: usize,
@@ -201,6 +210,10 @@ pub struct PassOutcome {
 ///     // ... scan one page of `replica`, compare and repair its keys ...
 ///     pass.on_page(replica, None); // that replica's scan is done
 /// }
+/// // Every repair answered: the sources are pinged again.
+/// assert_eq!(pass.to_confirm(), vec![0, 1]);
+/// pass.on_confirm(0, complete(1));
+/// pass.on_confirm(1, complete(2));
 /// assert_eq!(pass.finish().mark_complete, vec![(2, 9)]);
 /// ```
 #[derive(Clone, Debug)]
@@ -208,6 +221,8 @@ pub struct AntiEntropyPass {
     start_epochs: Vec<Option<Epoch>>,
     left: Vec<bool>,
     scanned_in_full: Vec<bool>,
+    /// Re-checked after the scans: still in its starting epoch.
+    confirmed: Vec<bool>,
     scan_index: usize,
     cursor: String,
     write_quorum: usize,
@@ -227,6 +242,7 @@ impl AntiEntropyPass {
             start_epochs: epochs.to_vec(),
             left: epochs.iter().map(Option::is_none).collect(),
             scanned_in_full: vec![false; epochs.len()],
+            confirmed: vec![false; epochs.len()],
             scan_index: 0,
             cursor: "0".to_owned(),
             write_quorum,
@@ -287,12 +303,41 @@ impl AntiEntropyPass {
         if !same && !self.left[index] {
             self.left[index] = true;
             self.scanned_in_full[index] = false;
+            self.confirmed[index] = false;
             if self.scan_index == index {
                 self.scan_index += 1;
                 self.cursor = "0".to_owned();
                 self.skip_left();
             }
         }
+    }
+
+    /// The sources to re-check once every scan is over and every repair
+    /// answered, before [`AntiEntropyPass::finish`]: the participants
+    /// complete at the start and scanned in full, not yet confirmed. The
+    /// driver pings each and reports with [`AntiEntropyPass::on_confirm`].
+    pub fn to_confirm(&self) -> Vec<ReplicaIndex> {
+        self.participants()
+            .into_iter()
+            .filter(|&i| self.is_source(i) && !self.confirmed[i])
+            .collect()
+    }
+
+    /// The re-check of source `index` after its scan: `epoch` is what it
+    /// answers now (`None`: no answer). The same epoch as at the start
+    /// confirms it (it held, through its whole scan, everything it held at
+    /// the start); another epoch or no answer makes it leave the pass, as
+    /// [`AntiEntropyPass::on_replica`] does.
+    pub fn on_confirm(&mut self, index: ReplicaIndex, epoch: Option<Epoch>) {
+        self.on_replica(index, epoch);
+        if !self.left[index] {
+            self.confirmed[index] = true;
+        }
+    }
+
+    /// Complete at the start and scanned in full (not necessarily confirmed).
+    fn is_source(&self, index: ReplicaIndex) -> bool {
+        self.scanned_in_full[index] && self.start_epochs[index].is_some_and(|e| e.complete)
     }
 
     /// True when `index` takes part and its scan in this pass is finished.
@@ -330,7 +375,9 @@ impl AntiEntropyPass {
         self.stats
     }
 
-    /// The pass's decision, once [`AntiEntropyPass::next_scan`] is `None`.
+    /// The pass's decision, once [`AntiEntropyPass::next_scan`] is `None`
+    /// (and the sources were re-checked: [`AntiEntropyPass::to_confirm`];
+    /// a source not confirmed does not count).
     ///
     /// # Panics
     ///
@@ -338,10 +385,11 @@ impl AntiEntropyPass {
     pub fn finish(&self) -> PassOutcome {
         assert!(self.next_scan().is_none(), "the pass is not over");
         let covered = self.participants();
+        // Only confirmed sources count: a source never re-checked may have
+        // restarted in the middle of its scan (SCAN replies carry no epoch).
         let complete_sources = covered
             .iter()
-            .filter(|&&i| self.scanned_in_full[i])
-            .filter(|&&i| self.start_epochs[i].is_some_and(|e| e.complete))
+            .filter(|&&i| self.is_source(i) && self.confirmed[i])
             .count();
         let needed = sources_needed(self.left.len(), self.write_quorum);
         let mark_complete = if complete_sources >= needed {
@@ -553,6 +601,18 @@ mod tests {
         pages: usize,
         events: &[(u64, usize, Option<Epoch>)],
     ) -> (Vec<usize>, PassOutcome) {
+        run_pass_confirmed(epochs, w, pages, events, &[])
+    }
+
+    /// [`run_pass`], then every source is confirmed with its starting
+    /// epoch unless `confirms` says what it answers instead.
+    fn run_pass_confirmed(
+        epochs: &[Option<Epoch>],
+        w: usize,
+        pages: usize,
+        events: &[(u64, usize, Option<Epoch>)],
+        confirms: &[(usize, Option<Epoch>)],
+    ) -> (Vec<usize>, PassOutcome) {
         let mut pass = AntiEntropyPass::new(epochs, w);
         let mut scanned = Vec::new();
         let mut page_count = 0u64;
@@ -577,6 +637,13 @@ mod tests {
             page_count += 1;
             let next = (page_of_replica < pages).then(|| format!("c{page_of_replica}"));
             pass.on_page(replica, next);
+        }
+        for index in pass.to_confirm() {
+            let answer = confirms
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or(epochs[index], |(_, epoch)| *epoch);
+            pass.on_confirm(index, answer);
         }
         (scanned, pass.finish())
     }
@@ -694,6 +761,84 @@ mod tests {
                 "{name}: pages"
             );
         }
+    }
+
+    /// B5: SCAN replies carry no epoch, so a source that restarted during
+    /// its scan is only caught by the re-check after the scans.
+    #[test]
+    fn sources_are_confirmed_before_a_refill_is_marked_complete() {
+        let n5 = vec![
+            epoch(1, true),
+            epoch(2, true),
+            None, // down
+            epoch(4, true),
+            epoch(9, false), // being refilled
+        ];
+        // (name, confirmations (replica, answer), marked, sources, covered)
+        type Case = (
+            &'static str,
+            Vec<(usize, Option<Epoch>)>,
+            Vec<(usize, u64)>,
+            usize,
+            Vec<usize>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "every source still in its epoch: r4 is marked",
+                vec![],
+                vec![(4, 9)],
+                3,
+                vec![0, 1, 3, 4],
+            ),
+            (
+                "r3 restarted (empty) during its scan: it does not count",
+                vec![(3, epoch(40, false))],
+                vec![],
+                2,
+                vec![0, 1, 4],
+            ),
+            (
+                "r3 restarted and another pass already refilled it: still not a source here",
+                vec![(3, epoch(40, true))],
+                vec![],
+                2,
+                vec![0, 1, 4],
+            ),
+            (
+                "r0 does not answer the re-check",
+                vec![(0, None)],
+                vec![],
+                2,
+                vec![1, 3, 4],
+            ),
+            (
+                "a completion seen at the re-check is the same epoch",
+                vec![(3, epoch(4, true))],
+                vec![(4, 9)],
+                3,
+                vec![0, 1, 3, 4],
+            ),
+        ];
+        for (name, confirms, marked, sources, covered) in cases {
+            let (_, outcome) = run_pass_confirmed(&n5, 3, 2, &[], &confirms);
+            assert_eq!(outcome.mark_complete, marked, "{name}: marked");
+            assert_eq!(outcome.complete_sources, sources, "{name}: sources");
+            assert_eq!(outcome.covered, covered, "{name}: covered");
+        }
+        // A driver that does not re-check marks nothing.
+        let mut pass = AntiEntropyPass::new(&n5, 3);
+        while let Some((replica, _)) = pass.next_scan() {
+            pass.on_page(replica, None);
+        }
+        assert_eq!(pass.to_confirm(), vec![0, 1, 3]);
+        let outcome = pass.finish();
+        assert_eq!(
+            (outcome.mark_complete, outcome.complete_sources),
+            (vec![], 0)
+        );
+        // Confirmed sources are not asked again; the refilled one never is.
+        pass.on_confirm(0, epoch(1, true));
+        assert_eq!(pass.to_confirm(), vec![1, 3]);
     }
 
     #[test]
