@@ -143,18 +143,15 @@ pub enum Error {
         failures: Vec<ReplicaFailure>,
     },
     /// A field update could not be acknowledged above the stamps its ackers
-    /// held: after [`STAMP_ROUNDS_MAX`](crate::coordinator::STAMP_ROUNDS_MAX)
-    /// rounds newer stamps still arrived (writers racing on one record), or
-    /// a replica holds a stamp further ahead than `max_clock_skew` (a host
-    /// with a wrong clock wrote it), which this coordinator refuses to
-    /// follow. Like [`Error::QuorumNotReached`]: the write may have reached
-    /// some replicas, and retrying it is safe.
-    #[error("write not ordered after {rounds} rounds: a replica holds stamp {above}")]
+    /// held: a replica holds a stamp further ahead of this host's clock than
+    /// `max_clock_skew` (a host with a wrong clock wrote it), which this
+    /// coordinator refuses to follow. Like [`Error::QuorumNotReached`]: the
+    /// write may have reached some replicas, and retrying it is safe; fix
+    /// the clocks.
+    #[error("write not ordered: a replica holds stamp {above}, too far ahead of this clock")]
     Unordered {
-        /// The largest stamp held (or the last stamp tried).
+        /// The stamp held.
         above: crate::stamp::Stamp,
-        /// Rounds tried.
-        rounds: u32,
     },
     /// The record was deleted: the write landed on a tombstone and was not
     /// applied.

@@ -95,18 +95,19 @@ pub fn run_sweep(
 /// The readable tables.
 pub fn render(rows: &[SweepRow], ops: u64, seed: u64) -> String {
     let mut out = format!("sweep: seed {seed}, {ops} ops per run\n\n");
-    out.push_str("N/W/R   R+W>N  stale reads   lost  resurr.  read avail  write avail  read p99  write p99\n");
+    out.push_str("N/W/R   R+W>N  stale reads   lost  hidden  resurr.  read avail  write avail  read p99  write p99\n");
     for row in rows {
         let (n, w, r) = row.quorums;
         let report = &row.all_faults;
         let v = &report.violations;
         let _ = writeln!(
             out,
-            "{:<7} {:<6} {:>10.4}% {:>6} {:>8} {:>10.2}% {:>11.2}% {:>7.1}ms {:>8.1}ms",
+            "{:<7} {:<6} {:>10.4}% {:>6} {:>7} {:>8} {:>10.2}% {:>11.2}% {:>7.1}ms {:>8.1}ms",
             format!("{n}/{w}/{r}"),
             if r + w > n { "yes" } else { "no" },
             row.stale_read_rate() * 100.0,
             v.lost_writes,
+            v.hidden_writes,
             v.resurrections,
             report.read_availability * 100.0,
             report.write_availability * 100.0,

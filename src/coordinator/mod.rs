@@ -80,7 +80,7 @@ mod write;
 
 pub use builder::CoordinatorBuilder;
 pub use stats::{CoordinatorStats, ReplicaState};
-pub use write::{WriteAck, STAMP_ROUNDS_MAX};
+pub use write::WriteAck;
 
 use stats::{bump, Counters};
 

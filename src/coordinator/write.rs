@@ -28,9 +28,6 @@ pub struct WriteAck {
     pub acked: usize,
 }
 
-/// Most times one write is stamped and sent (see [`Error::Unordered`]).
-pub const STAMP_ROUNDS_MAX: u32 = 4;
-
 /// How one round of a write ended.
 enum Written {
     /// Acknowledged by this many replicas.
@@ -55,10 +52,12 @@ impl Coordinator {
     /// ([`core::quorum`](crate::core::quorum)): when an acker already held
     /// a larger stamp (another app server's faster clock wrote the record),
     /// the update is stamped again above it and sent again — one more round
-    /// trip, counted in [`CoordinatorStats::restamped_writes`] — so a write
-    /// acknowledged later is never hidden behind one acknowledged earlier.
-    /// It also waits for N − W + 1 acknowledgements from replicas in a
-    /// complete epoch (with a majority W: no more than W).
+    /// trip, at most once per write, counted in
+    /// [`CoordinatorStats::restamped_writes`] — so a write acknowledged
+    /// later is never hidden behind one acknowledged earlier. It also waits
+    /// for N − W + 1 acknowledgements from replicas in a complete epoch
+    /// (with a majority W: no more than W while every replica is complete;
+    /// with W = 1 of 3: every replica).
     ///
     /// [`CoordinatorStats::restamped_writes`]: crate::CoordinatorStats::restamped_writes
     ///
@@ -68,9 +67,8 @@ impl Coordinator {
     /// - [`Error::QuorumNotReached`] when W can no longer be reached. The
     ///   write may still have reached some replicas and may surface later (as
     ///   in Dynamo); retrying the same mutation is safe;
-    /// - [`Error::Unordered`] when newer stamps kept arriving for
-    ///   [`STAMP_ROUNDS_MAX`] rounds, or a replica holds a stamp further
-    ///   ahead than `max_clock_skew`;
+    /// - [`Error::Unordered`] when a replica holds a stamp further ahead
+    ///   than `max_clock_skew` (a host with a wrong clock wrote it);
     /// - [`Error::Gone`] when the record is deleted (delete wins);
     /// - [`Error::Collision`] when a create finds another record.
     pub async fn write(&self, key: &str, mutation: Mutation) -> Result<WriteAck> {
@@ -87,53 +85,41 @@ impl Coordinator {
         let ordered = mutation.kind() == MutationKind::Update && !mutation.is_empty();
         let span = info_span!("write", key = %redact(key), mode = ?mode);
         async move {
-            let mut stamp = self.lock().clock.tick(now_ms);
+            let stamp = self.lock().clock.tick(now_ms);
             let mut delta = Arc::new(mutation.into_delta(stamp));
-            for round in 1..=STAMP_ROUNDS_MAX {
-                if round > 1 {
-                    // An update's entries all carry its stamp; nothing else
-                    // in the delta does.
-                    let fresh = Arc::make_mut(&mut delta);
-                    for entry in fresh.fields.values_mut() {
-                        entry.stamp = stamp;
-                    }
+            let order = ordered.then_some(stamp);
+            let above = match self.write_delta(key, delta.clone(), mode, order).await? {
+                Written::Acked(acked) => return Ok(WriteAck { stamp, acked }),
+                Written::Restamp { above } => above,
+            };
+            // An acker held a larger stamp: every write acknowledged before
+            // this one began is at or below `above` (see `core::quorum`), so
+            // one more round, stamped above it, is ordered.
+            let now_ms = self.now_ms();
+            let stamp = {
+                let mut state = self.lock();
+                if let Err(skew) = state.clock.observe(above, now_ms) {
+                    drop(state);
+                    bump(&self.inner.counters.writes_failed);
+                    warn!(
+                        ahead_ms = skew.ahead_ms,
+                        "write not ordered: a replica holds a stamp too far ahead"
+                    );
+                    return Err(Error::Unordered { above });
                 }
-                let order = ordered.then_some(stamp);
-                match self.write_delta(key, delta.clone(), mode, order).await? {
-                    Written::Acked(acked) => return Ok(WriteAck { stamp, acked }),
-                    Written::Restamp { above } => {
-                        // `merge_on` already moved the clock past `above`
-                        // (unless it was refused as too far ahead).
-                        let now_ms = self.now_ms();
-                        let mut state = self.lock();
-                        if let Err(skew) = state.clock.observe(above, now_ms) {
-                            drop(state);
-                            bump(&self.inner.counters.writes_failed);
-                            warn!(
-                                ahead_ms = skew.ahead_ms,
-                                "write not ordered: a replica holds a stamp too far ahead"
-                            );
-                            return Err(Error::Unordered {
-                                above,
-                                rounds: round,
-                            });
-                        }
-                        stamp = state.clock.tick(now_ms);
-                        drop(state);
-                        bump(&self.inner.counters.restamped_writes);
-                        debug!(round, "an acker held a larger stamp: stamped again");
-                    }
-                }
+                state.clock.tick(now_ms)
+            };
+            bump(&self.inner.counters.restamped_writes);
+            debug!("an acker held a larger stamp: stamped again");
+            // An update's entries all carry its stamp; nothing else in the
+            // delta does.
+            for entry in Arc::make_mut(&mut delta).fields.values_mut() {
+                entry.stamp = stamp;
             }
-            bump(&self.inner.counters.writes_failed);
-            warn!(
-                rounds = STAMP_ROUNDS_MAX,
-                "write not ordered: newer stamps kept arriving"
-            );
-            Err(Error::Unordered {
-                above: stamp,
-                rounds: STAMP_ROUNDS_MAX,
-            })
+            match self.write_delta(key, delta, mode, None).await? {
+                Written::Acked(acked) => Ok(WriteAck { stamp, acked }),
+                Written::Restamp { .. } => unreachable!("an unordered round is never re-stamped"),
+            }
         }
         .instrument(span)
         .await

@@ -1,19 +1,21 @@
 //! Write tally: acknowledgements and failures in, an outcome out.
 //!
 //! An *ordered* write (one that writes fields, see
-//! [`WriteTally::ordered`]) is acknowledged only above what its ackers held:
-//! if an acker already held a larger stamp (a coordinator with a faster
-//! clock wrote the record, and this one had not seen it), the outcome is
-//! [`WriteOutcome::Restamp`] — advance the clock past it, stamp again and
-//! write again — and it also waits until N − W + 1 of its acknowledgements
-//! come from replicas in a complete epoch. Any write acknowledged before
-//! this one began is held by at least W − L complete replicas (L of them
-//! lost data since; those are not complete) out of N − L complete ones, so
-//! N − W + 1 complete acknowledgements always include one that holds it:
-//! acknowledgement order and stamp order agree, and last-writer-wins never
-//! hides an acknowledged write behind an earlier one. With a majority W,
-//! N − W + 1 ≤ W: nothing more than W is waited for while every replica is
-//! complete.
+//! [`WriteTally::ordered`]) is acknowledged only above every write
+//! acknowledged before it began. Any such write is held by at least W − L
+//! complete replicas (L replicas lost data since; those are not complete)
+//! out of N − L complete ones, so any N − W + 1 acknowledgements from
+//! complete replicas include one that holds it, and that replica's reply
+//! carries a held stamp at least as large. So an ordered write waits for
+//! W acknowledgements *and* N − W + 1 from complete replicas (with a
+//! majority W that is no more than W while every replica is complete);
+//! then, if an acker held a stamp above the write's (a coordinator with a
+//! faster clock wrote the record, and this one had not seen it), the
+//! outcome is [`WriteOutcome::Restamp`]: advance the clock past the largest
+//! held stamp, stamp again and write again — an ordinary write this time,
+//! already above everything acknowledged before the first round began.
+//! Two rounds at most: acknowledgement order and stamp order agree, and
+//! last-writer-wins never hides an acknowledged write behind an earlier one.
 
 use super::ReplicaIndex;
 use crate::stamp::Stamp;
@@ -45,9 +47,10 @@ pub enum WriteOutcome {
     /// W can no longer be reached (for an ordered write: or N − W + 1
     /// acknowledgements from complete replicas).
     Failed,
-    /// An acker held a stamp above the write's (`above`: the largest seen):
-    /// the write must be stamped again above it and sent again before it
-    /// may be acknowledged.
+    /// An ordered write reached its acknowledgements, but an acker held a
+    /// stamp above the write's (`above`: the largest held): the write must
+    /// be stamped again above it and sent again before it may be
+    /// acknowledged.
     Restamp {
         /// The largest stamp an acker held.
         above: Stamp,
@@ -171,8 +174,9 @@ impl WriteTally {
     }
 
     /// The outcome so far. Gone and Collision win over everything: a
-    /// tombstone seen anywhere means the record is deleted. Then an ordered
-    /// write that an acker held a larger stamp for must be stamped again.
+    /// tombstone seen anywhere means the record is deleted. An ordered write
+    /// that reached its acknowledgements but that an acker held a larger
+    /// stamp for must be stamped again.
     pub fn outcome(&self) -> WriteOutcome {
         if self.gone {
             return WriteOutcome::Gone;
@@ -180,12 +184,12 @@ impl WriteTally {
         if self.exists {
             return WriteOutcome::Collision;
         }
-        if let Some(above) = self.held_above {
-            return WriteOutcome::Restamp { above };
-        }
         let complete_needed = self.order.map_or(0, |o| o.complete_needed);
         if self.acked_count >= self.needed && self.complete_acked >= complete_needed {
-            return WriteOutcome::Reached;
+            return match self.held_above {
+                Some(above) => WriteOutcome::Restamp { above },
+                None => WriteOutcome::Reached,
+            };
         }
         let answered = self.replied.iter().filter(|r| r.is_some()).count();
         let unanswered = self.replica_count - answered;
@@ -344,11 +348,13 @@ mod tests {
                 vec![(0, Some(None), true), (1, Some(Some(5)), true)],
                 vec![O::Pending, O::Reached],
             ),
+            // A larger held stamp is acted on once the quorum is in: the
+            // quorum's largest stamp covers every write acknowledged before.
             (
                 2,
                 3,
-                vec![(0, Some(Some(20)), true)],
-                vec![O::Restamp { above: s(20) }],
+                vec![(0, Some(Some(20)), true), (1, Some(Some(25)), true)],
+                vec![O::Pending, O::Restamp { above: s(25) }],
             ),
             (
                 2,
@@ -377,6 +383,16 @@ mod tests {
                 vec![
                     (0, Some(None), false),
                     (1, Some(None), true),
+                    (2, None, false),
+                ],
+                vec![O::Pending, O::Pending, O::Failed],
+            ),
+            (
+                2,
+                3,
+                vec![
+                    (0, Some(Some(20)), true),
+                    (1, None, false),
                     (2, None, false),
                 ],
                 vec![O::Pending, O::Pending, O::Failed],

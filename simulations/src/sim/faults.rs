@@ -218,7 +218,7 @@ impl World {
             )
         });
         let world = self.clone();
-        tokio::task::spawn_local(async move {
+        self.spawn(async move {
             tokio::time::sleep(duration).await;
             world.end_fault(id);
         });

@@ -44,7 +44,7 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use quorum_sessions::core::hints::HintLimits;
 use quorum_sessions::replica::Replica;
 use quorum_sessions::{ClusterConfig, Coordinator};
@@ -159,6 +159,9 @@ pub(crate) struct World {
     pub(crate) net: Net,
     pub(crate) apps: Vec<AppServer>,
     driver: RefCell<Driver>,
+    /// The first panic of a task (a driver invariant broken): the run
+    /// stops and the panic resumes in the caller.
+    panic: RefCell<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 /// The library's configuration for each app server: the run's cluster
@@ -244,6 +247,7 @@ impl World {
             net,
             apps,
             driver: RefCell::new(driver),
+            panic: RefCell::new(None),
         }))
     }
 
@@ -272,19 +276,39 @@ impl World {
         }
     }
 
+    /// Runs `task` on the run's thread; a panic in it stops the run and is
+    /// resumed by [`check_panic`](Self::check_panic).
+    pub(crate) fn spawn(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
+        let world = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                world.panic.borrow_mut().get_or_insert(panic);
+            }
+        });
+    }
+
+    /// Resumes the first panic of a task, if any.
+    fn check_panic(&self) {
+        if let Some(panic) = self.panic.borrow_mut().take() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     fn phase(&self) -> Phase {
         self.driver().phase
     }
 
     async fn run(self: Rc<Self>) {
-        tokio::task::spawn_local(self.clone().snapshots());
+        self.spawn(self.clone().snapshots());
         if !self.config.faults.kinds.is_empty() {
-            tokio::task::spawn_local(self.clone().inject_faults());
+            self.spawn(self.clone().inject_faults());
         }
         self.clone().arrivals().await;
         self.heal().await;
+        self.check_panic();
         self.quiesce().await;
         self.audit().await;
+        self.check_panic();
         let mut driver = self.driver();
         driver.phase = Phase::Done;
         driver.end_us = self.now_us();
@@ -317,7 +341,7 @@ impl World {
                     next_us += -uniform.ln() * 1e6 / self.config.workload.ops_per_sec;
                     (coord, op, driver.issued)
                 };
-                tokio::task::spawn_local(client::issue(self.clone(), coord, op, false));
+                self.spawn(client::issue(self.clone(), coord, op, false));
                 if issued >= self.config.ops {
                     return;
                 }
@@ -347,7 +371,10 @@ impl World {
             "heal: every fault ends, the workload stops".to_owned()
         });
         let started = tokio::time::Instant::now();
-        while self.driver().in_flight > 0 && started.elapsed() < DRAIN_BOUND {
+        while self.driver().in_flight > 0
+            && started.elapsed() < DRAIN_BOUND
+            && self.panic.borrow().is_none()
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -409,7 +436,7 @@ impl World {
                 self.driver().operator_passes += 1;
                 self.trace(None, || "operator asks for an anti-entropy pass".to_owned());
                 let (world, running) = (self.clone(), operator_pass.clone());
-                tokio::task::spawn_local(async move {
+                self.spawn(async move {
                     let _ = world.apps[0].coordinator.anti_entropy().await;
                     *running.borrow_mut() = false;
                 });
