@@ -193,8 +193,8 @@ impl NetState {
         self.clock.true_ms()
     }
 
-    /// A message's delay on one direction of one connection, `None` when
-    /// it is lost.
+    /// When a message sent now on one direction of one connection arrives,
+    /// `None` when it is lost.
     fn travel(
         &mut self,
         coord: usize,
@@ -202,7 +202,7 @@ impl NetState {
         conn: Conn,
         toward_server: bool,
         leg: Leg,
-    ) -> Option<Duration> {
+    ) -> Option<tokio::time::Instant> {
         let link = coord * self.replica_count() + replica;
         self.stats.messages_sent += 1;
         let loss = self.servers[replica].loss;
@@ -226,7 +226,7 @@ impl NetState {
         let slot = link * 4 + conn as usize * 2 + usize::from(toward_server);
         let arrival = (now + latency).max(self.fifo[slot] + 1);
         self.fifo[slot] = arrival;
-        Some(Duration::from_micros(arrival - now))
+        Some(self.clock.at_us(arrival))
     }
 
     /// The server's epoch, created (not complete) if its key is gone.
@@ -445,12 +445,12 @@ impl SimLink {
         let Some(there) = there else {
             return never().await;
         };
-        tokio::time::sleep(there).await;
+        tokio::time::sleep_until(there).await;
         let answered = self.answer(conn, leg, apply);
         let Some((reply, back)) = answered else {
             return never().await;
         };
-        tokio::time::sleep(back).await;
+        tokio::time::sleep_until(back).await;
         reply
     }
 
@@ -461,7 +461,7 @@ impl SimLink {
         conn: Conn,
         leg: Leg,
         apply: impl FnOnce(&mut NetState) -> T,
-    ) -> Option<(T, Duration)> {
+    ) -> Option<(T, tokio::time::Instant)> {
         let mut net = self.net.lock();
         if net.servers[self.replica].down {
             return None;
