@@ -90,10 +90,23 @@
 //! failover, and may lack acknowledged writes. A planned restart with
 //! persistence therefore also starts a new epoch; anti-entropy refills it.
 //! The run id is learnt with `INFO server` once per connection and passed
-//! to every script; a request during which fred reconnected is refused, so
-//! the id passed is always the one of the process that ran it (see
-//! `process.rs`). Scripts are loaded once and called with `EVALSHA`
-//! (reloaded on `NOSCRIPT`).
+//! to every script; the reply of a request during which fred reconnected is
+//! refused (see `process.rs`). That alone would not stop its effect: fred
+//! may write a request queued before a connection dropped onto the next
+//! one, so after a restart a script can run in the new process with the
+//! old process's run id, and would make a new epoch there (one more per
+//! such request, each making the replica write-only again). So a script
+//! that finds no epoch made by the run id it carries (the only case where
+//! it would make one) first compares that run id with the running
+//! process's (`INFO server` inside the script, on this rare path only) and,
+//! when they differ, answers `STALERUN` before any write; the request fails
+//! as [`ReplicaError::Unavailable`] and the next one learns the run id
+//! again. (After a restart *with* persistence the loaded run key still
+//! names the old process, so a replayed merge finds its epoch and is
+//! applied in it: a merge is a join and that epoch is replaced by the next
+//! request anyway, so it only surfaces a write whose caller saw a failure,
+//! as any failed write may.) Scripts are loaded once and called with
+//! `EVALSHA` (reloaded on `NOSCRIPT`).
 //!
 //! # Deadlines and errors
 //!
@@ -101,7 +114,8 @@
 //! `tokio::time::timeout` (fred ignores per-command timeouts for `EVALSHA`).
 //! A merge that timed out may still have been applied (merges are
 //! idempotent: retrying is safe). Connection errors are
-//! [`ReplicaError::Unavailable`], deadlines [`ReplicaError::Timeout`],
+//! [`ReplicaError::Unavailable`] (so is a script's `STALERUN`, see
+//! above), deadlines [`ReplicaError::Timeout`],
 //! `WRONGTYPE`/`CORRUPT` [`ReplicaError::Corrupt`], and `OOM`, `READONLY`,
 //! `NOPERM`, `BUSY` and script errors [`ReplicaError::Refused`]. Logs name a
 //! key by its first 8 characters only and never show values.
@@ -572,7 +586,15 @@ impl RedisReplica {
                 result => result,
             }
         };
-        let reply = self.finish(op, key, tokio::time::timeout(self.timeout, call).await)?;
+        let outcome = tokio::time::timeout(self.timeout, call).await;
+        if let (Some(via), Ok(Err(error))) = (via, &outcome) {
+            if wire::is_stale_run_id(error) {
+                // Nothing was written; the next request learns the run id
+                // again (if no reconnection announced it already).
+                self.identity.forget(via.generation);
+            }
+        }
+        let reply = self.finish(op, key, outcome)?;
         if let Some(via) = via {
             self.identity
                 .check(&self.name, &self.client, via.generation)?;

@@ -145,6 +145,15 @@ impl ProcessIdentity {
         })
     }
 
+    /// Forgets the run id learnt for `generation` (a script answered that
+    /// it is not the running process's): the next request learns it again.
+    pub(super) fn forget(&self, generation: u64) {
+        let mut run_id = self.lock_run_id();
+        if matches!(&*run_id, Some((known, _)) if *known == generation) {
+            *run_id = None;
+        }
+    }
+
     fn lock_run_id(&self) -> std::sync::MutexGuard<'_, Option<(u64, Value)>> {
         self.run_id
             .lock()
