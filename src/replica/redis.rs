@@ -122,6 +122,11 @@
 //!
 //! # Connections
 //!
+//! A dropped connection to a Redis that still runs costs milliseconds:
+//! fred reconnects after `reconnect_delay_min` (10 ms by default), a
+//! request waits up to `reconnect_wait` for it, and a request the drop
+//! failed is made once more on the new connection (`reconnect.rs`).
+//!
 //! Two per replica: one for the requests (reads, merges, epochs, leases)
 //! and one for anti-entropy's batched reads and creates and its `SCAN`s, so
 //! that a page of hundreds of keys never queues a foreground request behind
@@ -157,6 +162,7 @@ mod config;
 mod confirmed;
 mod dump;
 mod process;
+mod reconnect;
 mod wire;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -171,7 +177,7 @@ use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Resp3Frame};
 pub use config::{
     EvictionCheck, RedisConnectError, RedisReplicaConfig, RedisTarget, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEY_PREFIX, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
-    DEFAULT_REQUEST_TIMEOUT, KEY_PREFIX_MAX_BYTES,
+    DEFAULT_RECONNECT_WAIT, DEFAULT_REQUEST_TIMEOUT, KEY_PREFIX_MAX_BYTES,
 };
 pub use confirmed::RECONFIRM_AFTER;
 
@@ -264,6 +270,9 @@ pub struct RedisReplica {
     epoch_fred_key: Key,
     run_fred_key: Key,
     timeout: Duration,
+    /// How long a request waits for a dropped connection (see
+    /// `reconnect.rs`).
+    reconnect_wait: Duration,
     clustered: bool,
     eviction_check: EvictionCheck,
     eviction_state: AtomicU8,
@@ -345,6 +354,7 @@ impl RedisReplica {
             epoch_key,
             run_key,
             timeout: config.request_timeout,
+            reconnect_wait: config.reconnect_wait.min(config.request_timeout),
             clustered,
             eviction_check: config.eviction_check,
             eviction_state: AtomicU8::new(EVICTION_UNCHECKED),
@@ -491,8 +501,9 @@ impl RedisReplica {
 
     /// Before every request: the replica must not be refused for eviction,
     /// and must be connected (a disconnected fred client would queue the
-    /// command until the deadline; answering at once lets the coordinator
-    /// skip the replica).
+    /// command until the deadline; answering after at most
+    /// `reconnect_wait`, see `reconnect.rs`, lets the coordinator skip the
+    /// replica).
     async fn ensure_usable(&self) -> Result<(), ReplicaError> {
         self.ensure_usable_on(&self.client).await
     }
@@ -513,7 +524,7 @@ impl RedisReplica {
 
     /// [`ensure_usable`](Self::ensure_usable) for a request on `client`.
     async fn ensure_usable_on(&self, client: &Client) -> Result<(), ReplicaError> {
-        if !client.is_connected() {
+        if !client.is_connected() && !self.wait_connected(client).await {
             return Err(ReplicaError::Unavailable {
                 detail: format!("{}: not connected (reconnecting)", self.name),
                 source: None,
@@ -551,11 +562,27 @@ impl RedisReplica {
     /// `NOSCRIPT` (a restarted or flushed Redis) the script is loaded and
     /// the request made and sent again: the usual case sends what `request`
     /// made without copying it.
+    ///
+    /// Made once more when the connection dropped under it (see
+    /// `reconnect.rs`).
     async fn eval(
         &self,
         op: &'static str,
         script: &Script,
         request: impl Fn() -> (Vec<Key>, Vec<Value>),
+        run_id_slot: Option<usize>,
+        key: Option<&str>,
+    ) -> Result<(Value, Option<Via>), ReplicaError> {
+        let once = || Box::pin(self.eval_once(op, script, &request, run_id_slot, key));
+        self.retrying(once).await
+    }
+
+    /// One [`eval`](Self::eval).
+    async fn eval_once(
+        &self,
+        op: &'static str,
+        script: &Script,
+        request: &impl Fn() -> (Vec<Key>, Vec<Value>),
         run_id_slot: Option<usize>,
         key: Option<&str>,
     ) -> Result<(Value, Option<Via>), ReplicaError> {
@@ -1128,18 +1155,25 @@ fn build_client(
     let timeout = config.request_timeout;
     let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     // TRAP: without a reconnect policy fred never reconnects after a restart.
-    let policy = ReconnectPolicy::new_exponential(
+    let mut policy = ReconnectPolicy::new_exponential(
         0,
         millis(config.reconnect_delay_min),
         millis(config.reconnect_delay_max),
         2,
     );
+    // fred adds up to 100 ms of jitter to every delay by default: more than
+    // the whole outage a dropped connection should cost (see reconnect.rs).
+    policy.set_jitter(millis(config.reconnect_delay_min / 2));
     let unresponsive = (timeout * 4).max(Duration::from_secs(2));
     Builder::from_config(fred_config)
         .with_connection_config(|c| {
             c.connection_timeout = config.connect_timeout;
             c.internal_command_timeout = timeout.max(Duration::from_millis(500));
-            // Merges are idempotent, but the coordinator owns retries.
+            // One write per command: a command fred wrote again on a new
+            // connection would carry the run id learnt on the old one (its
+            // reply is refused, see process.rs). A request whose
+            // connection dropped is made again whole instead, run id
+            // included (see reconnect.rs).
             c.max_command_attempts = 1;
             // A hung (paused) node: drop the connection, reconnect.
             c.unresponsive.max_timeout = Some(unresponsive);
@@ -1163,21 +1197,7 @@ impl Replica for RedisReplica {
 
     async fn read(&self, key: &str) -> Result<ReadReply, ReplicaError> {
         self.check_key(key)?;
-        if self.clustered {
-            let (record, _) = self.hgetall(key).await?;
-            let epoch = Box::pin(self.ping_epoch()).await?;
-            return Ok(ReadReply { record, epoch });
-        }
-        if let Some(reply) = self.read_fast(key).await? {
-            return Ok(reply);
-        }
-        let (epoch, hash) = self.read_bracketed(key).await?;
-        let (record, _) = self.decode_hash(key, hash)?;
-        let epoch = match epoch {
-            Some(epoch) => epoch,
-            None => Box::pin(self.new_epoch_after_read()).await?,
-        };
-        Ok(ReadReply { record, epoch })
+        self.retrying(|| Box::pin(self.read_once(key))).await
     }
 
     async fn merge(
@@ -1352,6 +1372,26 @@ impl Replica for RedisReplica {
 }
 
 impl RedisReplica {
+    /// One [`Replica::read`] (made once more when the connection dropped
+    /// under it, see `reconnect.rs`).
+    async fn read_once(&self, key: &str) -> Result<ReadReply, ReplicaError> {
+        if self.clustered {
+            let (record, _) = self.hgetall(key).await?;
+            let epoch = Box::pin(self.ping_epoch()).await?;
+            return Ok(ReadReply { record, epoch });
+        }
+        if let Some(reply) = self.read_fast(key).await? {
+            return Ok(reply);
+        }
+        let (epoch, hash) = self.read_bracketed(key).await?;
+        let (record, _) = self.decode_hash(key, hash)?;
+        let epoch = match epoch {
+            Some(epoch) => epoch,
+            None => Box::pin(self.new_epoch_after_read()).await?,
+        };
+        Ok(ReadReply { record, epoch })
+    }
+
     /// After a read that found no epoch made by this process: the epoch
     /// script makes a new one (or finds the one another request made), and
     /// the read reports it incomplete whatever it says by now (the hash was

@@ -29,6 +29,9 @@ pub(super) fn is_stale_run_id(error: &fred::error::Error) -> bool {
 /// Maps a fred error: server error replies by their first word, the rest by
 /// fred's kind.
 pub(super) fn map_error(replica: &str, error: fred::error::Error, after: Duration) -> ReplicaError {
+    if super::reconnect::is_dropped_connection(&error) {
+        return unavailable(replica, error);
+    }
     match error.kind() {
         ErrorKind::Timeout => return ReplicaError::Timeout { after },
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing | ErrorKind::Backpressure => {
