@@ -1,4 +1,4 @@
--- quorum-sessions: helpers shared by the scripts (prepended by redis.rs).
+-- quorum-sessions: helpers shared by the scripts (prepended by mod.rs).
 --
 -- Values are never decoded: entries are compared as byte strings and copied.
 -- Lua's `<` on strings uses strcoll (the server's locale: "aa" sorts after

@@ -310,7 +310,7 @@ end
 epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
 -- m:ep: the epoch this write happened in, read in this same script (so a
 -- record holding m:ep = E was written while E stood; see "Reads" in
--- redis.rs). Not in Cluster mode (no epoch).
+-- the module docs of replica::redis). Not in Cluster mode (no epoch).
 if epoch ~= '' then
   local ep = string.sub(epoch, 1, 16)
   if stored.ep ~= ep then
