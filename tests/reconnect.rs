@@ -72,6 +72,15 @@ fn error_kind(error: &Error) -> String {
     format!("{kind} [{failures}]")
 }
 
+/// `RUST_LOG=quorum_sessions=debug` shows each replica failure (keys cut
+/// to 8 characters, no values).
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -79,6 +88,7 @@ fn millis(d: Duration) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_back_in_use_after_its_connections_are_killed() {
     let _serial = SERIAL.lock().await;
+    init_logs();
     let nodes = support::RedisNodes::start(1).await;
     let node = nodes.node(0);
     let replica = default_replica(node).await;
@@ -131,6 +141,7 @@ async fn one_replica_back_in_use_after_its_connections_are_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_client_kill_under_a_workload() {
     let _serial = SERIAL.lock().await;
+    init_logs();
     let nodes = support::RedisNodes::start(3).await;
     let mut replicas: Vec<Arc<dyn Replica>> = Vec::new();
     for node in nodes.nodes() {

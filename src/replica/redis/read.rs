@@ -17,6 +17,9 @@ impl RedisReplica {
     /// One [`Replica::read`] (made once more when the connection dropped
     /// under it, see `reconnect.rs`).
     pub(super) async fn read_once(&self, key: &str) -> Result<ReadReply, ReplicaError> {
+        // First: the fast path reads the connection's generation before its
+        // command, so a reconnection must be waited for before that.
+        self.ensure_usable().await?;
         if self.clustered {
             let (record, _) = self.hgetall(key).await?;
             let epoch = Box::pin(self.ping_epoch()).await?;

@@ -17,12 +17,15 @@
 //!   writes a command once, see `build_client`) or is refused (its reply
 //!   came through a newer connection than its run id, see `process.rs`, or
 //!   its script answered `STALERUN`): it is made once more, whole, on the
-//!   new connection (a new run id included), within its deadline. Every
+//!   new connection (a new run id included), within its deadline, once
+//!   that connection is up (fred reports the dropped one as connected
+//!   until its reconnection delay has passed). Every
 //!   request is idempotent (merges are joins, a create finds its own
 //!   earlier write, epoch and lease calls set what they set).
 //!
-//! A Redis that is really down costs each request at most `reconnect_wait`
-//! until the coordinator marks the replica Down and skips it.
+//! A Redis that is really down costs each request at most twice
+//! `reconnect_wait` until the coordinator marks the replica Down and skips
+//! it.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -35,6 +38,10 @@ use crate::error::ReplicaError;
 /// Longest single wait on fred's connection notification before the state
 /// is read again (its notification can be missed between the two).
 const POLL: Duration = Duration::from_millis(5);
+
+/// How often [`RedisReplica::wait_reconnected`] looks for the new
+/// connection.
+const RECONNECT_POLL: Duration = Duration::from_millis(1);
 
 /// The texts of fred's errors for a command that was on a connection when
 /// it closed (it is not written twice) or that found no connection: the
@@ -73,25 +80,43 @@ impl RedisReplica {
         }
     }
 
+    /// Waits up to `reconnect_wait` for a connection newer than
+    /// `generation` to be up. fred still reports the dropped connection as
+    /// connected until its reconnection delay has passed: a request sent
+    /// then is queued, written on the next connection and refused (its run
+    /// id may be stale, see `process.rs`).
+    async fn wait_reconnected(&self, generation: u64) {
+        let deadline = Instant::now() + self.reconnect_wait;
+        while self.identity.generation(&self.client) == generation || !self.client.is_connected() {
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(RECONNECT_POLL).await;
+        }
+    }
+
     /// Runs `request` (one call on the main connection), and once more when
     /// it failed as unavailable although the connection was up when it
-    /// started (it dropped, or was replaced, under the request), if at most
-    /// half the deadline has passed. The second run waits for the new
-    /// connection (see `ensure_usable`).
+    /// started or was replaced while it ran (it dropped under the request),
+    /// if at most half the deadline has passed. The second run waits for
+    /// the new connection (see `ensure_usable`).
     pub(super) async fn retrying<T, F>(&self, request: impl Fn() -> F) -> Result<T, ReplicaError>
     where
         F: Future<Output = Result<T, ReplicaError>>,
     {
         let started = Instant::now();
         let connected = self.client.is_connected();
+        let generation = self.identity.generation(&self.client);
         match request().await {
             Err(ReplicaError::Unavailable { detail, .. })
-                if connected && started.elapsed() < self.timeout / 2 =>
+                if started.elapsed() < self.timeout / 2
+                    && (connected || self.identity.generation(&self.client) != generation) =>
             {
                 tracing::debug!(
                     replica = %self.name, %detail,
                     "connection dropped during a request: made again on the new connection"
                 );
+                self.wait_reconnected(generation).await;
                 request().await
             }
             result => result,
