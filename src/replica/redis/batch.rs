@@ -5,7 +5,7 @@
 //! - `read_many`: `MGET <epoch> <epoch:run>`, `HGETALL` of every key,
 //!   `MGET <epoch> <epoch:run>` again, in one fred pipeline. The two `MGET`s
 //!   bracket every `HGETALL` exactly as they bracket the one of a single
-//!   read (see the module docs of `redis.rs`), so one epoch answers for the
+//!   read (see the module docs of `replica::redis`), so one epoch answers for the
 //!   whole batch.
 //! - `merge_many`: a refill creates nearly every record it sends, and the
 //!   merge script is costly (it moves every byte of the record in and out of

@@ -1,4 +1,4 @@
--- quorum-sessions: helpers shared by the scripts (prepended by redis.rs).
+-- quorum-sessions: helpers shared by the scripts (prepended by mod.rs).
 --
 -- Values are never decoded: entries are compared as byte strings and copied.
 -- Lua's `<` on strings uses strcoll (the server's locale: "aa" sorts after
@@ -10,7 +10,8 @@
 -- (string.sub, string.find, redis.call, ...) and each new string costs far
 -- more than a Lua operation: the hot paths call as few as they can, validate
 -- each distinct stamp or field name once per call, and never call `INFO`
--- (the caller passes the run id of the Redis process it is connected to).
+-- (the caller passes the run id of the Redis process it is connected to;
+-- only a call that finds no epoch made by that run id checks it with INFO).
 
 -- -1, 0 or 1 as `a` sorts before, equal to or after `b`, byte by byte (a
 -- proper prefix sorts first), like Rust's `[u8]` ordering.
@@ -36,14 +37,36 @@ local function is_hex(s, n)
   return #s == n and string.find(s, '^[0-9a-f]+$') ~= nil
 end
 
+-- nil when `run_id` is the run id of the Redis process running this script,
+-- else the STALERUN error. `INFO` costs more than the rest of a request: it
+-- runs only where a call would make an epoch or find none made by `run_id`
+-- (once per epoch, and on a stale caller), never in the usual case.
+--
+-- Why: after a restart fred may write a request queued before the
+-- connection dropped onto the new connection, carrying the old process's
+-- run id. Without this check such a call makes a new epoch (and writes its
+-- record) although the reply is refused, so one restart could start
+-- several epochs, and a replica refilled meanwhile would be made write-only
+-- again. The error is a reply, before any write: the caller re-learns the
+-- run id and retries.
+local function stale_run_id(run_id)
+  local info = redis.call('INFO', 'server')
+  local running = string.match(info, 'run_id:([0-9A-Za-z]+)')
+  if running ~= nil and running == run_id then return nil end
+  return 'STALERUN the run id passed is not the one of this Redis process'
+end
+
 -- Reads the epoch: its value, or false when it is missing or was not made or
 -- confirmed by this Redis process (the run key holds another run id than
 -- `run_id`, which the caller learnt with `INFO` on the very connection this
 -- script came through: the keyspace was loaded from a snapshot or an AOF, or
 -- a replica was promoted; what it holds may lack acknowledged writes). nil
--- and an error for foreign data. No epoch key (Cluster mode) reads as ''; no
--- run key (Cluster mode) skips the process check. One MGET in the usual case
--- (MGET reads a key of another type as missing: TYPE tells them apart).
+-- and an error for foreign data, and nil and the STALERUN error when it
+-- would be false but `run_id` is not the running process's (see
+-- stale_run_id): a caller may make an epoch only in its own process. No
+-- epoch key (Cluster mode) reads as ''; no run key (Cluster mode) skips the
+-- process checks. One MGET in the usual case (MGET reads a key of another
+-- type as missing: TYPE tells them apart).
 local function epoch_read(key, run_key, run_id)
   if key == nil then return '' end
   local values
@@ -56,6 +79,10 @@ local function epoch_read(key, run_key, run_id)
   if not value then
     local kind = redis.call('TYPE', key)['ok']
     if kind ~= 'none' then return nil, 'CORRUPT the epoch key holds a ' .. kind end
+    if run_key ~= nil then
+      local stale = stale_run_id(run_id)
+      if stale then return nil, stale end
+    end
     return false
   end
   if #value ~= 18 or string.find(value, '^[0-9a-f]+:[cn]$') == nil then
@@ -66,6 +93,8 @@ local function epoch_read(key, run_key, run_id)
       local kind = redis.call('TYPE', run_key)['ok']
       if kind ~= 'none' then return nil, 'CORRUPT the epoch run key holds a ' .. kind end
     end
+    local stale = stale_run_id(run_id)
+    if stale then return nil, stale end
     return false
   end
   return value

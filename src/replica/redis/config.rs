@@ -13,10 +13,16 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// for the first connection before returning a replica that keeps trying in
 /// the background.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default shortest delay between two reconnection attempts.
-pub const DEFAULT_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
+/// Default delay before the first reconnection attempt after a connection
+/// drops (doubled after each failed attempt). Short: a dropped connection
+/// to a server that still runs (an idle timeout, a proxy, `CLIENT KILL`)
+/// should be back within a few milliseconds.
+pub const DEFAULT_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(10);
 /// Default longest delay between two reconnection attempts.
 pub const DEFAULT_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Default longest time a request waits for a dropped connection to come
+/// back (see [`RedisReplicaConfig::reconnect_wait`]).
+pub const DEFAULT_RECONNECT_WAIT: Duration = Duration::from_millis(50);
 /// Longest key prefix accepted.
 pub const KEY_PREFIX_MAX_BYTES: usize = 64;
 
@@ -83,10 +89,19 @@ pub struct RedisReplicaConfig {
     pub connect_timeout: Duration,
     /// What to do with a Redis that can evict keys.
     pub eviction_check: EvictionCheck,
-    /// Shortest delay between reconnection attempts.
+    /// Delay before the first reconnection attempt after a connection
+    /// drops, doubled after each failed attempt (plus a random jitter of up
+    /// to half of it, so that many clients do not reconnect in step).
     pub reconnect_delay_min: Duration,
     /// Longest delay between reconnection attempts (exponential backoff).
     pub reconnect_delay_max: Duration,
+    /// How long a request waits for a dropped connection to come back
+    /// before it fails as unavailable; a request whose connection dropped
+    /// while it ran is made once more on the new connection, within its
+    /// deadline. Zero: fail at once while disconnected (a Redis that is
+    /// down then costs nothing per request; one whose connection dropped
+    /// is out of use until the coordinator's probe finds it again).
+    pub reconnect_wait: Duration,
 }
 
 impl RedisReplicaConfig {
@@ -123,6 +138,7 @@ impl RedisReplicaConfig {
             eviction_check: EvictionCheck::default(),
             reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
+            reconnect_wait: DEFAULT_RECONNECT_WAIT,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The epoch last confirmed complete on the current connection, so that a
 //! read can skip the `MGET` before its `HGETALL` (see "Reads" in the module
-//! docs of `redis.rs`).
+//! docs of `replica::redis`).
 //!
 //! An entry says: on connection `generation`, a reply that went through that
 //! connection showed epoch `id`, complete, made by the Redis process behind

@@ -7,7 +7,9 @@
 -- Cluster mode).
 -- `get` returns the epoch, creating it from the candidate if missing;
 -- `complete` returns 1 after marking the epoch complete if its id is ARGV[2],
--- else 0 and changes nothing.
+-- else 0 and changes nothing. Either answers the STALERUN error, changing
+-- nothing, when it finds no epoch made by ARGV[3] and ARGV[3] is not the
+-- running process's run id (see stale_run_id).
 
 local op, id, run_id = ARGV[1], ARGV[2], ARGV[3]
 if (op ~= 'get' and op ~= 'complete') or not is_hex(id, 16) or not valid_run_id(KEYS[2], run_id) then

@@ -8,7 +8,9 @@
 -- epoch_read; unused in Cluster mode), ARGV[6..] the delta as hash pairs,
 -- exactly as codec::encode_pairs makes them.
 -- Returns { status, epoch, held_max } with status `applied`, `gone` or
--- `exists`, and held_max the largest stamp the record held before ('' if none).
+-- `exists`, and held_max the largest stamp the record held before ('' if none);
+-- the STALERUN error, writing nothing, when it finds no epoch made by ARGV[5]
+-- and ARGV[5] is not the running process's run id (see stale_run_id).
 --
 -- The same rules as replica::apply_merge, Record::merge_from and
 -- Record::normalize. Everything (the stored hash and the delta) is validated
@@ -308,7 +310,7 @@ end
 epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
 -- m:ep: the epoch this write happened in, read in this same script (so a
 -- record holding m:ep = E was written while E stood; see "Reads" in
--- redis.rs). Not in Cluster mode (no epoch).
+-- the module docs of replica::redis). Not in Cluster mode (no epoch).
 if epoch ~= '' then
   local ep = string.sub(epoch, 1, 16)
   if stored.ep ~= ep then

@@ -2,7 +2,7 @@
 //! once per connection instead of by every script.
 //!
 //! The epoch check needs the run id of the Redis process that runs a script
-//! (see the module docs of `redis.rs`). `INFO server` inside every script
+//! (see the module docs of `replica::redis`). `INFO server` inside every script
 //! was the largest cost of a request, so the run id is learnt with one
 //! `INFO server` per connection and passed to the scripts as an argument.
 //! That is exact only if the id passed is the one of the process that runs
@@ -143,6 +143,15 @@ impl ProcessIdentity {
             detail: format!("{name}: reconnected during the request; its answer is not trusted"),
             source: None,
         })
+    }
+
+    /// Forgets the run id learnt for `generation` (a script answered that
+    /// it is not the running process's): the next request learns it again.
+    pub(super) fn forget(&self, generation: u64) {
+        let mut run_id = self.lock_run_id();
+        if matches!(&*run_id, Some((known, _)) if *known == generation) {
+            *run_id = None;
+        }
     }
 
     fn lock_run_id(&self) -> std::sync::MutexGuard<'_, Option<(u64, Value)>> {

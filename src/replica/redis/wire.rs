@@ -16,9 +16,22 @@ use crate::stamp::parse_hex;
 /// Characters of a key that logs may show (a key holds a session id).
 pub(super) const LOG_KEY_CHARS: usize = 8;
 
+/// The first word of the scripts' error reply to a run id that is not the
+/// one of the Redis process running them (see `stale_run_id` in
+/// `common.lua`).
+pub(super) const STALE_RUN_ID_ERROR: &str = "STALERUN";
+
+/// True when `error` is the scripts' reply to a stale run id.
+pub(super) fn is_stale_run_id(error: &fred::error::Error) -> bool {
+    error.details().split_whitespace().next() == Some(STALE_RUN_ID_ERROR)
+}
+
 /// Maps a fred error: server error replies by their first word, the rest by
 /// fred's kind.
 pub(super) fn map_error(replica: &str, error: fred::error::Error, after: Duration) -> ReplicaError {
+    if super::reconnect::is_dropped_connection(&error) {
+        return unavailable(replica, error);
+    }
     match error.kind() {
         ErrorKind::Timeout => return ReplicaError::Timeout { after },
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing | ErrorKind::Backpressure => {
@@ -31,9 +44,12 @@ pub(super) fn map_error(replica: &str, error: fred::error::Error, after: Duratio
         "CORRUPT" | "WRONGTYPE" => ReplicaError::Corrupt {
             detail: format!("{replica}: {}", error.details()),
         },
-        "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" => {
-            unavailable(replica, error)
-        }
+        // STALERUN: a script carried the run id of another Redis process
+        // than the one that ran it (a request fred wrote on a new
+        // connection), and changed nothing: retry once the run id is learnt
+        // again.
+        "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK"
+        | STALE_RUN_ID_ERROR => unavailable(replica, error),
         _ if matches!(error.kind(), ErrorKind::Sentinel | ErrorKind::Cluster) => {
             unavailable(replica, error)
         }
@@ -171,6 +187,22 @@ pub(super) fn blob(frame: &fred::types::Resp3Frame) -> Option<&[u8]> {
 mod tests {
     use super::*;
     use crate::stamp::Stamp;
+
+    /// A script's answer to a stale run id is retryable (the request did
+    /// not reach the process it was meant for), not a refusal.
+    #[test]
+    fn a_stale_run_id_reply_is_unavailable() {
+        let reply = "STALERUN the run id passed is not the one of this Redis process";
+        let error = fred::error::Error::new(ErrorKind::Unknown, reply);
+        assert!(is_stale_run_id(&error));
+        let mapped = map_error("node", error, Duration::from_millis(100));
+        assert!(
+            matches!(mapped, ReplicaError::Unavailable { .. }),
+            "{mapped:?}"
+        );
+        let other = fred::error::Error::new(ErrorKind::Unknown, "ERR STALERUN");
+        assert!(!is_stale_run_id(&other));
+    }
 
     /// The one-buffer script arguments are exactly the codec's pairs, in
     /// order, for a delta with values, removed fields, untils, a big value

@@ -1,0 +1,46 @@
+//! The anti-entropy lease (`lease.lua`, one key: any deployment).
+
+use std::time::Duration;
+
+use fred::prelude::*;
+
+use super::RedisReplica;
+use crate::error::ReplicaError;
+
+impl RedisReplica {
+    pub(super) async fn acquire(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError> {
+        // The script refuses more than a day: the longest lease configurable.
+        let ttl_ms = ttl.min(crate::config::LEASE_TTL_MAX).as_millis().max(1);
+        let reply = self
+            .lease_call("acquire", owner, ttl_ms.to_string())
+            .await?;
+        match reply {
+            Value::Integer(granted) => Ok(granted == 1),
+            _ => Err(self.malformed("lease")),
+        }
+    }
+
+    pub(super) async fn release(&self, owner: u64) -> Result<(), ReplicaError> {
+        self.lease_call("release", owner, String::new()).await?;
+        Ok(())
+    }
+
+    /// One call of the lease script (a single key: any deployment).
+    pub(super) async fn lease_call(
+        &self,
+        op: &'static str,
+        owner: u64,
+        ttl_ms: String,
+    ) -> Result<Value, ReplicaError> {
+        let args = vec![
+            Value::from_static_str(op),
+            Value::from(format!("{owner:016x}")),
+            Value::from(ttl_ms),
+        ];
+        let request = || (vec![Key::from(self.lease_key.as_str())], args.clone());
+        let (reply, _) = self
+            .eval("lease", &self.lease_script, request, None, None)
+            .await?;
+        Ok(reply)
+    }
+}
