@@ -493,17 +493,37 @@ pub fn diverged_keys<M: RecordMap>(
     margin_ms: u64,
     expired_before_ms: u64,
 ) -> Vec<String> {
+    diverged(replicas, replica_ms, margin_ms, expired_before_ms)
+        .map(|key| key.to_string())
+        .collect()
+}
+
+/// True when some key's live copies differ ([`diverged_keys`], stopping at
+/// the first).
+pub fn any_diverged<M: RecordMap>(
+    replicas: &[&M],
+    replica_ms: u64,
+    margin_ms: u64,
+    expired_before_ms: u64,
+) -> bool {
+    diverged(replicas, replica_ms, margin_ms, expired_before_ms)
+        .next()
+        .is_some()
+}
+
+fn diverged<'a, M: RecordMap>(
+    replicas: &'a [&'a M],
+    replica_ms: u64,
+    margin_ms: u64,
+    expired_before_ms: u64,
+) -> impl Iterator<Item = M::Key> + 'a {
     let mut iterators: Vec<_> = replicas.iter().map(|r| r.copies().peekable()).collect();
-    let mut diverged = Vec::new();
-    loop {
-        let Some(key) = iterators
+    std::iter::from_fn(move || loop {
+        let key = iterators
             .iter_mut()
             .filter_map(|it| it.peek().map(|(k, _)| k))
             .min()
-            .cloned()
-        else {
-            return diverged;
-        };
+            .cloned()?;
         let mut first: Option<Option<&Record>> = None;
         let mut differ = false;
         for iterator in &mut iterators {
@@ -521,9 +541,9 @@ pub fn diverged_keys<M: RecordMap>(
             }
         }
         if differ {
-            diverged.push(key.to_string());
+            return Some(key);
         }
-    }
+    })
 }
 
 fn micros(us: u64) -> String {

@@ -138,7 +138,9 @@ async fn write(
         // refuse the mutation as invalid, and an app does not send it.
         WriteResult::Failed
     } else {
-        match world.apps[coord].coordinator.write(&key, mutation).await {
+        // Boxed: the client task stays small to spawn.
+        let write = Box::pin(world.apps[coord].coordinator.write(&key, mutation));
+        match write.await {
             Ok(ack) => {
                 info.stamp = ack.stamp;
                 WriteResult::Acked
@@ -173,7 +175,8 @@ pub(super) async fn read(world: Rc<World>, coord: usize, session: SessionIndex, 
         .driver()
         .checker
         .read_invoked(session, invoked_at, clock_ms);
-    let outcome = world.apps[coord].coordinator.read(&key).await;
+    // Boxed: the client task stays small to spawn.
+    let outcome = Box::pin(world.apps[coord].coordinator.read(&key)).await;
     let result = match outcome {
         Ok(Some(record)) => ReadResult::Found(record),
         // The public API does not say why a record is absent.

@@ -51,7 +51,7 @@ use quorum_sessions::{ClusterConfig, Coordinator};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::checker::{diverged_keys, Checker};
+use crate::checker::{any_diverged, Checker};
 use crate::config::{FaultKind, SimConfig};
 use crate::report::{Report, RunStats};
 use crate::trace::{Trace, TraceOptions};
@@ -400,13 +400,12 @@ impl World {
         let net = self.net.lock();
         let refilling = (0..self.config.replicas).any(|r| !net.is_complete(r));
         let maps: Vec<_> = net.servers.iter().map(|s| &s.records).collect();
-        let diverged = !diverged_keys(
+        let diverged = any_diverged(
             &maps,
             net.server_ms(),
             self.config.ttl_margin_ms,
             self.expired_before_ms(),
-        )
-        .is_empty();
+        );
         let done = quiet && !diverged && !(self.config.switches.anti_entropy && refilling);
         (done, quiet && (diverged || refilling))
     }
