@@ -235,6 +235,7 @@ impl Report {
             "violations": {
                 "lost_writes": v.lost_writes,
                 "stale_reads": v.stale_reads,
+                "non_monotonic_reads": v.non_monotonic_reads,
                 "hidden_writes": v.hidden_writes,
                 "resurrections": v.resurrections,
                 "expired_served": v.expired_served,
@@ -340,8 +341,8 @@ impl Report {
         w(
             &mut out,
             format!(
-                "  checker     {} reads judged; violations: lost writes {}, stale reads {}, hidden writes {}, resurrections {}, expired served {}, diverged keys {}",
-                self.reads_checked, v.lost_writes, v.stale_reads, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
+                "  checker     {} reads judged; violations: lost writes {}, stale reads {}, non-monotonic reads {}, hidden writes {}, resurrections {}, expired served {}, diverged keys {}",
+                self.reads_checked, v.lost_writes, v.stale_reads, v.non_monotonic_reads, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
             ),
         );
         if s.hlc_rejections > 0 {
