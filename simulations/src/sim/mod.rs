@@ -6,8 +6,8 @@
 //! a real `Coordinator` built with the public builder — its write path, read
 //! path, read-repair, health probes, hint replay, anti-entropy scheduling,
 //! lease, refill and bootstrap all run as they run in production — and
-//! reaches its replicas through [`net::SimLink`]s, which implement the
-//! crate's [`Replica`] trait over simulated servers ([`net`]). The runtime
+//! reaches its replicas through `net::SimLink`s, which implement the
+//! crate's [`Replica`] trait over simulated servers (`net`). The runtime
 //! is tokio's current-thread scheduler on its paused clock, with `LocalSet`
 //! tasks for the clients: one thread, timers in a fixed order, one seeded
 //! RNG for the workload and faults and one for the network, so the same
@@ -16,8 +16,8 @@
 //! A run:
 //!
 //! 1. **Fault phase.** Client operations arrive as a Poisson process, each
-//!    on a random app server ([`client`]); faults start at exponential
-//!    intervals ([`faults`]); every server snapshots its data every second
+//!    on a random app server (`client`); faults start at exponential
+//!    intervals (`faults`); every server snapshots its data every second
 //!    (a `Crash` restarts from the last one).
 //! 2. **Heal and quiesce.** Every fault ends, the workload stops and the
 //!    operations in flight finish; the coordinators' own background work
@@ -26,7 +26,7 @@
 //!    operator asks for an anti-entropy pass ([`Coordinator::anti_entropy`]).
 //!    Convergence must happen within `quiesce_bound_ms`.
 //! 3. **Audit.** Every created session is read once more, then the final
-//!    server states are judged by the [`Checker`](crate::checker::Checker).
+//!    server states are judged by the [`Checker`].
 //!
 //! [`Coordinator`]: quorum_sessions::Coordinator
 //! [`Coordinator::anti_entropy`]: quorum_sessions::Coordinator::anti_entropy
