@@ -34,6 +34,9 @@ pub struct RunStats {
     pub timeouts: u64,
     /// Read-repair writes sent.
     pub read_repairs: u64,
+    /// Reads blocking read-repair answered before W replicas held their
+    /// record.
+    pub read_repairs_short: u64,
     /// Hints queued (coalesced ones included).
     pub hints_queued: u64,
     /// Hints replayed successfully.
@@ -317,8 +320,9 @@ impl Report {
         w(
             &mut out,
             format!(
-                "  repair      read-repairs {}, hints queued {} / replayed {} / dropped {}, anti-entropy {} passes / {} records sent, {} replicas refilled",
+                "  repair      read-repairs {} ({} reads short of W), hints queued {} / replayed {} / dropped {}, anti-entropy {} passes / {} records sent, {} replicas refilled",
                 s.read_repairs,
+                s.read_repairs_short,
                 s.hints_queued,
                 s.hints_replayed,
                 self.hints_dropped,
