@@ -16,10 +16,46 @@ const _: () = assert!(DEFAULT_READ_QUORUM + DEFAULT_WRITE_QUORUM > DEFAULT_REPLI
 /// What a read does with replicas whose answer differs from the merged record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadRepair {
-    /// Write the merged record back and wait for it before answering (reads
-    /// are monotonic: a value once returned is on every replica that was asked).
+    /// Write the merged record back until W replicas are known to hold it,
+    /// then answer (DESIGN §5). A replica holds it when its answer equalled
+    /// it (answers still in flight when the read concluded are awaited) or
+    /// when a repair merge of it was applied. The asked replicas that
+    /// differed are repaired first, all at once; while fewer than W hold it
+    /// (counting the repairs running), one more replica is repaired: those
+    /// not asked, in read order, then those that failed during the read
+    /// (Down replicas are skipped); a repair slower than `hedge_delay` also
+    /// starts the next one. The wait ends after at most `request_timeout`;
+    /// the repairs still running then finish in the background.
+    ///
+    /// Guarantee, when R + W > N: a read that answered after W replicas
+    /// held its record is seen by every later read that gets R answers
+    /// (its fields at least as new, the record present until its expiry or
+    /// a delete): reads are monotonic, as long as the replicas holding it
+    /// keep it (a wipe may lose it, as it may lose an acknowledged write).
+    /// A tombstone read is written back the same way; a read that finds
+    /// nothing else (absent, expired) or is unavailable repairs nothing.
+    ///
+    /// When W could not be reached — every repair tried failed and no
+    /// replica was left to try (the others Down), or `request_timeout`
+    /// passed — the read still answers with the merged record (it is what
+    /// the replicas hold: refusing it would make the session unavailable)
+    /// and counts [`CoordinatorStats::read_repairs_short`]. The record is
+    /// then known to be held only by the replicas counted (at least one), and
+    /// a later read may miss it until hinted handoff, a later read-repair or
+    /// anti-entropy spreads it: such a read is not monotonic.
+    ///
+    /// When R + W ≤ N no write-back makes a later read see the record (it
+    /// may ask only replicas that were not written): only the asked
+    /// replicas that differed are repaired, and waited for.
+    ///
+    /// Cost: nothing while the R answers agree and R ≥ W (the default 3/2/2);
+    /// with R < W (e.g. N=3, W=3, R=1), every read writes W − R replicas.
+    ///
+    /// [`CoordinatorStats::read_repairs_short`]: crate::CoordinatorStats::read_repairs_short
     Blocking,
-    /// Write it back in the background.
+    /// Write it back in the background, to the asked replicas whose answer
+    /// differed (and answers that arrive after the read concluded and
+    /// differ): no wait, no count, reads are not monotonic.
     Background,
     /// Never (for studies of staleness only).
     Off,

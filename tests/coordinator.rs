@@ -171,6 +171,9 @@ async fn read_repair_makes_a_stale_replica_equal_to_the_merged_record() {
     assert_eq!(stale.get("b"), None, "replica 2 missed the update");
     let merged = c.read("s:{r}").await.unwrap().unwrap();
     assert_eq!(merged.get("b"), Some(&b"2"[..]));
+    // Two of the three answers held the record (W): the read answered at
+    // once, and the stale replica's repair finishes in the background.
+    tokio::time::sleep(Duration::from_millis(1)).await;
     for node in &cluster.nodes {
         assert_eq!(
             node.inner().get("s:{r}").as_ref(),
@@ -179,6 +182,60 @@ async fn read_repair_makes_a_stale_replica_equal_to_the_merged_record() {
         );
     }
     assert!(c.stats().read_repairs >= 1);
+}
+
+/// A write that reached one replica and failed, then read: the read must
+/// not return it before W replicas are known to hold it (B4), or a later
+/// read asking the other replicas would not see it.
+#[tokio::test(start_paused = true)]
+async fn blocking_read_repair_writes_a_value_seen_once_back_to_w_before_answering() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    c.write("s:{m}", create(c).set("a", "1")).await.unwrap();
+    cluster.handles[1].down();
+    cluster.handles[2].down();
+    let failed = c.write("s:{m}", update(c).set("b", "2")).await;
+    assert!(matches!(failed, Err(Error::QuorumNotReached { .. })));
+    cluster.handles[2].heal();
+    // Replica 1 answers reads, applies merges, and loses their replies: its
+    // repair does not count, so replica 2 (not asked) is written.
+    cluster.handles[1].drop_ack();
+    let record = c.read("s:{m}").await.unwrap().unwrap();
+    assert_eq!(record.get("b"), Some(&b"2"[..]), "replicas 0 and 1 asked");
+    let written = cluster.nodes[2].inner().get("s:{m}").unwrap();
+    assert_eq!(
+        written.get("b"),
+        Some(&b"2"[..]),
+        "written back before the read answered"
+    );
+    assert_eq!(c.stats().read_repairs, 2);
+    assert_eq!(c.stats().read_repairs_short, 0);
+    // A later read that asks replica 2 sees it.
+    cluster.handles[0].down();
+    cluster.handles[1].heal();
+    let later = c.read("s:{m}").await.unwrap().unwrap();
+    assert_eq!(later.get("b"), Some(&b"2"[..]));
+}
+
+/// When W cannot be reached, the read still answers with what it merged,
+/// and counts it.
+#[tokio::test(start_paused = true)]
+async fn blocking_read_repair_short_of_w_still_answers_and_is_counted() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    c.write("s:{n}", create(c).set("a", "1")).await.unwrap();
+    cluster.handles[1].down();
+    cluster.handles[2].down();
+    assert!(c.write("s:{n}", update(c).set("b", "2")).await.is_err());
+    cluster.handles[1].drop_ack();
+    let started = Instant::now();
+    let record = c.read("s:{n}").await.unwrap().unwrap();
+    assert_eq!(record.get("b"), Some(&b"2"[..]));
+    assert!(
+        started.elapsed() <= Duration::from_millis(200),
+        "bounded by request_timeout"
+    );
+    assert_eq!(c.stats().read_repairs_short, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -16,6 +16,15 @@
 //!   ahead of the reading coordinator's clock. "Older" is the stamp order —
 //!   the order the merge itself uses — so clock skew within the limit makes
 //!   a later write lose to an earlier one but never makes a read stale.
+//! - **non-monotonic reads**: a read that *began* after another read of the
+//!   same session *completed* and returned, for a field, an older stamp than
+//!   that read returned (stamp order again), or — unless a delete was issued
+//!   for the session — no field, or "not found" while the reading
+//!   coordinator's clock is still before the effective expiry the earlier
+//!   read returned (so the session cannot have expired since). Unlike a
+//!   stale read, the value need not have been acknowledged: a write that
+//!   reached one replica and failed, once a read returned it, must not
+//!   vanish from later reads (DESIGN §5, blocking read-repair).
 //! - **hidden writes**: an acknowledged write stamped below a write to the
 //!   same field that was acknowledged before it began. Last-writer-wins
 //!   keeps the larger stamp, so the later write is invisible for good
@@ -51,6 +60,8 @@ pub struct Violations {
     pub lost_writes: u64,
     /// Reads older than a write acknowledged before they began.
     pub stale_reads: u64,
+    /// Reads older than what a read completed before they began returned.
+    pub non_monotonic_reads: u64,
     /// Acknowledged writes stamped below a write acknowledged before they
     /// began (hidden by it for good).
     pub hidden_writes: u64,
@@ -67,6 +78,7 @@ impl Violations {
     pub fn total(&self) -> u64 {
         self.lost_writes
             + self.stale_reads
+            + self.non_monotonic_reads
             + self.hidden_writes
             + self.resurrections
             + self.expired_served
@@ -179,6 +191,11 @@ struct SessionHistory {
     acked_expiry_max: u64,
     issued_expiry_max: u64,
     acked_writes: Vec<AckedWrite>,
+    /// Per field, the largest stamp a completed read returned.
+    read_field_max: [Option<Stamp>; FIELD_COUNT],
+    /// The largest effective expiry a completed read returned (0: no read
+    /// found the session yet).
+    read_expiry_max: u64,
 }
 
 /// What a read must show, fixed when it began.
@@ -191,6 +208,8 @@ pub struct ReadToken {
     delete_acked: bool,
     acked_field_max: [Option<Stamp>; FIELD_COUNT],
     acked_expiry_max: u64,
+    read_field_max: [Option<Stamp>; FIELD_COUNT],
+    read_expiry_max: u64,
 }
 
 /// What a write must be stamped above, fixed when it began: per field, the
@@ -294,12 +313,15 @@ impl Checker {
             delete_acked: history.delete_acked,
             acked_field_max: history.acked_field_max,
             acked_expiry_max: history.acked_expiry_max,
+            read_field_max: history.read_field_max,
+            read_expiry_max: history.read_expiry_max,
         }
     }
 
     /// A read completed with `result`.
     pub fn read_completed(&mut self, token: &ReadToken, result: &ReadResult) {
         self.reads_checked += 1;
+        self.judge_monotonic(token, result);
         let history = &self.sessions[token.session as usize];
         let alive_by_ack = token.create_acked
             && !history.delete_issued
@@ -361,6 +383,62 @@ impl Checker {
             self.violations.stale_reads += 1;
             let note = format!(
                 "stale read of {} begun at {}: {why}",
+                history.key,
+                micros(token.began_us)
+            );
+            push_example(&mut self.examples, note);
+        }
+    }
+
+    /// The non-monotonic read rule (see the module docs), then what `result`
+    /// shows later reads: its stamps and expiry become their floor.
+    fn judge_monotonic(&mut self, token: &ReadToken, result: &ReadResult) {
+        let history = &mut self.sessions[token.session as usize];
+        let may_vanish = history.delete_issued;
+        let regress: Option<String> = match result {
+            ReadResult::Found(record) => {
+                let stamps = field_stamps(record);
+                token
+                    .read_field_max
+                    .iter()
+                    .zip(stamps)
+                    .enumerate()
+                    .find_map(|(field, (floor, seen))| {
+                        let floor = (*floor)?;
+                        let older = match seen {
+                            Some(seen) => seen < floor,
+                            None => !may_vanish,
+                        };
+                        older.then(|| {
+                            format!(
+                                "field {} has {} but {} was returned by a read completed before",
+                                FIELD_NAMES[field],
+                                seen.map_or("nothing".to_owned(), |s| s.to_string()),
+                                floor
+                            )
+                        })
+                    })
+            }
+            ReadResult::NotFound(absence)
+                if !may_vanish && token.clock_ms < token.read_expiry_max =>
+            {
+                Some(format!(
+                    "{absence:?}, but a read completed before returned it with an effective expiry of {} ms (clock {} ms)",
+                    token.read_expiry_max, token.clock_ms
+                ))
+            }
+            ReadResult::NotFound(_) | ReadResult::Unavailable { .. } => None,
+        };
+        if let ReadResult::Found(record) = result {
+            for (slot, seen) in history.read_field_max.iter_mut().zip(field_stamps(record)) {
+                *slot = (*slot).max(seen);
+            }
+            history.read_expiry_max = history.read_expiry_max.max(record.effective_expiry_ms());
+        }
+        if let Some(why) = regress {
+            self.violations.non_monotonic_reads += 1;
+            let note = format!(
+                "non-monotonic read of {} begun at {}: {why}",
                 history.key,
                 micros(token.began_us)
             );
@@ -746,6 +824,176 @@ mod tests {
             let token = if concurrent { early } else { late };
             checker.read_completed(&token, &result);
             assert_eq!(checker.violations(), expected, "{name}");
+        }
+    }
+
+    /// A read that began after another read completed must not return less
+    /// than it did (values of unacknowledged writes included).
+    #[test]
+    fn monotonic_table() {
+        let found = |fields: &[(u8, u64)]| ReadResult::Found(record(fields));
+        let absent = ReadResult::NotFound(Absence::Absent);
+        // (name, first read's result, second began before the first
+        //  completed?, a delete issued?, second read's result, its clock,
+        //  expected non-monotonic reads)
+        type Case = (&'static str, ReadResult, bool, bool, ReadResult, u64, u64);
+        let seen = found(&[(0, 10), (1, 10), (2, 20)]);
+        let cases: Vec<Case> = vec![
+            (
+                "the same again",
+                seen.clone(),
+                false,
+                false,
+                seen.clone(),
+                0,
+                0,
+            ),
+            (
+                "a newer stamp",
+                seen.clone(),
+                false,
+                false,
+                found(&[(0, 10), (1, 10), (2, 30)]),
+                0,
+                0,
+            ),
+            (
+                "an older stamp",
+                seen.clone(),
+                false,
+                false,
+                found(&[(0, 10), (1, 10), (2, 15)]),
+                0,
+                1,
+            ),
+            (
+                "a field vanished",
+                seen.clone(),
+                false,
+                false,
+                found(&[(0, 10), (1, 10)]),
+                0,
+                1,
+            ),
+            (
+                "a field vanished after a delete was issued",
+                seen.clone(),
+                false,
+                true,
+                found(&[(0, 10), (1, 10)]),
+                0,
+                0,
+            ),
+            (
+                "an older stamp after a delete was issued",
+                seen.clone(),
+                false,
+                true,
+                found(&[(0, 10), (1, 10), (2, 15)]),
+                0,
+                1,
+            ),
+            (
+                "concurrent reads may disagree",
+                seen.clone(),
+                true,
+                false,
+                found(&[(0, 10), (1, 10)]),
+                0,
+                0,
+            ),
+            (
+                "not found after found",
+                seen.clone(),
+                false,
+                false,
+                absent.clone(),
+                0,
+                1,
+            ),
+            (
+                "expired after found, before the expiry returned",
+                seen.clone(),
+                false,
+                false,
+                ReadResult::NotFound(Absence::Expired),
+                499_999,
+                1,
+            ),
+            (
+                "not found once the clock passed the expiry returned",
+                seen.clone(),
+                false,
+                false,
+                absent.clone(),
+                500_000,
+                0,
+            ),
+            (
+                "not found after a delete was issued",
+                seen.clone(),
+                false,
+                true,
+                absent.clone(),
+                0,
+                0,
+            ),
+            (
+                "deleted after found",
+                seen.clone(),
+                false,
+                true,
+                ReadResult::NotFound(Absence::Deleted),
+                0,
+                0,
+            ),
+            (
+                "unavailable is never a violation",
+                seen.clone(),
+                false,
+                false,
+                ReadResult::Unavailable {
+                    answered: 1,
+                    needed: 2,
+                },
+                0,
+                0,
+            ),
+            (
+                "an unavailable read sets no floor",
+                ReadResult::Unavailable {
+                    answered: 1,
+                    needed: 2,
+                },
+                false,
+                false,
+                absent.clone(),
+                0,
+                0,
+            ),
+            (
+                "a not-found read sets no floor",
+                absent.clone(),
+                false,
+                false,
+                found(&[(0, 10)]),
+                0,
+                0,
+            ),
+        ];
+        for (name, first, concurrent, deleted, second, clock, expected) in cases {
+            let mut checker = created();
+            if deleted {
+                checker.write_invoked(&write(WriteKind::Delete, 30, &[]));
+            }
+            let first_token = checker.read_invoked(0, 1, 0);
+            let early = checker.read_invoked(0, 2, clock);
+            checker.read_completed(&first_token, &first);
+            let late = checker.read_invoked(0, 3, clock);
+            let token = if concurrent { early } else { late };
+            checker.read_completed(&token, &second);
+            let violations = checker.violations();
+            assert_eq!(violations.non_monotonic_reads, expected, "{name}");
         }
     }
 

@@ -34,6 +34,9 @@ pub struct RunStats {
     pub timeouts: u64,
     /// Read-repair writes sent.
     pub read_repairs: u64,
+    /// Reads blocking read-repair answered before W replicas held their
+    /// record.
+    pub read_repairs_short: u64,
     /// Hints queued (coalesced ones included).
     pub hints_queued: u64,
     /// Hints replayed successfully.
@@ -235,6 +238,7 @@ impl Report {
             "violations": {
                 "lost_writes": v.lost_writes,
                 "stale_reads": v.stale_reads,
+                "non_monotonic_reads": v.non_monotonic_reads,
                 "hidden_writes": v.hidden_writes,
                 "resurrections": v.resurrections,
                 "expired_served": v.expired_served,
@@ -316,8 +320,9 @@ impl Report {
         w(
             &mut out,
             format!(
-                "  repair      read-repairs {}, hints queued {} / replayed {} / dropped {}, anti-entropy {} passes / {} records sent, {} replicas refilled",
+                "  repair      read-repairs {} ({} reads short of W), hints queued {} / replayed {} / dropped {}, anti-entropy {} passes / {} records sent, {} replicas refilled",
                 s.read_repairs,
+                s.read_repairs_short,
                 s.hints_queued,
                 s.hints_replayed,
                 self.hints_dropped,
@@ -340,8 +345,8 @@ impl Report {
         w(
             &mut out,
             format!(
-                "  checker     {} reads judged; violations: lost writes {}, stale reads {}, hidden writes {}, resurrections {}, expired served {}, diverged keys {}",
-                self.reads_checked, v.lost_writes, v.stale_reads, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
+                "  checker     {} reads judged; violations: lost writes {}, stale reads {}, non-monotonic reads {}, hidden writes {}, resurrections {}, expired served {}, diverged keys {}",
+                self.reads_checked, v.lost_writes, v.stale_reads, v.non_monotonic_reads, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
             ),
         );
         if s.hlc_rejections > 0 {

@@ -100,6 +100,7 @@ fn json_output_differs_only_in_sim_ops_per_sec() {
                 "expired_served",
                 "hidden_writes",
                 "lost_writes",
+                "non_monotonic_reads",
                 "resurrections",
                 "stale_reads",
             ][..],

@@ -9,7 +9,7 @@
 //! write(key, mutation)                       read(key)
 //!   validate ─► stamp (HLC tick)               read_order (health, epochs, per-key rotation)
 //!   spawn one merge per replica not Down       ReadPlan: ask R ─► answers / failures / hedge timer
-//!   WriteTally: answer at W acks               merged record ─► read-repair of differing replicas
+//!   WriteTally: answer at W acks               merged record ─► read-repair (blocking: to W holders)
 //!   the rest finish in the background          Found / NotFound (proved) / Unavailable
 //! ```
 //!
@@ -25,7 +25,7 @@
 //! | `coordinator/stats.rs` | [`CoordinatorStats`], [`ReplicaState`], the counters |
 //! | `coordinator/write.rs` | [`Coordinator::write`]: stamping, fan-out, the write quorum, merges finishing in the background, hints queued for missed writes |
 //! | `coordinator/read.rs` | [`Coordinator::read`]: read order, the read plan with hedging, what a read answers |
-//! | `coordinator/read_repair.rs` | read-repair: blocking or background repair of the replicas a read found stale, and of answers that arrive after the read concluded |
+//! | `coordinator/read_repair.rs` | read-repair: blocking (the merged record written back until W replicas hold it, as [`RepairPlan`] decides) or background repair of the replicas a read found stale, and of answers that arrive after the read concluded |
 //! | `coordinator/bootstrap.rs` | [`Coordinator::initialize`] (a fresh cluster, empty by a whole SCAN, marks every epoch complete; a full-cluster restart with data is not trusted), [`Coordinator::accept_data_loss`] |
 //! | `coordinator/background.rs` | the background tick: health probes, hint replay, when an anti-entropy pass starts |
 //! | `coordinator/anti_entropy.rs` | [`Coordinator::anti_entropy`]: the pass itself (lease, scanned pages, batched reads and repairs, refilled replicas marked complete) |
@@ -52,6 +52,7 @@
 //!
 //! [`AntiEntropyPass`]: crate::core::anti_entropy::AntiEntropyPass
 //! [`ReadPlan`]: crate::core::read::ReadPlan
+//! [`RepairPlan`]: crate::core::read_repair::RepairPlan
 //! [`WriteTally`]: crate::core::quorum::WriteTally
 
 use std::sync::atomic::AtomicU64;

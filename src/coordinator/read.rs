@@ -3,7 +3,7 @@
 //! provable misses, hedge), and what the read answers: found, proved absent
 //! or unavailable. Stale replicas are repaired by `read_repair.rs`.
 
-use std::sync::Arc;
+use std::future::Future;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use crate::error::{Error, ReplicaError, ReplicaFailure, Result};
 use crate::record::Record;
 use crate::replica::ReadReply;
 
+use super::read_repair::{LateAnswers, ReadAnswer};
 use super::stats::bump;
 use super::{redact, Coordinator};
 
@@ -89,10 +90,8 @@ impl Coordinator {
                 }
             };
         };
-        if !in_flight.is_empty() {
-            self.repair_late_answers(key, plan.merged(), &result, in_flight);
-        }
-        self.after_read(key, &plan, result, failures, corrupt).await
+        self.after_read(key, &plan, result, failures, corrupt, in_flight)
+            .await
     }
 
     /// One read on one replica; returns the reply and whether its miss counts.
@@ -116,14 +115,20 @@ impl Coordinator {
         (index, result)
     }
 
-    async fn after_read(
+    /// What the read answers, after the read-repair it needs. `late`: the
+    /// reads still in flight when it concluded.
+    async fn after_read<F>(
         &self,
         key: &str,
         plan: &ReadPlan,
         result: ReadResult,
         failures: Vec<ReplicaFailure>,
         corrupt: Vec<ReplicaIndex>,
-    ) -> Result<Option<Record>> {
+        late: LateAnswers<F>,
+    ) -> Result<Option<Record>>
+    where
+        F: Future<Output = ReadAnswer> + Send + 'static,
+    {
         let counters = &self.inner.counters;
         if let ReadResult::Unavailable { answered, needed } = result {
             bump(&counters.reads_unavailable);
@@ -134,11 +139,7 @@ impl Coordinator {
             });
         }
         bump(&counters.reads_conclusive);
-        let mut targets = plan.repair_targets(); // empty unless something was merged
-        if let Some(merged) = plan.merged().filter(|_| !targets.is_empty()) {
-            targets.extend(corrupt); // the merge refuses foreign data: safe to try
-            self.read_repair(key, Arc::new(merged), targets).await;
-        }
+        self.read_repair(key, plan, corrupt, late).await;
         Ok(match result {
             ReadResult::Found(record) => Some(record),
             _ => None,

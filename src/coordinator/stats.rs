@@ -27,6 +27,11 @@ pub struct CoordinatorStats {
     pub inconclusive_misses: u64,
     /// Read-repair writes sent.
     pub read_repairs: u64,
+    /// Reads answered by blocking read-repair before W replicas were known
+    /// to hold their record (every repair tried settled short of W, or
+    /// `request_timeout` passed): such a read's value may be missed by a
+    /// later read. See [`ReadRepair::Blocking`](crate::config::ReadRepair::Blocking).
+    pub read_repairs_short: u64,
     /// Epoch changes seen (a replica restarted empty, failed over, restored).
     pub epochs_changed: u64,
     /// Replies that carried an epoch already seen replaced (late replies,
@@ -72,6 +77,7 @@ pub(crate) struct Counters {
     pub(super) reads_unavailable: AtomicU64,
     pub(super) inconclusive_misses: AtomicU64,
     pub(super) read_repairs: AtomicU64,
+    pub(super) read_repairs_short: AtomicU64,
     pub(super) epochs_changed: AtomicU64,
     pub(super) replica_failures: AtomicU64,
     pub(crate) anti_entropy_passes: AtomicU64,
@@ -146,6 +152,7 @@ impl Coordinator {
             reads_unavailable: load(&c.reads_unavailable),
             inconclusive_misses: load(&c.inconclusive_misses),
             read_repairs: load(&c.read_repairs),
+            read_repairs_short: load(&c.read_repairs_short),
             epochs_changed: load(&c.epochs_changed),
             stale_epoch_replies: (0..self.replica_count())
                 .map(|index| state.epochs.stale_replies(index))

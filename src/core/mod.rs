@@ -11,6 +11,19 @@ pub mod health;
 pub mod hints;
 pub mod quorum;
 pub mod read;
+pub mod read_repair;
 
 /// Position of a replica in the coordinator's replica list.
 pub type ReplicaIndex = usize;
+
+/// Removes `index` from `replicas` (their order is not kept): false when it
+/// is not there.
+pub(crate) fn take_replica(replicas: &mut Vec<ReplicaIndex>, index: ReplicaIndex) -> bool {
+    match replicas.iter().position(|&i| i == index) {
+        Some(position) => {
+            replicas.swap_remove(position);
+            true
+        }
+        None => false,
+    }
+}

@@ -17,7 +17,8 @@
 //!   enough answers the read is `Unavailable`, never "not found".
 
 use super::health::Health;
-use super::ReplicaIndex;
+use super::read_repair::{ReadCopies, RepairPlan};
+use super::{take_replica, ReplicaIndex};
 use crate::config::ReadOrder;
 use crate::record::Record;
 
@@ -272,11 +273,7 @@ impl ReadPlan {
     /// written back (read-repair). Empty unless the read found a record or a
     /// tombstone.
     pub fn repair_targets(&self) -> Vec<ReplicaIndex> {
-        let repairs_wanted = matches!(
-            self.result,
-            Some(Conclusion::Found) | Some(Conclusion::NotFound(Absence::Deleted))
-        );
-        let Some(merged) = self.merged_ref().filter(|_| repairs_wanted) else {
+        let Some(merged) = self.repairable() else {
             return Vec::new();
         };
         // While the join is the first record answered, every record answered
@@ -290,6 +287,51 @@ impl ReadPlan {
             })
             .map(|(index, _)| *index)
             .collect()
+    }
+
+    /// The blocking read-repair of this read on `replica_count` replicas
+    /// with write quorum `write_quorum` ([`RepairPlan::after_read`]): the
+    /// answers equal to the merged record hold it, the
+    /// [`repair_targets`](Self::repair_targets) (and, when there are any,
+    /// `also_stale`) are stale, the replicas still in flight are answering,
+    /// and the others are those not asked (in read order), then those that
+    /// failed. `None` when there is nothing to repair: the read found
+    /// neither a record nor a tombstone, or nothing is stale and enough
+    /// replicas hold it.
+    pub fn repair_plan(
+        &self,
+        replica_count: usize,
+        write_quorum: usize,
+        also_stale: &[ReplicaIndex],
+    ) -> Option<RepairPlan> {
+        self.repairable()?;
+        let mut stale = self.repair_targets();
+        let holders = self.answers.len() - stale.len();
+        if !stale.is_empty() {
+            stale.extend_from_slice(also_stale); // they failed: none answered
+        }
+        let not_asked = self.candidates[self.next_position..].iter();
+        let others = not_asked
+            .map(|candidate| candidate.index)
+            .chain(self.failed.iter().copied())
+            .collect();
+        let copies = ReadCopies {
+            holders,
+            stale,
+            answering: self.in_flight.clone(),
+            others,
+        };
+        RepairPlan::after_read((replica_count, write_quorum, self.read_quorum), copies)
+    }
+
+    /// The merged record, when the read's result is one to repair with: a
+    /// record found or a tombstone.
+    pub fn repairable(&self) -> Option<&Record> {
+        let repairs_wanted = matches!(
+            self.result,
+            Some(Conclusion::Found) | Some(Conclusion::NotFound(Absence::Deleted))
+        );
+        self.merged_ref().filter(|_| repairs_wanted)
     }
 
     /// Replicas that failed during this read.
@@ -326,10 +368,8 @@ impl ReadPlan {
         if self.result.is_some() {
             return false;
         }
-        let Some(position) = self.in_flight.iter().position(|&i| i == index) else {
-            panic!("reply from replica {index}, which was not asked");
-        };
-        self.in_flight.swap_remove(position);
+        let asked = take_replica(&mut self.in_flight, index);
+        assert!(asked, "reply from replica {index}, which was not asked");
         true
     }
 

@@ -487,6 +487,7 @@ impl World {
             let s = app.coordinator.stats();
             stats.timeouts += s.replica_failures;
             stats.read_repairs += s.read_repairs;
+            stats.read_repairs_short += s.read_repairs_short;
             stats.hints_queued += s.hints_queued;
             stats.hints_replayed += s.hints_replayed;
             hints_dropped += s.hints_dropped;

@@ -387,3 +387,54 @@ fn read_order_table() {
         .collect();
     assert_eq!(starts.len(), 3, "R=1 load spreads over every replica");
 }
+
+/// What a read tells its blocking repair: holders, stale answers, answers
+/// still in flight, and the others in order (not asked, then failed).
+#[test]
+fn repair_plan_counts_the_copies_the_read_saw() {
+    use crate::core::read_repair::RepairOutcome;
+    let held = |holders| Some(RepairOutcome::Held { holders });
+
+    // One stale answer: repaired first; if that fails, the replica not asked.
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, newer_hit(), true);
+    plan.on_answer(1, hit(), true);
+    let mut repair = plan.repair_plan(3, 2, &[]).expect("a stale answer");
+    assert_eq!(repair.start().send, vec![1]);
+    assert_eq!(repair.on_failed(1).send, vec![2]);
+    assert_eq!(repair.on_repaired(2).done, held(2));
+
+    // A tombstone concludes on its own: the answer in flight is awaited.
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, tombstone(), true);
+    let mut repair = plan.repair_plan(3, 2, &[]).expect("one holder of two");
+    assert!(repair.awaits_answers());
+    assert_eq!(repair.start().send, Vec::<usize>::new());
+    assert_eq!(repair.on_answer(1, Some(true)).done, held(2));
+
+    // A failed replica comes after the ones not asked.
+    let mut plan = ReadPlan::new(candidates(&[true; 4]), 2, 2, NOW);
+    plan.start();
+    plan.on_failure(0);
+    plan.on_answer(1, newer_hit(), true);
+    plan.on_answer(2, hit(), true);
+    let mut repair = plan.repair_plan(4, 3, &[]).expect("one holder of three");
+    assert_eq!(repair.start().send, vec![2, 3]);
+    assert_eq!(repair.on_failed(3).send, vec![0]);
+
+    // Agreeing answers from W replicas: nothing to repair.
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, hit(), true);
+    plan.on_answer(1, hit(), true);
+    assert!(plan.repair_plan(3, 2, &[]).is_none());
+
+    // Nothing found: nothing to repair.
+    let mut plan = ReadPlan::new(candidates(&[true; 3]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, None, true);
+    plan.on_answer(1, None, true);
+    assert!(plan.repair_plan(3, 2, &[]).is_none());
+}
