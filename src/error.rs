@@ -142,17 +142,6 @@ pub enum Error {
         /// Each failed replica's error.
         failures: Vec<ReplicaFailure>,
     },
-    /// A field update could not be acknowledged above the stamps its ackers
-    /// held: a replica holds a stamp further ahead of this host's clock than
-    /// `max_clock_skew` (a host with a wrong clock wrote it), which this
-    /// coordinator refuses to follow. Like [`Error::QuorumNotReached`]: the
-    /// write may have reached some replicas, and retrying it is safe; fix
-    /// the clocks.
-    #[error("write not ordered: a replica holds stamp {above}, too far ahead of this clock")]
-    Unordered {
-        /// The stamp held.
-        above: crate::stamp::Stamp,
-    },
     /// The record was deleted: the write landed on a tombstone and was not
     /// applied.
     #[error("the record was deleted")]

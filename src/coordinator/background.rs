@@ -104,25 +104,24 @@ impl Coordinator {
     pub(crate) fn maybe_start_anti_entropy(&self) {
         let config = &self.inner.config.anti_entropy;
         let now_ms = self.monotonic_ms();
-        if self.inner.anti_entropy_running.load(Ordering::Acquire)
-            || now_ms
-                < self
-                    .inner
-                    .anti_entropy_not_before_ms
-                    .load(Ordering::Relaxed)
-        {
+        if self.inner.anti_entropy_running.load(Ordering::Acquire) {
             return;
         }
         if let Some(interval) = config.interval {
-            // A scheduled pass: the next one `interval` after this one starts.
-            let next = now_ms + duration_ms(interval);
-            self.inner
-                .anti_entropy_not_before_ms
-                .store(next, Ordering::Relaxed);
-            self.spawn_pass("scheduled anti-entropy pass");
-            return;
+            // A scheduled pass: the next one `interval` after this one
+            // starts. The schedule never holds back a rejoin (below).
+            let scheduled = &self.inner.anti_entropy_next_scheduled_ms;
+            if now_ms >= scheduled.load(Ordering::Relaxed) {
+                scheduled.store(now_ms + duration_ms(interval), Ordering::Relaxed);
+                self.spawn_pass("scheduled anti-entropy pass");
+                return;
+            }
         }
-        if !config.on_rejoin {
+        let retry_at = self
+            .inner
+            .anti_entropy_not_before_ms
+            .load(Ordering::Relaxed);
+        if !config.on_rejoin || now_ms < retry_at {
             return;
         }
         let states = self.replica_states();

@@ -119,6 +119,8 @@ pub(crate) struct Inner {
     /// Monotonic ms before which no rejoin-triggered pass starts (set after a
     /// pass that could not refill anything; scheduled passes also use it).
     pub(crate) anti_entropy_not_before_ms: AtomicU64,
+    /// Monotonic ms of the next scheduled pass (with an `interval`).
+    pub(crate) anti_entropy_next_scheduled_ms: AtomicU64,
 }
 
 /// Replicates records over N replicas with quorum writes and reads. Cheap to

@@ -94,11 +94,7 @@ impl SessionError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            SessionError::Store(
-                Error::Unavailable { .. }
-                    | Error::QuorumNotReached { .. }
-                    | Error::Unordered { .. }
-            )
+            SessionError::Store(Error::Unavailable { .. } | Error::QuorumNotReached { .. })
         )
     }
 }

@@ -147,7 +147,7 @@ async fn write(
             }
             Err(Error::Gone) => WriteResult::Gone,
             Err(Error::Collision) => WriteResult::Collision,
-            Err(Error::QuorumNotReached { .. } | Error::Unordered { .. }) => WriteResult::Failed,
+            Err(Error::QuorumNotReached { .. }) => WriteResult::Failed,
             Err(other) => panic!("the simulator's writes are valid: {other}"),
         }
     };

@@ -101,6 +101,8 @@ pub fn run_observed(
     observer: Observer,
 ) -> anyhow::Result<(Report, Option<Trace>)> {
     config.validate()?;
+    watch_panics();
+    PANICKED.with(|p| p.set(false));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -114,7 +116,32 @@ pub fn run_observed(
     });
     drop(local);
     drop(runtime);
+    if PANICKED.with(|p| p.replace(false)) {
+        anyhow::bail!(
+            "a task of the run panicked (see the message above): the library's own background tasks included"
+        );
+    }
     outcome
+}
+
+thread_local! {
+    /// Set when a task on this thread panicked during a run (the library's
+    /// background tasks, which tokio would otherwise swallow, included).
+    static PANICKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs, once per process, a panic hook that marks the panicking
+/// thread's run as failed before the usual report. A run is one thread,
+/// so concurrent runs (tests) do not see each other's panics.
+fn watch_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.with(|p| p.set(true));
+            previous(info);
+        }));
+    });
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +192,10 @@ pub(crate) struct World {
 }
 
 /// The library's configuration for each app server: the run's cluster
-/// settings, with the simulator's switches mapped onto real settings.
+/// settings, with the simulator's switches mapped onto real settings. "Hints
+/// off" sets their age limit to zero: a hint is dropped unless replayed in
+/// the millisecond it was queued, and a dropped hint marks its replica for
+/// anti-entropy, so those runs lean on anti-entropy instead.
 fn cluster_config(config: &SimConfig) -> ClusterConfig {
     let switches = config.switches;
     let mut cluster = config.cluster.clone();
