@@ -179,7 +179,11 @@ impl Default for AntiEntropyConfig {
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// W: acknowledgements a write needs.
+    /// W: acknowledgements a write needs. A field update also needs N − W + 1
+    /// from replicas in a complete epoch, to be ordered after every write
+    /// acknowledged before it (see [`core::quorum`](crate::core::quorum)):
+    /// with a majority W that is no more than W while every replica is
+    /// complete, but with W = 1 of 3 every replica must answer.
     pub write_quorum: usize,
     /// R: answers a read needs.
     pub read_quorum: usize,

@@ -16,6 +16,11 @@
 //! already above everything acknowledged before the first round began.
 //! Two rounds at most: acknowledgement order and stamp order agree, and
 //! last-writer-wins never hides an acknowledged write behind an earlier one.
+//!
+//! The argument assumes, as "not found" does, that a replica in a complete
+//! epoch keeps what it acknowledged until the record expires; one that
+//! missed an expiry extension may drop its copy earlier (see the README's
+//! Limits).
 
 use super::ReplicaIndex;
 use crate::stamp::Stamp;
