@@ -6,11 +6,15 @@
 //! none holds a key, **by a whole SCAN** ([`BOOTSTRAP_SCAN_PAGES_MAX`]): a
 //! Redis may answer the first page (or many) empty with a cursor that is not
 //! `"0"`. Every replica in a new, incomplete epoch *with data* is a
-//! full-cluster restart with persistence (every Redis reloaded its RDB/AOF):
-//! the snapshots may lack acknowledged writes and logouts, no pass can prove
-//! a refill complete, and nothing is marked complete: reads stay
+//! full-cluster restart with persistence (every Redis reloaded its RDB/AOF)
+//! — or, as far as the coordinator can tell, a restart of every Redis empty
+//! that took writes (creates, touches) before the next tick scanned it:
+//! the data may lack acknowledged writes and logouts, no pass can prove a
+//! refill complete, and nothing is marked complete: reads stay
 //! `Unavailable` until the operator decides (README, "Runbook: a
 //! full-cluster restart with persistence"; [`Coordinator::accept_data_loss`]).
+//! Telling the two apart (keys loaded from a snapshot against keys written
+//! since) is not done yet: both go to the operator.
 
 use std::sync::atomic::Ordering;
 
