@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use futures::FutureExt;
+use tracing::{debug, error, info, warn};
 
 use crate::core::health::Health;
 use crate::replica::MergeMode;
@@ -32,14 +33,25 @@ impl Coordinator {
                 // Ends when the last coordinator handle is dropped.
                 let Some(inner) = weak.upgrade() else { return };
                 let coordinator = Coordinator { inner };
-                coordinator.probe_due_replicas().await;
-                if coordinator.replica_states().iter().all(|s| !s.readable) {
-                    // A new cluster is bootstrapped; a full-cluster restart
-                    // with data is not (see `bootstrap.rs`).
-                    coordinator.initialize().await;
+                // A panic in one tick (a bug) is logged and the next tick
+                // runs: probes, hint replay and anti-entropy never stop.
+                let tick_work = async {
+                    coordinator.probe_due_replicas().await;
+                    if coordinator.replica_states().iter().all(|s| !s.readable) {
+                        // A new cluster is bootstrapped; a full-cluster
+                        // restart with data is not (see `bootstrap.rs`).
+                        coordinator.initialize().await;
+                    }
+                    coordinator.replay_hints().await;
+                    coordinator.maybe_start_anti_entropy();
+                };
+                if std::panic::AssertUnwindSafe(tick_work)
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    error!("the background tick panicked (a bug): the next tick runs");
                 }
-                coordinator.replay_hints().await;
-                coordinator.maybe_start_anti_entropy();
             }
         });
     }
