@@ -4,8 +4,11 @@
 //!
 //! Proves: create gives a canonical id (tower's `Id` is the same 128 bits)
 //! and never overwrites; load/save round-trip; a save writes only the keys
-//! that changed since the load, so two servers' saves of different keys both
-//! survive; a removed key is removed; expiry only grows; a deleted session is
+//! that changed since *that request's* load (the base travels in the
+//! request's `Record`), so a key another request wrote after the load
+//! survives, and many concurrent requests on two app servers each adding
+//! its own key all survive; the reserved key is refused and a cleared map is
+//! a reset; a removed key is removed; expiry only grows; a deleted session is
 //! never revived by a late save; foreign ids load as `None`; unreachable
 //! replicas are an error, never `None`; oversized data is an encode error
 //! with nothing stored; the middleware sets and reads a value across two
@@ -21,7 +24,7 @@ use axum::http::{header, Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use quorum_sessions::session::keys::session_key;
-use quorum_sessions::session::tower::{session_id, tower_id, TowerSessionStore};
+use quorum_sessions::session::tower::{session_id, tower_id, TowerSessionStore, TOWER_BASE_KEY};
 use quorum_sessions::session::{ClientInfo, NewSession, SessionConfig};
 use serde_json::{json, Value};
 use session_support::Cluster;
@@ -31,7 +34,11 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{session_store, SessionStore as _};
 
 async fn cluster() -> Cluster {
-    let c = Cluster::new(SessionConfig::default()).await;
+    cluster_with(SessionConfig::default()).await
+}
+
+async fn cluster_with(config: SessionConfig) -> Cluster {
+    let c = Cluster::new(config).await;
     // tower-sessions reads the system clock: run the replicas' clock on it.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -50,6 +57,26 @@ fn record(data: &[(&str, Value)], minutes: i64) -> Record {
             .collect(),
         expiry_date: OffsetDateTime::now_utc() + time::Duration::minutes(minutes),
     }
+}
+
+/// The session of a tower id through the native API of the first server.
+async fn native(c: &Cluster, id: &Id) -> quorum_sessions::session::Session {
+    let id = session_id(id).unwrap();
+    c.store
+        .get(&id, &ClientInfo::default())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The user's keys of a record (without the adapter's reserved entry).
+fn user_data(record: &Record) -> HashMap<String, Value> {
+    let mut data = record.data.clone();
+    assert!(
+        data.remove(TOWER_BASE_KEY).is_some(),
+        "the adapter's entry is there"
+    );
+    data
 }
 
 #[tokio::test(start_paused = true)]
@@ -81,7 +108,7 @@ async fn create_load_save_delete_round_trip() {
     store.save(&loaded).await.unwrap();
     let again = store.load(&created.id).await.unwrap().unwrap();
     assert_eq!(
-        again.data,
+        user_data(&again),
         HashMap::from([("lang".to_owned(), json!("fr"))])
     );
 
@@ -116,12 +143,16 @@ async fn saves_from_two_servers_of_different_keys_both_survive() {
         let merged = one.load(&created.id).await.unwrap().unwrap();
         assert_eq!(merged.data["theme"], json!(round));
         assert_eq!(merged.data["a"], json!(0));
-        assert_eq!(merged.data.len(), 2 + round as usize, "every cart key kept");
+        assert_eq!(
+            user_data(&merged).len(),
+            2 + round as usize,
+            "every cart key kept"
+        );
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_save_without_a_snapshot_re_reads_and_still_writes_only_the_diff() {
+async fn a_save_on_another_server_writes_only_the_diff_against_what_was_loaded() {
     let c = cluster().await;
     let writer = TowerSessionStore::new(c.store.clone());
     let mut created = record(&[("a", json!(1)), ("b", json!(2))], 30);
@@ -136,7 +167,8 @@ async fn a_save_without_a_snapshot_re_reads_and_still_writes_only_the_diff() {
         .unwrap();
     native.set("b", 20).unwrap();
     other.save(&mut native).await.unwrap();
-    // A fresh adapter (no snapshot) saves a map that changes only `a`.
+    // Another adapter saves the created map, changing `a` (and `b` to the
+    // value it already has).
     let fresh = TowerSessionStore::new(c.server(3, 0).await);
     let mut stale = created.clone();
     stale.data.insert("a".into(), json!(10));
@@ -145,6 +177,45 @@ async fn a_save_without_a_snapshot_re_reads_and_still_writes_only_the_diff() {
     let loaded = writer.load(&created.id).await.unwrap().unwrap();
     assert_eq!(loaded.data["a"], json!(10));
     assert_eq!(loaded.data["b"], json!(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reserved_key_is_refused_and_a_cleared_map_is_a_reset() {
+    let c = cluster().await;
+    let store = TowerSessionStore::new(c.store.clone());
+    let mut created = record(&[("a", json!(1)), ("b", json!(2))], 30);
+    store.create(&mut created).await.unwrap();
+    let loaded = store.load(&created.id).await.unwrap().unwrap();
+
+    let mut forged = loaded.clone();
+    forged.data.insert(TOWER_BASE_KEY.into(), json!("mine"));
+    assert!(matches!(
+        store.save(&forged).await,
+        Err(session_store::Error::Encode(_))
+    ));
+    let mut clash = record(&[(TOWER_BASE_KEY, json!(1))], 30);
+    assert!(matches!(
+        store.create(&mut clash).await,
+        Err(session_store::Error::Encode(_))
+    ));
+    let mut native = native(&c, &created.id).await;
+    assert!(
+        native.set(TOWER_BASE_KEY, 1).is_err(),
+        "refused natively too"
+    );
+    native.set("c", 3).unwrap();
+    c.store.save(&mut native).await.unwrap();
+
+    // `Session::clear` drops the entry with the rest: the map replaces the data.
+    let mut cleared = loaded.clone();
+    cleared.data.clear();
+    cleared.data.insert("z".into(), json!(26));
+    store.save(&cleared).await.unwrap();
+    let after = store.load(&created.id).await.unwrap().unwrap();
+    assert_eq!(
+        user_data(&after),
+        HashMap::from([("z".to_owned(), json!(26))])
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +269,7 @@ async fn foreign_ids_are_none_unavailable_is_an_error_oversized_is_refused() {
         Err(session_store::Error::Encode(_))
     ));
     assert_eq!(
-        store.load(&created.id).await.unwrap().unwrap().data.len(),
+        user_data(&store.load(&created.id).await.unwrap().unwrap()).len(),
         1
     );
 
@@ -274,4 +345,122 @@ async fn the_tower_sessions_middleware_round_trips_through_the_store() {
         .await
         .unwrap();
     assert_eq!(&body[..], b"Some(1)");
+}
+
+/// B1's reproduction: the adapter's state is lost between the load and the
+/// save (on the old code: a one-entry cache evicted by another session), and
+/// a key another request wrote meanwhile must survive the save.
+#[tokio::test(start_paused = true)]
+async fn a_save_keeps_a_key_written_by_another_request_after_the_load() {
+    let c = cluster().await;
+    let store = TowerSessionStore::new(c.store.clone());
+    let mut a = record(&[("theme", json!("dark"))], 30);
+    store.create(&mut a).await.unwrap();
+    let mut b = record(&[("theme", json!("light"))], 30);
+    store.create(&mut b).await.unwrap();
+
+    let mut loaded_a = store.load(&a.id).await.unwrap().unwrap();
+    // Loading B evicted A from the old code's one-entry cache.
+    store.load(&b.id).await.unwrap().unwrap();
+    // Another request adds a cart key on A, natively, and is acknowledged.
+    let mut native = native(&c, &a.id).await;
+    native.set("cart", json!(["book"])).unwrap();
+    c.store.save(&mut native).await.unwrap();
+
+    loaded_a.data.insert("lang".into(), json!("fr"));
+    store.save(&loaded_a).await.unwrap();
+    let after = store.load(&a.id).await.unwrap().unwrap();
+    assert_eq!(after.data.get("lang"), Some(&json!("fr")));
+    assert_eq!(after.data.get("theme"), Some(&json!("dark")));
+    assert_eq!(
+        after.data.get("cart"),
+        Some(&json!(["book"])),
+        "the other request's acknowledged key survives the save"
+    );
+}
+
+/// B1 at the HTTP level: two app servers (two adapters, each with its own
+/// coordinator, over the same replicas), a one-entry cache on the old code,
+/// several sessions, and many concurrent requests per session, each adding
+/// its own key after a random pause between its load and its save. Every
+/// acknowledged key is there at the end.
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_on_two_servers_keep_every_acknowledged_key() {
+    use rand::{Rng, SeedableRng};
+
+    let config = SessionConfig::default();
+    let c = cluster_with(config.clone()).await;
+    let app = |store: TowerSessionStore| {
+        Router::new()
+            .route(
+                "/start",
+                get(|session: tower_sessions::Session| async move {
+                    session.insert("start", true).await.unwrap();
+                    "started"
+                }),
+            )
+            .route(
+                "/add/{key}/{pause}",
+                get(
+                    |session: tower_sessions::Session,
+                     axum::extract::Path((key, pause)): axum::extract::Path<(String, u64)>| async move {
+                        // Load first, then pause (the app's work), then change one key.
+                        let _: Option<bool> = session.get("start").await.unwrap();
+                        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                        session.insert(&key, 1u32).await.unwrap();
+                        "added"
+                    },
+                ),
+            )
+            .layer(tower_sessions::SessionManagerLayer::new(store))
+    };
+    let servers = [
+        app(TowerSessionStore::new(c.store.clone())),
+        app(TowerSessionStore::new(c.server_with(2, &config).await)),
+    ];
+    let mut cookies = Vec::new();
+    for _ in 0..4 {
+        let response = servers[0]
+            .clone()
+            .oneshot(Request::get("/start").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+        cookies.push(cookie.split(';').next().unwrap().to_owned());
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut requests = Vec::new();
+    for n in 0..80 {
+        let session = rng.random_range(0..cookies.len());
+        let server = servers[rng.random_range(0..2)].clone();
+        let pause = rng.random_range(0..20u64);
+        let key = format!("k{n}");
+        let request = Request::get(format!("/add/{key}/{pause}"))
+            .header(header::COOKIE, cookies[session].clone())
+            .body(Body::empty())
+            .unwrap();
+        requests.push(async move {
+            let response = server.oneshot(request).await.unwrap();
+            (session, key, response.status())
+        });
+    }
+    let results = futures::future::join_all(requests).await;
+    let check = TowerSessionStore::new(c.store.clone());
+    let mut lost = Vec::new();
+    let mut acknowledged = 0;
+    for (session, key, status) in results {
+        if status != StatusCode::OK {
+            continue;
+        }
+        acknowledged += 1;
+        let id = cookies[session].split_once('=').unwrap().1;
+        let id: Id = id.parse().unwrap();
+        let record = check.load(&id).await.unwrap().unwrap();
+        if !record.data.contains_key(&key) {
+            lost.push(key);
+        }
+    }
+    assert_eq!(acknowledged, 80, "every request succeeds");
+    assert!(lost.is_empty(), "acknowledged keys lost: {lost:?}");
 }

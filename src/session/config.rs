@@ -93,9 +93,6 @@ pub struct SessionConfig {
     pub rotation_retry_delay: Duration,
     /// Keys per SCAN page for the admin statistics walk. Default 500.
     pub admin_scan_page: usize,
-    /// Sessions whose last loaded or saved state the tower adapter keeps to
-    /// diff the next save against (first in, first out). Default 10 000.
-    pub tower_snapshot_cache_entries: usize,
 }
 
 impl Default for SessionConfig {
@@ -112,7 +109,6 @@ impl Default for SessionConfig {
             rotation_delete_attempts: 5,
             rotation_retry_delay: Duration::from_millis(50),
             admin_scan_page: 500,
-            tower_snapshot_cache_entries: 10_000,
         }
     }
 }
@@ -174,10 +170,6 @@ impl SessionConfig {
                 self.rotation_delete_attempts as usize,
             ),
             ("admin_scan_page", self.admin_scan_page),
-            (
-                "tower_snapshot_cache_entries",
-                self.tower_snapshot_cache_entries,
-            ),
         ];
         for (field, value) in counts {
             if value == 0 {

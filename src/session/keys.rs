@@ -33,6 +33,12 @@ pub(crate) const ITEM_PREFIX: &str = "i:";
 pub(crate) const INDEX_ENTRY_PREFIX: &str = "s:";
 pub(crate) const INDEX_REVOKED: &str = "revoked";
 
+/// The data key the tower adapter reserves in every `Record` it hands out:
+/// it carries the state that load read, which the save diffs against (see
+/// the `session::tower` module, feature `tower`). No data key may have this
+/// name, in either API: both refuse it.
+pub const TOWER_BASE_KEY: &str = "__quorum_sessions.base";
+
 /// The key of a session record.
 pub fn session_key(id: &SessionId) -> String {
     format!("{SESSION_KEY_PREFIX}{id}}}")
@@ -87,7 +93,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Checks a data key, collection name, item id or role: non-empty, at most
-/// [`NAME_MAX_BYTES`], no control character; a collection holds no `:`.
+/// [`NAME_MAX_BYTES`], no control character; a collection holds no `:`; a
+/// data key is not [`TOWER_BASE_KEY`].
 pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), SessionError> {
     let rule = if name.is_empty() {
         Some("empty")
@@ -97,6 +104,8 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), SessionEr
         Some("holds a control character")
     } else if what == "collection" && name.contains(':') {
         Some("holds ':'")
+    } else if what == "data key" && name == TOWER_BASE_KEY {
+        Some("is reserved for the tower adapter (TOWER_BASE_KEY)")
     } else {
         None
     };
@@ -137,5 +146,7 @@ mod tests {
         assert!(check_name("data key", &"x".repeat(NAME_MAX_BYTES + 1)).is_err());
         assert!(check_name("collection", "a:b").is_err());
         assert!(check_name("item", "a:b").is_ok());
+        assert!(check_name("data key", TOWER_BASE_KEY).is_err());
+        assert!(check_name("item", TOWER_BASE_KEY).is_ok());
     }
 }

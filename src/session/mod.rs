@@ -89,7 +89,6 @@
 //! | `rotation_delete_attempts` | 5 | tries to tombstone the old id on rotation |
 //! | `rotation_retry_delay` | 50 ms | first retry delay, doubled each time |
 //! | `admin_scan_page` | 500 | keys per SCAN page in the stats walk |
-//! | `tower_snapshot_cache_entries` | 10 000 | ids whose last state the tower adapter keeps |
 //!
 //! Named limits (constants in [`config`]): [`config::CREATE_ATTEMPTS_MAX`],
 //! [`config::USER_ID_MAX_BYTES`], [`config::NAME_MAX_BYTES`],

@@ -1,17 +1,38 @@
 //! [`TowerSessionStore`]: the session store as a `tower_sessions` 0.15
 //! backend (feature `tower`).
 //!
-//! tower-sessions hands `save` the whole data map. The adapter diffs it
-//! against the last state this app server loaded or saved for that id (a
-//! bounded snapshot cache, first in first out, `tower_snapshot_cache_entries`
-//! ids; on a miss it re-reads the session) and writes only the keys that
-//! changed, removing the keys that disappeared. So two requests of one
-//! session on *different* app servers that change different keys both
-//! survive. Two concurrent requests of one session on the *same* app server
-//! share one snapshot: a request that loaded before the other saved may
-//! write back the older value of a key it did not change; the native
-//! [`Session`] API tracks changes per request and has no
-//! such window.
+//! tower-sessions hands `save` the whole data map, not what the request
+//! changed. So `load` puts one more entry in the `Record` it returns: under
+//! the reserved key [`TOWER_BASE_KEY`], the state that load read (its data
+//! values, expiry and lifetime cap). The entry travels with the request, in
+//! the request's own `Record`, and `save` takes it out and diffs the rest of
+//! the map against it: it writes the keys whose value differs from what this
+//! request loaded and removes the keys this request removed, nothing else.
+//! A key another request (on this app server or another) changed after this
+//! request loaded is neither reverted nor deleted, and no shared cache is
+//! involved, so there is nothing to evict and no guess. Two concurrent
+//! requests of one session changing different keys both survive, always; two
+//! that change the *same* key are last writer wins, as in the native
+//! [`Session`] API.
+//!
+//! The reserved key:
+//!
+//! - it is visible to handlers (`session.get_value(TOWER_BASE_KEY)`) and
+//!   holds a copy of the loaded data, in the request's memory only: `save`
+//!   never stores it;
+//! - a handler must not write it: a save whose [`TOWER_BASE_KEY`] does not
+//!   hold the adapter's entry fails with an encode error (the middleware
+//!   answers 500), and the native API refuses a data key with that name, so
+//!   no stored key is ever shadowed by it;
+//! - `Session::clear` removes it with the rest of the map. A save of a map
+//!   without the entry is therefore a *reset*: the session's data becomes
+//!   exactly that map (every key in it is written, every stored key not in
+//!   it is removed, including keys other requests wrote meanwhile — that is
+//!   what clearing means). `Session::cycle_id` keeps it, and `create`
+//!   drops it;
+//! - do not put tower-sessions' `CachingSessionStore` in front of this
+//!   store: it would hand a later request a `Record` carrying an earlier
+//!   request's entry (and stale data besides).
 //!
 //! Other behaviour:
 //!
@@ -84,10 +105,10 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
@@ -111,30 +132,64 @@ pub fn session_id(id: &Id) -> Option<SessionId> {
     SessionId::from_u128(id.0 as u128).ok()
 }
 
-#[derive(Clone, Debug)]
-struct Snapshot {
-    data: HashMap<String, Value>,
-    expiry_ms: u64,
-    cap_ms: u64,
+pub use super::keys::TOWER_BASE_KEY;
+
+/// Marks the entry under [`TOWER_BASE_KEY`] as the adapter's (version 1).
+const BASE_TAG: &str = "quorum_sessions_base";
+
+/// What one load read: the entry under [`TOWER_BASE_KEY`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Base {
+    #[serde(rename = "quorum_sessions_base")]
+    version: u32,
+    /// Effective expiry (`min(expiry, cap)`), ms since the epoch.
+    expiry: u64,
+    /// Lifetime cap, ms since the epoch.
+    cap: u64,
+    data: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Default)]
-struct SnapshotCache {
-    snapshots: HashMap<SessionId, Snapshot>,
-    order: VecDeque<SessionId>,
-}
-
-impl SnapshotCache {
-    fn insert(&mut self, id: SessionId, snapshot: Snapshot, capacity: usize) {
-        if self.snapshots.insert(id, snapshot).is_none() {
-            self.order.push_back(id);
-        }
-        while self.order.len() > capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.snapshots.remove(&oldest);
-            }
+impl Base {
+    fn of(session: &Session) -> Base {
+        Base {
+            version: 1,
+            expiry: session.expiry_ms(),
+            cap: session.cap_ms,
+            data: session.data.clone(),
         }
     }
+
+    fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Splits a tower map into the entry under [`TOWER_BASE_KEY`] (`None`: no
+/// entry, e.g. after `Session::clear`) and the user's keys.
+fn split(
+    data: &HashMap<String, Value>,
+) -> Result<(Option<Base>, HashMap<&str, &Value>), SessionError> {
+    let base = match data.get(TOWER_BASE_KEY) {
+        None => None,
+        Some(value) => {
+            let tagged = value.get(BASE_TAG).and_then(Value::as_u64) == Some(1);
+            match Base::deserialize(value) {
+                Ok(base) if tagged => Some(base),
+                _ => {
+                    return Err(SessionError::InvalidName {
+                        what: "data key",
+                        rule: "is reserved for the tower adapter (TOWER_BASE_KEY)",
+                    })
+                }
+            }
+        }
+    };
+    let user = data
+        .iter()
+        .filter(|(key, _)| key.as_str() != TOWER_BASE_KEY)
+        .map(|(key, value)| (key.as_str(), value))
+        .collect();
+    Ok((base, user))
 }
 
 /// A `tower_sessions_core::SessionStore` over a [`SessionStore`]. See the
@@ -142,7 +197,6 @@ impl SnapshotCache {
 #[derive(Clone)]
 pub struct TowerSessionStore {
     store: SessionStore,
-    cache: Arc<Mutex<SnapshotCache>>,
 }
 
 impl std::fmt::Debug for TowerSessionStore {
@@ -156,10 +210,7 @@ impl std::fmt::Debug for TowerSessionStore {
 impl TowerSessionStore {
     /// The adapter over `store`.
     pub fn new(store: SessionStore) -> TowerSessionStore {
-        TowerSessionStore {
-            store,
-            cache: Arc::new(Mutex::new(SnapshotCache::default())),
-        }
+        TowerSessionStore { store }
     }
 
     /// The native store underneath.
@@ -167,44 +218,62 @@ impl TowerSessionStore {
         &self.store
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    fn remember(&self, session: &Session) {
-        let snapshot = Snapshot {
-            data: session.data.clone().into_iter().collect(),
-            expiry_ms: session.expiry_ms(),
-            cap_ms: session.cap_ms,
-        };
-        let capacity = self.store.config().tower_snapshot_cache_entries;
-        self.cache().insert(session.id, snapshot, capacity);
-    }
-
-    async fn base(&self, id: &SessionId) -> Result<Option<Snapshot>, SessionError> {
-        if let Some(snapshot) = self.cache().snapshots.get(id).cloned() {
-            return Ok(Some(snapshot));
-        }
-        let Some(session) = self.store.load(id, None).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Snapshot {
-            data: session.data.into_iter().collect(),
-            expiry_ms: session.expiry_ms.min(session.cap_ms),
-            cap_ms: session.cap_ms,
-        }))
-    }
-
     /// Checks the whole map against the session limits (as a native save).
-    fn check(&self, data: &HashMap<String, Value>) -> Result<(), SessionError> {
+    fn check(&self, data: &HashMap<&str, &Value>) -> Result<(), SessionError> {
         let mut probe = probe_session();
         for (key, value) in data {
             check_name("data key", key)?;
-            probe.data.insert(key.clone(), value.clone());
+            probe.data.insert((*key).to_owned(), (*value).clone());
         }
         probe.check_size(self.store.config())
+    }
+
+    /// The mutation of a save: the diff of `data` against `base` (what this
+    /// request loaded), or, without a base, a reset of the stored data to
+    /// `data`. `None`: nothing to write (the session is gone or expired).
+    async fn mutation(
+        &self,
+        id: &SessionId,
+        base: Option<Base>,
+        data: &HashMap<&str, &Value>,
+        requested_expiry: u64,
+    ) -> Result<Option<Mutation>, SessionError> {
+        let now = self.store.now_ms();
+        let reset = base.is_none();
+        let base = match base {
+            // Expired by what this request loaded: write only if another
+            // request has kept the session alive since (never revive it).
+            Some(base) if base.expiry <= now => {
+                if self.store.load(id, None).await?.is_none() {
+                    return Ok(None);
+                }
+                base
+            }
+            Some(base) => base,
+            None => match self.store.load(id, None).await? {
+                Some(session) => Base::of(&session),
+                None => return Ok(None),
+            },
+        };
+        let expiry = requested_expiry.min(base.cap);
+        let mut mutation = Mutation::update(expiry.max(base.expiry), base.cap);
+        for (key, value) in data {
+            if reset || base.data.get(*key) != Some(*value) {
+                let bytes = serde_json::to_vec(value)?;
+                mutation = mutation.set(keys::data_field(key), bytes);
+            }
+        }
+        for key in base
+            .data
+            .keys()
+            .filter(|key| !data.contains_key(key.as_str()))
+        {
+            mutation = mutation.remove(keys::data_field(key));
+        }
+        if mutation.is_empty() && expiry <= base.expiry {
+            return Ok(None);
+        }
+        Ok(Some(mutation))
     }
 }
 
@@ -244,8 +313,14 @@ fn backend(error: SessionError) -> session_store::Error {
 #[async_trait]
 impl tower_sessions_core::SessionStore for TowerSessionStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        self.check(&record.data).map_err(backend)?;
-        let data: BTreeMap<String, Value> = record.data.clone().into_iter().collect();
+        // An entry carried over by `Session::cycle_id` is dropped: the new
+        // id starts from the map as it is.
+        let (_, user) = split(&record.data).map_err(backend)?;
+        self.check(&user).map_err(backend)?;
+        let data: BTreeMap<String, Value> = user
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.clone()))
+            .collect();
         let new = NewSession {
             data,
             ..NewSession::anonymous()
@@ -256,59 +331,32 @@ impl tower_sessions_core::SessionStore for TowerSessionStore {
             .await
             .map_err(backend)?;
         record.id = tower_id(&session.id);
-        self.remember(&session);
+        record
+            .data
+            .insert(TOWER_BASE_KEY.to_owned(), Base::of(&session).to_value());
         Ok(())
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let id = session_id(&record.id)
             .ok_or_else(|| session_store::Error::Backend("not an id of this store".into()))?;
-        self.check(&record.data).map_err(backend)?;
-        let Some(base) = self.base(&id).await.map_err(backend)? else {
-            return Ok(()); // deleted or expired: never revived
+        let (base, user) = split(&record.data).map_err(backend)?;
+        self.check(&user).map_err(backend)?;
+        let Some(mutation) = self
+            .mutation(&id, base, &user, expiry_ms(record.expiry_date))
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(());
         };
-        let now = self.store.now_ms();
-        if base.expiry_ms.min(base.cap_ms) <= now {
-            return Ok(());
-        }
-        let expiry = expiry_ms(record.expiry_date).min(base.cap_ms);
-        let mut mutation = Mutation::update(expiry.max(base.expiry_ms), base.cap_ms);
-        for (key, value) in &record.data {
-            if base.data.get(key) != Some(value) {
-                let bytes = serde_json::to_vec(value).map_err(|e| backend(e.into()))?;
-                mutation = mutation.set(keys::data_field(key), bytes);
-            }
-        }
-        for key in base
-            .data
-            .keys()
-            .filter(|key| !record.data.contains_key(*key))
-        {
-            mutation = mutation.remove(keys::data_field(key));
-        }
-        if mutation.is_empty() && expiry <= base.expiry_ms {
-            return Ok(());
-        }
-        let written = self
+        match self
             .store
             .coordinator()
             .write(&session_key(&id), mutation)
-            .await;
-        match written {
-            Ok(_) => {
-                let snapshot = Snapshot {
-                    data: record.data.clone(),
-                    expiry_ms: expiry.max(base.expiry_ms),
-                    cap_ms: base.cap_ms,
-                };
-                let capacity = self.store.config().tower_snapshot_cache_entries;
-                self.cache().insert(id, snapshot, capacity);
-                Ok(())
-            }
-            Err(Error::Gone) => {
-                self.cache().snapshots.remove(&id);
-                Ok(())
-            }
+            .await
+        {
+            // Gone: deleted meanwhile; a logout is never undone.
+            Ok(_) | Err(Error::Gone) => Ok(()),
             Err(error) => Err(backend(error.into())),
         }
     }
@@ -318,13 +366,13 @@ impl tower_sessions_core::SessionStore for TowerSessionStore {
             return Ok(None);
         };
         let Some(session) = self.store.load(&session_id, None).await.map_err(backend)? else {
-            self.cache().snapshots.remove(&session_id);
             return Ok(None);
         };
-        self.remember(&session);
+        let mut data: HashMap<String, Value> = session.data.clone().into_iter().collect();
+        data.insert(TOWER_BASE_KEY.to_owned(), Base::of(&session).to_value());
         Ok(Some(Record {
             id: *id,
-            data: session.data.clone().into_iter().collect(),
+            data,
             expiry_date: expiry_date(session.expiry_ms()),
         }))
     }
@@ -333,7 +381,6 @@ impl tower_sessions_core::SessionStore for TowerSessionStore {
         let Some(session_id) = session_id(id) else {
             return Ok(());
         };
-        self.cache().snapshots.remove(&session_id);
         self.store
             .delete_by_id(&session_id)
             .await
@@ -355,20 +402,26 @@ mod tests {
     }
 
     #[test]
-    fn the_snapshot_cache_is_bounded() {
-        let mut cache = SnapshotCache::default();
-        let snapshot = Snapshot {
-            data: HashMap::new(),
-            expiry_ms: 1,
-            cap_ms: 1,
+    fn the_base_entry_round_trips_and_a_user_value_there_is_refused() {
+        let base = Base {
+            version: 1,
+            expiry: 10,
+            cap: 20,
+            data: [("k".to_owned(), Value::from(1))].into(),
         };
-        let ids: Vec<SessionId> = (0..10).map(|_| SessionId::generate()).collect();
-        for id in &ids {
-            cache.insert(*id, snapshot.clone(), 4);
-        }
-        assert_eq!(cache.snapshots.len(), 4);
-        assert!(cache.order.len() <= 4);
-        assert!(cache.snapshots.contains_key(&ids[9]));
-        assert!(!cache.snapshots.contains_key(&ids[0]));
+        let mut data = HashMap::from([
+            (TOWER_BASE_KEY.to_owned(), base.to_value()),
+            ("k".to_owned(), Value::from(2)),
+        ]);
+        let (parsed, user) = split(&data).unwrap();
+        let parsed = parsed.unwrap();
+        assert_eq!((parsed.expiry, parsed.cap), (10, 20));
+        assert_eq!(parsed.data["k"], Value::from(1));
+        assert_eq!(user.len(), 1);
+        assert_eq!(user["k"], &Value::from(2));
+        data.insert(TOWER_BASE_KEY.to_owned(), Value::from("mine"));
+        assert!(split(&data).is_err());
+        data.remove(TOWER_BASE_KEY);
+        assert!(split(&data).unwrap().0.is_none());
     }
 }
