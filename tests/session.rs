@@ -9,7 +9,8 @@
 //! changed fields, so concurrent updates of different fields and concurrent
 //! cart adds all survive; typed helpers; oversized data is refused with
 //! nothing stored; delete wins over a late touch or save; rotation kills the
-//! old id and carries the data; the per-user index, "log out everywhere"
+//! old id and carries the data, and a cart change acknowledged on the old id
+//! during a slow login too; the per-user index, "log out everywhere"
 //! (also racing logins, and from a server whose clock is behind), the
 //! per-user limit (sequential and concurrent logins, and a reader that sees
 //! more tombstones the rest); fingerprint mismatches destroy the session;
@@ -407,19 +408,83 @@ async fn delete_wins_over_a_late_touch_or_save_from_another_server() {
     assert!(c.store.user_sessions("u").await.unwrap().is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn regenerate_kills_the_old_id_and_carries_the_data() {
-    let c = cluster().await;
-    let other = c.server(2, 0).await;
+/// An anonymous session with `theme: dark` and `items` in its cart, saved.
+async fn anonymous_with_cart(
+    c: &Cluster,
+    items: &[(&str, serde_json::Value)],
+) -> quorum_sessions::session::Session {
     let mut anonymous = c
         .store
         .create(NewSession::anonymous().data("theme", "dark"))
         .await
         .unwrap();
-    anonymous
-        .add_item("cart", "sku-1", json!({"qty": 2}))
-        .unwrap();
+    for (item, value) in items {
+        anonymous.add_item("cart", item, value.clone()).unwrap();
+    }
     c.store.save(&mut anonymous).await.unwrap();
+    anonymous
+}
+
+/// B6: a cart change acknowledged on the old id while the login request was
+/// busy (after it loaded the session, before the rotation) is carried to the
+/// new id: added items and keys, and removals too.
+#[tokio::test(start_paused = true)]
+async fn a_cart_change_acknowledged_during_a_slow_login_survives_the_rotation() {
+    let c = cluster().await;
+    let other = c.server(2, 0).await;
+    let anonymous = anonymous_with_cart(&c, &[("sku-1", json!(1)), ("sku-2", json!(1))]).await;
+
+    let login = async {
+        let mut loaded = c.store.get(anonymous.id(), &none()).await.unwrap().unwrap();
+        loaded.set("lang", "fr").unwrap(); // the login request's own change
+        tokio::time::sleep(Duration::from_millis(300)).await; // argon2
+        c.store
+            .regenerate_as(&loaded, "dave", Some("user"))
+            .await
+            .unwrap()
+    };
+    let cart = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut old = other.get(anonymous.id(), &none()).await.unwrap().unwrap();
+        old.add_item("cart", "sku-3", json!({"qty": 5})).unwrap();
+        old.remove_item("cart", "sku-2");
+        old.set("coupon", "SPRING").unwrap();
+        other
+            .save(&mut old)
+            .await
+            .expect("acknowledged on the old id");
+    };
+    let (logged_in, ()) = tokio::join!(login, cart);
+    let loaded = other.get(logged_in.id(), &none()).await.unwrap().unwrap();
+    assert_eq!(loaded.user(), Some("dave"));
+    assert_eq!(loaded.get("theme"), Some(&json!("dark")));
+    assert_eq!(loaded.get("lang"), Some(&json!("fr")));
+    assert_eq!(
+        loaded.items("cart").get("sku-3"),
+        Some(&json!({"qty": 5})),
+        "the acknowledged cart add survives the rotation"
+    );
+    assert_eq!(loaded.get("coupon"), Some(&json!("SPRING")));
+    assert_eq!(loaded.items("cart").get("sku-2"), None, "the removal too");
+    assert_eq!(loaded.items("cart").get("sku-1"), Some(&json!(1)));
+    assert_eq!(
+        logged_in.items("cart"),
+        loaded.items("cart"),
+        "returned as stored"
+    );
+    assert!(c
+        .store
+        .get(anonymous.id(), &none())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn regenerate_kills_the_old_id_and_carries_the_data() {
+    let c = cluster().await;
+    let other = c.server(2, 0).await;
+    let anonymous = anonymous_with_cart(&c, &[("sku-1", json!({"qty": 2}))]).await;
     let mut old_elsewhere = other.get(anonymous.id(), &none()).await.unwrap().unwrap();
 
     let logged_in = c

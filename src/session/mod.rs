@@ -19,6 +19,9 @@
 //!   tombstone that lives until the session's lifetime cap; no late write,
 //!   touch, read-repair or returning replica revives the session. A write
 //!   to a deleted session fails with [`SessionError::Gone`].
+//! - **Rotation keeps concurrent writes**: a login rotates the id; writes
+//!   other requests made to the old id while the login ran are carried to
+//!   the new id (see [`SessionStore::regenerate`] for the one window left).
 //! - **Unavailable is never "logged out"**: when too few replicas answer,
 //!   every operation returns an error for which
 //!   [`SessionError::is_unavailable`] is true (map it to 503); only an

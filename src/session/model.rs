@@ -113,6 +113,9 @@ pub struct Session {
     pub(crate) items: BTreeMap<String, BTreeMap<String, Value>>,
     /// Record field → new encoded value, or `None` for a removal.
     pub(crate) pending: BTreeMap<String, Option<Vec<u8>>>,
+    /// Stamps of the data and item fields as loaded (removed ones too), so
+    /// a rotation can tell which fields other requests wrote since.
+    pub(crate) loaded_stamps: BTreeMap<String, Stamp>,
 }
 
 impl std::fmt::Debug for Session {
@@ -456,6 +459,7 @@ impl Session {
             data: new.data.clone(),
             items: BTreeMap::new(),
             pending: BTreeMap::new(),
+            loaded_stamps: BTreeMap::new(),
         }
     }
 
@@ -510,7 +514,13 @@ impl Session {
             data: BTreeMap::new(),
             items: BTreeMap::new(),
             pending: BTreeMap::new(),
+            loaded_stamps: BTreeMap::new(),
         };
+        for (name, entry) in &record.fields {
+            if is_user_field(name) {
+                session.loaded_stamps.insert(name.clone(), entry.stamp);
+            }
+        }
         for (name, bytes) in record.values() {
             let parse = || {
                 serde_json::from_slice::<Value>(bytes)
@@ -525,6 +535,36 @@ impl Session {
         }
         Ok(session)
     }
+
+    /// The value of a data or item field (`d:<key>`, `i:<collection>:<item>`).
+    pub(crate) fn field_value(&self, field: &str) -> Option<&Value> {
+        if let Some(key) = field.strip_prefix(keys::DATA_PREFIX) {
+            self.data.get(key)
+        } else {
+            let (collection, item) = keys::split_item_field(field)?;
+            self.items.get(collection)?.get(item)
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a data or item field in memory,
+    /// without marking it pending.
+    pub(crate) fn apply_field(&mut self, field: &str, value: Option<Value>) {
+        if let Some(key) = field.strip_prefix(keys::DATA_PREFIX) {
+            match value {
+                Some(value) => self.data.insert(key.to_owned(), value),
+                None => self.data.remove(key),
+            };
+        } else if let Some((collection, item)) = keys::split_item_field(field) {
+            let items = self.items.entry(collection.to_owned()).or_default();
+            match value {
+                Some(value) => items.insert(item.to_owned(), value),
+                None => items.remove(item),
+            };
+            if items.is_empty() {
+                self.items.remove(collection);
+            }
+        }
+    }
 }
 
 /// Cuts a client attribute to [`CLIENT_ATTRIBUTE_MAX_BYTES`] at a character
@@ -538,6 +578,12 @@ pub(crate) fn cut_attribute(value: &str) -> String {
         end -= 1;
     }
     value[..end].to_owned()
+}
+
+/// True for a data or item field (what the application wrote), false for
+/// the layer's metadata fields.
+pub(crate) fn is_user_field(name: &str) -> bool {
+    name.starts_with(keys::DATA_PREFIX) || name.starts_with(keys::ITEM_PREFIX)
 }
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
 //! [`SessionStore`]: create, get (sliding expiry), save (changed fields),
 //! delete and regenerate, over a [`Coordinator`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::config::{duration_ms, SessionConfig, CREATE_ATTEMPTS_MAX, USER_ID_MAX_BYTES};
 use super::error::SessionError;
 use super::id::SessionId;
 use super::keys::{self, check_name, session_key};
-use super::model::{NewSession, Session};
+use super::model::{is_user_field, NewSession, Session};
 use super::security::{fingerprints_match, ClientInfo};
 use super::users::IndexView;
 use crate::coordinator::Coordinator;
@@ -431,8 +433,18 @@ impl SessionStore {
     /// with its index entry first; then the old id is tombstoned (retried up
     /// to `rotation_delete_attempts` times), so a write to the old id gets
     /// [`SessionError::Gone`]. Changes pending on `session` are carried too.
-    /// A write to the old id that lands between the copy and the tombstone
-    /// is not carried.
+    ///
+    /// Writes other requests made to the old id after `session` was loaded
+    /// (a cart item added while this login request was busy hashing a
+    /// password, say) are carried as well: right before each attempt to
+    /// tombstone the old id, it is re-read with a quorum read and every data
+    /// or item field stamped after the load (set or removed) is written to
+    /// the new id, unless this request changed that field itself (its own
+    /// pending change wins). What remains is the interval between that
+    /// re-read and the tombstone's acknowledgement — one quorum write, a few
+    /// milliseconds: a write acknowledged on the old id inside it is not
+    /// carried. A write to the old id after the tombstone gets
+    /// [`SessionError::Gone`].
     ///
     /// # Errors
     ///
@@ -474,6 +486,9 @@ impl SessionStore {
         let config = &self.inner.config;
         let mut fresh = old.clone();
         fresh.pending.clear();
+        // The new record's stamps are not the old one's (a later rotation of
+        // `fresh` compares values instead).
+        fresh.loaded_stamps.clear();
         let is_login = login.is_some();
         if let Some((user, role)) = login {
             fresh.user = Some(user);
@@ -498,7 +513,7 @@ impl SessionStore {
         if fresh.user.is_some() {
             self.register(&fresh).await?;
         }
-        if let Err(error) = self.tombstone_with_retries(old).await {
+        if let Err(error) = self.retire(old, &mut fresh).await {
             warn!(session = %old.id.redacted(), %error, "old id not tombstoned: rotation abandoned");
             self.destroy_quietly(&fresh).await;
             return Err(error);
@@ -512,17 +527,27 @@ impl SessionStore {
         Ok(fresh)
     }
 
-    async fn tombstone_with_retries(&self, session: &Session) -> Result<(), SessionError> {
+    /// Tombstones the rotated-away `old` id (retried up to
+    /// `rotation_delete_attempts` times), first carrying to `fresh` the
+    /// writes other requests made to `old` since it was loaded (see
+    /// [`regenerate`](Self::regenerate)); re-done before each attempt.
+    async fn retire(&self, old: &Session, fresh: &mut Session) -> Result<(), SessionError> {
         let config = &self.inner.config;
         let mut delay = config.rotation_retry_delay;
         let mut attempt = 1;
+        let mut seen = old.loaded_stamps.clone();
         loop {
-            match self.tombstone(&session.id, session.cap_ms).await {
+            let result = match self.carry_late_writes(old, fresh, &mut seen).await {
+                Ok(()) => self.tombstone(&old.id, old.cap_ms).await,
+                Err(error) => Err(error),
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt >= config.rotation_delete_attempts => return Err(error),
                 Err(SessionError::Store(Error::Invalid(invalid))) => {
                     return Err(SessionError::Store(Error::Invalid(invalid)))
                 }
+                Err(SessionError::Corrupt(what)) => return Err(SessionError::Corrupt(what)),
                 Err(_) => {
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);
@@ -530,6 +555,61 @@ impl SessionStore {
                 }
             }
         }
+    }
+
+    /// Re-reads `old` (quorum read) and writes to `fresh`'s id every data or
+    /// item field stamped after `seen` (the stamps as loaded, then as already
+    /// carried), skipping the fields `old` has pending changes for and those
+    /// whose value `fresh` already holds.
+    async fn carry_late_writes(
+        &self,
+        old: &Session,
+        fresh: &mut Session,
+        seen: &mut BTreeMap<String, Stamp>,
+    ) -> Result<(), SessionError> {
+        let Some(record) = self.inner.coordinator.read(&session_key(&old.id)).await? else {
+            return Ok(()); // deleted or expired meanwhile: nothing to carry
+        };
+        let mut mutation = Mutation::update(fresh.expiry_ms, fresh.cap_ms);
+        let mut carried = Vec::new();
+        for (name, entry) in &record.fields {
+            let newer = seen.get(name).map_or(true, |stamp| entry.stamp > *stamp);
+            if !is_user_field(name) || !newer || old.pending.contains_key(name) {
+                continue;
+            }
+            let value = match &entry.value {
+                Some(bytes) => Some(
+                    serde_json::from_slice::<Value>(bytes)
+                        .map_err(|_| SessionError::Corrupt("a value is not JSON"))?,
+                ),
+                None => None,
+            };
+            if fresh.field_value(name) == value.as_ref() {
+                continue;
+            }
+            mutation = match &entry.value {
+                Some(bytes) => mutation.set(name.clone(), bytes.clone()),
+                None => mutation.remove(name.clone()),
+            };
+            carried.push((name.clone(), entry.stamp, value));
+        }
+        if carried.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .coordinator
+            .write(&session_key(&fresh.id), mutation)
+            .await?;
+        debug!(
+            old = %old.id.redacted(),
+            fields = carried.len(),
+            "carried writes made to the old id during the rotation"
+        );
+        for (name, stamp, value) in carried {
+            fresh.apply_field(&name, value);
+            seen.insert(name, stamp);
+        }
+        Ok(())
     }
 }
 
