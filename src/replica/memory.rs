@@ -1,5 +1,5 @@
 //! `InMemoryReplica`: the reference replica, for the core's tests, the
-//! doctests and examples. It applies [`apply_merge`] under a mutex.
+//! doctests and examples. It applies [`merge_stored`] under a mutex.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,9 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{
-    apply_merge, apply_merge_in_place, Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage,
-};
+use super::{merge_stored, Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage};
 use crate::error::ReplicaError;
 use crate::record::Record;
 
@@ -123,18 +121,11 @@ impl Replica for InMemoryReplica {
     ) -> Result<MergeReply, ReplicaError> {
         let mut state = self.lock();
         let epoch = state.epoch;
-        let (status, held_max) = match state.records.get_mut(key) {
-            Some(stored) => {
-                let held_max = stored.max_stamp();
-                (apply_merge_in_place(stored, delta, mode, now_ms), held_max)
-            }
-            None => {
-                let (status, fresh) = apply_merge(None, delta, mode, now_ms);
-                let fresh = fresh.expect("a merge into an absent key applies");
-                state.records.insert(key.to_owned(), fresh);
-                (status, None)
-            }
-        };
+        let (status, held_max, fresh) =
+            merge_stored(state.records.get_mut(key), delta, mode, now_ms);
+        if let Some(fresh) = fresh {
+            state.records.insert(key.to_owned(), fresh);
+        }
         Ok(MergeReply {
             status,
             epoch,

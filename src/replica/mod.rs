@@ -194,6 +194,30 @@ pub fn apply_merge(
     )
 }
 
+/// The merge step of a replica that stores records in a map, with the facts
+/// its reply carries: merges `delta` into the record the key holds
+/// (`stored`, changed in place) or, when it holds none, returns the record
+/// to insert. Returns the status, the largest stamp the record held before
+/// the merge ([`MergeReply::held_max`]) and that new record.
+pub fn merge_stored(
+    stored: Option<&mut Record>,
+    delta: &Record,
+    mode: MergeMode,
+    now_ms: u64,
+) -> (MergeStatus, Option<Stamp>, Option<Record>) {
+    match stored {
+        Some(stored) => {
+            let held_max = stored.max_stamp();
+            let status = apply_merge_in_place(stored, delta, mode, now_ms);
+            (status, held_max, None)
+        }
+        None => {
+            let (status, fresh) = apply_merge(None, delta, mode, now_ms);
+            (status, None, fresh)
+        }
+    }
+}
+
 /// [`apply_merge`] on a key that holds `stored`, merging in place (no copy of
 /// the stored record). `stored` changes only when the status is `Applied`.
 pub fn apply_merge_in_place(

@@ -23,18 +23,18 @@
 //!   as Redis's are (empty hash buckets).
 //!
 //! Nothing here decides anything for the coordinator: it only delivers,
-//! delays, loses and applies, with the crate's [`apply_merge`].
+//! delays, loses and applies, with the crate's [`merge_stored`] (the merge
+//! step `InMemoryReplica` uses too).
 //!
 //! [`Coordinator`]: quorum_sessions::Coordinator
-//! [`apply_merge`]: quorum_sessions::replica::apply_merge
+//! [`merge_stored`]: quorum_sessions::replica::merge_stored
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use quorum_sessions::replica::{
-    apply_merge, apply_merge_in_place, Epoch, MergeMode, MergeReply, MergeStatus, ReadReply,
-    Replica, ScanPage,
+    merge_stored, Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica, ScanPage,
 };
 use quorum_sessions::{Record, ReplicaError};
 use rand::Rng;
@@ -281,18 +281,10 @@ impl NetState {
                 held_max,
             };
         }
-        let (status, held_max) = match self.live(replica, key) {
-            Some(stored) => {
-                let held_max = stored.max_stamp();
-                (apply_merge_in_place(stored, delta, mode, now_ms), held_max)
-            }
-            None => {
-                let (status, merged) = apply_merge(None, delta, mode, now_ms);
-                let merged = merged.expect("a merge into an absent key applies");
-                self.servers[replica].records.insert(key, merged);
-                (status, None)
-            }
-        };
+        let (status, held_max, fresh) = merge_stored(self.live(replica, key), delta, mode, now_ms);
+        if let Some(fresh) = fresh {
+            self.servers[replica].records.insert(key, fresh);
+        }
         if status == MergeStatus::Applied {
             self.stats.mutations += 1;
         }
