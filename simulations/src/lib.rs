@@ -41,4 +41,4 @@ pub mod workload;
 
 pub use config::SimConfig;
 pub use report::Report;
-pub use sim::{run, run_observed, Observer};
+pub use sim::{full_cluster_restart, run, run_observed, FullRestartReport, Observer};

@@ -544,5 +544,132 @@ impl World {
     }
 }
 
+/// What [`full_cluster_restart`] saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FullRestartReport {
+    /// Sessions created (and read back) in the run.
+    pub sessions: u64,
+    /// Writes acknowledged after the servers' last snapshot, which the
+    /// restart therefore lost.
+    pub writes_after_snapshot: u64,
+    /// Reads after the restart, before the operator's decision, that
+    /// answered (found, or proven absent by a tombstone or a past expiry).
+    pub answered_before_decision: u64,
+    /// Of those, answers that contradict what a quorum read returned just
+    /// before the power cycle: a logout undone or a live session "not
+    /// found" (what the snapshots lack, served as the truth).
+    pub wrong_before_decision: u64,
+    /// Reads after the operator's decision that were still `Unavailable`.
+    pub unavailable_after_decision: u64,
+}
+
+/// The whole cluster restarts from its snapshots (every Redis reloads its
+/// RDB file, as after a power cycle): runs a fault-free workload, waits for
+/// convergence, takes a snapshot, writes more (creates and deletes the
+/// snapshot will lack), stops every server and starts every one from its
+/// snapshot, in new epochs. The production coordinators must then answer
+/// every read `Unavailable` until the operator decides; the operator runs
+/// the README's runbook (one anti-entropy pass, then
+/// [`accept_data_loss`](quorum_sessions::Coordinator::accept_data_loss) on
+/// every replica), and reads answer again.
+///
+/// # Errors
+///
+/// An invalid configuration, or a runtime that cannot be built.
+pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartReport> {
+    let mut config = config.clone();
+    config.faults.kinds.clear();
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let world = World::start(config, Observer::default()).await?;
+        world.clone().arrivals().await;
+        world.heal().await;
+        world.quiesce().await;
+        world.check_panic();
+        world.net.lock().snapshot_all();
+        // Writes the snapshot will lack: new sessions and logouts.
+        let sessions: Vec<u32> = {
+            let driver = world.driver();
+            (0..driver.workload.sessions.len() as u32)
+                .filter(|&s| driver.workload.sessions[s as usize].created)
+                .collect()
+        };
+        let mut report = FullRestartReport {
+            sessions: sessions.len() as u64,
+            ..FullRestartReport::default()
+        };
+        let coordinator = &world.apps[0].coordinator;
+        for &session in sessions.iter().step_by(7) {
+            let (key, cap) = {
+                let driver = world.driver();
+                let info = driver.workload.session(session);
+                (info.key.clone(), info.cap_ms)
+            };
+            if coordinator
+                .write(&key, quorum_sessions::Mutation::delete(cap))
+                .await
+                .is_ok()
+            {
+                report.writes_after_snapshot += 1;
+            }
+        }
+        // What a quorum read returns before the power cycle: the truth.
+        let mut truth = Vec::with_capacity(sessions.len());
+        for &session in &sessions {
+            let key = world.driver().workload.session(session).key.clone();
+            let found = coordinator.read(&key).await.map(|r| r.is_some()).ok();
+            truth.push(found);
+        }
+        // The power cycle: every server stops, then starts from its snapshot.
+        {
+            let mut net = world.net.lock();
+            for replica in 0..world.config.replicas {
+                net.stop(replica);
+            }
+            for replica in 0..world.config.replicas {
+                net.start(replica, true);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await; // background ticks see it
+        for (&session, truth) in sessions.iter().zip(&truth) {
+            let key = world.driver().workload.session(session).key.clone();
+            for app in &world.apps {
+                if let Ok(answer) = app.coordinator.read(&key).await {
+                    report.answered_before_decision += 1;
+                    if truth.is_some_and(|found| found != answer.is_some()) {
+                        report.wrong_before_decision += 1;
+                    }
+                }
+            }
+        }
+        // The operator's decision (README runbook): one pass merges every
+        // snapshot into the others (a logout in any snapshot wins), then
+        // the loss is accepted on every replica.
+        let _ = coordinator.anti_entropy().await;
+        for replica in 0..world.config.replicas {
+            coordinator
+                .accept_data_loss(replica)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await; // every app server learns it
+        for &session in &sessions {
+            let key = world.driver().workload.session(session).key.clone();
+            for app in &world.apps {
+                if app.coordinator.read(&key).await.is_err() {
+                    report.unavailable_after_decision += 1;
+                }
+            }
+        }
+        world.check_panic();
+        Ok(report)
+    })
+}
+
 /// Fault kinds in report order, with their counts.
 pub type FaultCounts = Vec<(FaultKind, u64)>;
