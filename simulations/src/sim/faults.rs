@@ -127,9 +127,8 @@ impl World {
         let replica = driver.rng.random_range(0..n);
         let coord = driver.rng.random_range(0..self.apps.len());
         let down = self.net.lock().servers[replica].down;
-        let budget_ok = || {
-            !driver.faults.config.wipe_budget || self.wipe_budget_allows(&driver.faults, replica)
-        };
+        let budget_ok =
+            || !driver.faults.config.wipe_budget || self.wipe_budget_allows(&driver.faults);
         match kind {
             FaultKind::Crash => (!down && budget_ok()).then_some(ActiveFault::Crash {
                 replica,
@@ -166,7 +165,7 @@ impl World {
     /// At most one replica loses data at a time: every other server is in a
     /// complete epoch and no other data-losing fault is on. (A crash
     /// restarts from a snapshot: it may lose the last second of writes.)
-    fn wipe_budget_allows(&self, faults: &Faults, target: usize) -> bool {
+    fn wipe_budget_allows(&self, faults: &Faults) -> bool {
         let net = self.net.lock();
         let all_complete = (0..self.config.replicas).all(|i| net.is_complete(i));
         let loss_pending = faults
@@ -174,7 +173,6 @@ impl World {
             .iter()
             .flatten()
             .any(|f| f.data_loss().is_some());
-        let _ = target;
         all_complete && !loss_pending
     }
 

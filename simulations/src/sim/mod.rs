@@ -52,7 +52,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checker::{any_diverged, Checker};
-use crate::config::{FaultKind, SimConfig};
+use crate::config::SimConfig;
 use crate::report::{Report, RunStats};
 use crate::trace::{Trace, TraceOptions};
 use crate::workload::Workload;
@@ -103,11 +103,7 @@ pub fn run_observed(
     config.validate()?;
     watch_panics();
     PANICKED.with(|p| p.set(false));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()?;
-    let local = tokio::task::LocalSet::new();
+    let (runtime, local) = virtual_runtime()?;
     let config = config.clone();
     let outcome = local.block_on(&runtime, async move {
         let world = World::start(config, observer).await?;
@@ -122,6 +118,16 @@ pub fn run_observed(
         );
     }
     outcome
+}
+
+/// The run's runtime: tokio's current-thread scheduler on its paused clock,
+/// and the `LocalSet` the driver's tasks run in.
+fn virtual_runtime() -> std::io::Result<(tokio::runtime::Runtime, tokio::task::LocalSet)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    Ok((runtime, tokio::task::LocalSet::new()))
 }
 
 thread_local! {
@@ -176,7 +182,6 @@ pub(crate) struct Driver {
     heal_at_us: Option<u64>,
     converged_at_us: Option<u64>,
     end_us: u64,
-    operator_passes: u64,
 }
 
 /// The simulated cluster.
@@ -268,7 +273,6 @@ impl World {
             heal_at_us: None,
             converged_at_us: None,
             end_us: 0,
-            operator_passes: 0,
             rng,
         };
         Ok(Rc::new(World {
@@ -462,7 +466,6 @@ impl World {
             }
             if needs_pass && self.config.switches.anti_entropy && !*operator_pass.borrow() {
                 *operator_pass.borrow_mut() = true;
-                self.driver().operator_passes += 1;
                 self.trace(None, || "operator asks for an anti-entropy pass".to_owned());
                 let (world, running) = (self.clone(), operator_pass.clone());
                 self.spawn(async move {
@@ -580,11 +583,7 @@ pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartRep
     let mut config = config.clone();
     config.faults.kinds.clear();
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()?;
-    let local = tokio::task::LocalSet::new();
+    let (runtime, local) = virtual_runtime()?;
     local.block_on(&runtime, async move {
         let world = World::start(config, Observer::default()).await?;
         world.clone().arrivals().await;
@@ -670,6 +669,3 @@ pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartRep
         Ok(report)
     })
 }
-
-/// Fault kinds in report order, with their counts.
-pub type FaultCounts = Vec<(FaultKind, u64)>;

@@ -104,8 +104,6 @@ pub(crate) struct NetStats {
     pub(crate) messages_lost: u64,
     /// Epochs marked complete on a server (refills finished).
     pub(crate) epochs_refilled: u64,
-    /// Changes applied to any server (cheap convergence checks).
-    pub(crate) mutations: u64,
 }
 
 /// Everything on the far side of the coordinators' replica links.
@@ -274,7 +272,6 @@ impl NetState {
                 .records
                 .remove(key)
                 .and_then(|r| r.max_stamp());
-            self.stats.mutations += 1;
             return MergeReply {
                 status: MergeStatus::Applied,
                 epoch,
@@ -284,9 +281,6 @@ impl NetState {
         let (status, held_max, fresh) = merge_stored(self.live(replica, key), delta, mode, now_ms);
         if let Some(fresh) = fresh {
             self.servers[replica].records.insert(key, fresh);
-        }
-        if status == MergeStatus::Applied {
-            self.stats.mutations += 1;
         }
         MergeReply {
             status,
@@ -395,7 +389,6 @@ impl NetState {
         if epochs {
             server.epoch = None;
         }
-        self.stats.mutations += 1;
     }
 
     /// An operator flushes the server: data and epoch key gone, no restart.
@@ -407,7 +400,6 @@ impl NetState {
         if epochs {
             server.epoch = None;
         }
-        self.stats.mutations += 1;
     }
 
     /// True when the server's epoch is complete (the wipe budget's rule).
