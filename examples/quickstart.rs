@@ -1,24 +1,31 @@
-//! The README's quick start: three in-memory replicas, one write, one read.
+//! The README's quick start: an axum app counting visits in a session
+//! replicated over the three docker-compose Redis nodes.
 //!
-//! `cargo run --example quickstart`
+//! `docker compose up -d`, then `cargo run --example quickstart --features tower`
+//! and `curl -c jar -b jar http://127.0.0.1:3000/` a few times.
 
-use std::sync::Arc;
-
-use quorum_sessions::replica::{memory::InMemoryReplica, Replica};
-use quorum_sessions::{ClusterConfig, Coordinator, Mutation};
+use axum::{routing::get, Router};
+use quorum_sessions::session::tower::TowerSessionStore;
+use tower_sessions::{Session, SessionManagerLayer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let replicas: Vec<Arc<dyn Replica>> = ["a", "b", "c"]
-        .into_iter()
-        .map(|name| Arc::new(InMemoryReplica::new(name)) as Arc<dyn Replica>)
-        .collect();
-    let coordinator = Coordinator::connect(ClusterConfig::default(), replicas).await?;
-    let now = coordinator.now_ms();
-    let create = Mutation::create(now + 60_000, now + 3_600_000).set("user", "alice");
-    coordinator.write("s:{demo}", create).await?;
-    let record = coordinator.read("s:{demo}").await?.expect("found");
-    assert_eq!(record.get("user"), Some(&b"alice"[..]));
-    println!("{:?}", coordinator.replica_states());
+    let urls = [
+        "redis://127.0.0.1:6381",
+        "redis://127.0.0.1:6382",
+        "redis://127.0.0.1:6383",
+    ];
+    let store = TowerSessionStore::connect(urls).await?;
+    let app = Router::new()
+        .route(
+            "/",
+            get(|session: Session| async move {
+                let visits: u64 = session.get("visits").await.ok().flatten().unwrap_or(0) + 1;
+                session.insert("visits", visits).await.ok();
+                format!("visit number {visits}")
+            }),
+        )
+        .layer(SessionManagerLayer::new(store));
+    axum::serve(tokio::net::TcpListener::bind("127.0.0.1:3000").await?, app).await?;
     Ok(())
 }

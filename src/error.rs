@@ -110,6 +110,10 @@ pub enum InvalidInput {
     /// An expiry or cap is in the past, beyond 48 bits, or too far ahead.
     #[error("invalid expiry: {0}")]
     Expiry(String),
+    /// A per-call quorum ([`WriteOptions`](crate::WriteOptions),
+    /// [`ReadOptions`](crate::ReadOptions)) out of its range.
+    #[error("invalid quorum: {0}")]
+    Quorum(String),
 }
 
 /// Errors of the coordinator's operations.
@@ -171,4 +175,31 @@ impl ConfigError {
             rule: rule.into(),
         }
     }
+}
+
+/// Why [`SessionStoreBuilder::connect`](crate::session::SessionStoreBuilder::connect)
+/// (or [`TowerSessionStore::connect`]) could not build a store. A Redis that
+/// is merely down is not an error: the coordinator starts with it marked
+/// down and probes it.
+///
+/// [`TowerSessionStore::connect`]: crate::session::tower::TowerSessionStore
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A setting breaks a rule (no replica, W or R out of range, a session
+    /// limit); names the field.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An environment variable meant to list the replicas is unusable.
+    #[error("environment variable {var} {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Redis replica was refused: bad URL, TLS without the `tls` feature,
+    /// credentials refused, an evicting Redis. Names the replica.
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Redis(#[from] crate::replica::redis::RedisConnectError),
 }

@@ -79,10 +79,16 @@ pub mod recovery {
 }
 
 pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair, SCAN_BATCH_MAX};
-pub use coordinator::{Coordinator, CoordinatorStats, ReplicaState, WriteAck};
-pub use error::{ConfigError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
+pub use coordinator::{
+    Coordinator, CoordinatorStats, ReadOptions, ReplicaState, WriteAck, WriteOptions,
+};
+pub use error::{
+    ConfigError, ConnectError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result,
+};
 pub use mutation::Mutation;
 pub use record::{FieldEntry, Record};
 pub use recovery::AntiEntropyReport;
-pub use session::{NewSession, Session, SessionConfig, SessionError, SessionId, SessionStore};
+pub use session::{
+    NewSession, Session, SessionConfig, SessionError, SessionId, SessionStore, SessionStoreBuilder,
+};
 pub use stamp::Stamp;

@@ -483,3 +483,63 @@ async fn a_stamp_from_a_clock_far_ahead_is_refused_and_counted() {
         "the refused stamp did not drag this coordinator's clock into the future"
     );
 }
+
+/// Per-call quorums: a write can ask for more than W (every replica), never
+/// for less; a read may ask any R in 1..=N. Proves the override is applied
+/// (W = N fails with one replica down while the default W succeeds; R = 1
+/// answers from one replica while R = 3 cannot with one down) and that
+/// out-of-range values are typed errors before any replica is contacted.
+#[tokio::test(start_paused = true)]
+async fn per_call_quorums_are_applied_and_validated() {
+    use quorum_sessions::{ReadOptions, WriteOptions};
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    let ack = c
+        .write_with("s:{all}", create(c).set("user", "u"), WriteOptions::all())
+        .await
+        .expect("all three up");
+    assert_eq!(ack.acked, 3, "W = N waited for every replica");
+
+    cluster.handles[2].down();
+    match c
+        .write_with("s:{all}", update(c).set("x", "1"), WriteOptions::all())
+        .await
+    {
+        Err(Error::QuorumNotReached { needed, .. }) => assert_eq!(needed, 3),
+        other => panic!("W = N with one replica down must fail, got {other:?}"),
+    }
+    c.write("s:{all}", update(c).set("x", "2"))
+        .await
+        .expect("the configured W = 2 still holds");
+
+    let one = c
+        .read_with("s:{all}", ReadOptions::r(1))
+        .await
+        .expect("R = 1 answers");
+    assert!(one.is_some());
+    assert!(
+        matches!(
+            c.read_with("s:{all}", ReadOptions::all()).await,
+            Err(Error::Unavailable { .. })
+        ),
+        "R = N with one replica down is unavailable"
+    );
+
+    for bad in [
+        c.write_with("s:{all}", update(c).set("y", "1"), WriteOptions::w(1))
+            .await
+            .map(|_| ()),
+        c.write_with("s:{all}", update(c).set("y", "1"), WriteOptions::w(4))
+            .await
+            .map(|_| ()),
+        c.read_with("s:{all}", ReadOptions::r(0)).await.map(|_| ()),
+        c.read_with("s:{all}", ReadOptions::r(4)).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(bad, Err(Error::Invalid(InvalidInput::Quorum(_)))),
+            "{bad:?}"
+        );
+    }
+    let record = c.read("s:{all}").await.unwrap().expect("found");
+    assert_eq!(record.get("y"), None, "a refused write wrote nothing");
+}

@@ -80,8 +80,9 @@ mod stats;
 mod write;
 
 pub use builder::CoordinatorBuilder;
+pub use read::ReadOptions;
 pub use stats::{CoordinatorStats, ReplicaState};
-pub use write::WriteAck;
+pub use write::{WriteAck, WriteOptions};
 
 use stats::{bump, Counters};
 

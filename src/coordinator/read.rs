@@ -12,13 +12,38 @@ use tracing::{info_span, Instrument};
 use crate::core::health::Health;
 use crate::core::read::{read_order, ReadDecision, ReadPlan, ReadResult};
 use crate::core::ReplicaIndex;
-use crate::error::{Error, ReplicaError, ReplicaFailure, Result};
+use crate::error::{Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
 use crate::record::Record;
 use crate::replica::ReadReply;
 
 use super::read_repair::{LateAnswers, ReadAnswer};
 use super::stats::bump;
 use super::{redact, Coordinator};
+
+/// One read's own consistency, overriding the store's. [`Default`]: the
+/// configured R.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// Answers this read needs, `1..=N`. `None`: R.
+    pub read_quorum: Option<usize>,
+}
+
+impl ReadOptions {
+    /// This read needs `read_quorum` answers.
+    pub fn r(read_quorum: usize) -> ReadOptions {
+        ReadOptions {
+            read_quorum: Some(read_quorum),
+        }
+    }
+
+    /// This read asks every replica (R = N).
+    pub fn all() -> ReadOptions {
+        ReadOptions {
+            read_quorum: Some(usize::MAX),
+        }
+    }
+}
 
 impl Coordinator {
     /// Reads the record under `key`: `Some` when found, `None` when provably
@@ -30,12 +55,39 @@ impl Coordinator {
     /// misses that came back do not prove the record absent (never read
     /// this as "not found"); [`Error::Invalid`] for a malformed key.
     pub async fn read(&self, key: &str) -> Result<Option<Record>> {
-        self.check_key(key)?;
-        let span = info_span!("read", key = %redact(key));
-        self.read_inner(key).instrument(span).await
+        self.read_with(key, ReadOptions::default()).await
     }
 
-    async fn read_inner(&self, key: &str) -> Result<Option<Record>> {
+    /// [`read`](Self::read) with this call's own read quorum, e.g. R = 1 for
+    /// an analytics scan that can live with a stale answer. "Not found"
+    /// still needs its proof (N − W + 1 misses from complete replicas),
+    /// whatever R: a small R makes a read faster and maybe stale, never
+    /// wrongly empty.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read); [`Error::Invalid`]
+    /// ([`InvalidInput::Quorum`](crate::InvalidInput::Quorum)) unless
+    /// `1 ≤ R ≤ N`.
+    pub async fn read_with(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
+        self.check_key(key)?;
+        let (configured, n) = (self.inner.config.read_quorum, self.replica_count());
+        let read_quorum = match options.read_quorum {
+            None => configured,
+            Some(usize::MAX) => n,
+            Some(r) if (1..=n).contains(&r) => r,
+            Some(r) => {
+                return Err(InvalidInput::Quorum(format!(
+                    "a read quorum of {r} is outside 1..={n}"
+                ))
+                .into())
+            }
+        };
+        let span = info_span!("read", key = %redact(key));
+        self.read_inner(key, read_quorum).instrument(span).await
+    }
+
+    async fn read_inner(&self, key: &str, read_quorum: usize) -> Result<Option<Record>> {
         let config = &self.inner.config;
         let now_ms = self.now_ms();
         let candidates = {
@@ -46,7 +98,7 @@ impl Coordinator {
             read_order(key, &states, config.read_order)
         };
         let misses_needed = config.misses_for_absence(self.replica_count());
-        let mut plan = ReadPlan::new(candidates, config.read_quorum, misses_needed, now_ms);
+        let mut plan = ReadPlan::new(candidates, read_quorum, misses_needed, now_ms);
         let mut failures = Vec::new();
         let mut corrupt = Vec::new();
         let mut in_flight = FuturesUnordered::new();

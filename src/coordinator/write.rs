@@ -10,7 +10,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::core::hints::HintPush;
 use crate::core::quorum::{WriteOutcome, WriteReply, WriteTally};
 use crate::core::ReplicaIndex;
-use crate::error::{Error, ReplicaError, ReplicaFailure, Result};
+use crate::error::{Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
 use crate::mutation::{Mutation, MutationKind};
 use crate::record::Record;
 use crate::replica::{MergeMode, MergeReply, MergeStatus};
@@ -26,6 +26,34 @@ pub struct WriteAck {
     pub stamp: Stamp,
     /// Acknowledgements when the write returned (at least W).
     pub acked: usize,
+}
+
+/// One write's own consistency, overriding the store's (as Cassandra and
+/// Riak allow per request). [`Default`]: the configured W.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteOptions {
+    /// Acknowledgements this write needs: at least the configured W (a
+    /// smaller one would let "not found", which counts on every write
+    /// reaching W replicas, be answered wrongly), at most N. `None`: W.
+    pub write_quorum: Option<usize>,
+}
+
+impl WriteOptions {
+    /// This write needs `write_quorum` acknowledgements.
+    pub fn w(write_quorum: usize) -> WriteOptions {
+        WriteOptions {
+            write_quorum: Some(write_quorum),
+        }
+    }
+
+    /// This write needs every replica (N): a logout that must be on all of
+    /// them before the user is told.
+    pub fn all() -> WriteOptions {
+        WriteOptions {
+            write_quorum: Some(usize::MAX),
+        }
+    }
 }
 
 /// How one round of a write ended.
@@ -70,8 +98,46 @@ impl Coordinator {
     /// - [`Error::Gone`] when the record is deleted (delete wins);
     /// - [`Error::Collision`] when a create finds another record.
     pub async fn write(&self, key: &str, mutation: Mutation) -> Result<WriteAck> {
+        self.write_with(key, mutation, WriteOptions::default())
+            .await
+    }
+
+    /// [`write`](Self::write) with this call's own write quorum, e.g. a
+    /// logout acknowledged by every replica ([`WriteOptions::all`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write); [`Error::Invalid`]
+    /// ([`InvalidInput::Quorum`]) when the override is below the configured
+    /// W or above N.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use quorum_sessions::replica::{memory::InMemoryReplica, Replica};
+    /// use quorum_sessions::{ClusterConfig, Coordinator, Mutation, WriteOptions};
+    /// let replicas: Vec<Arc<dyn Replica>> = ["a", "b", "c"]
+    ///     .into_iter()
+    ///     .map(|name| Arc::new(InMemoryReplica::new(name)) as Arc<dyn Replica>)
+    ///     .collect();
+    /// let coordinator = Coordinator::connect(ClusterConfig::default(), replicas).await.unwrap();
+    /// let now = coordinator.now_ms();
+    /// let create = Mutation::create(now + 60_000, now + 3_600_000).set("user", "alice");
+    /// let ack = coordinator.write_with("s:{demo}", create, WriteOptions::all()).await.unwrap();
+    /// assert!(ack.acked >= 3);
+    /// # });
+    /// ```
+    ///
+    /// [`InvalidInput::Quorum`]: crate::InvalidInput::Quorum
+    pub async fn write_with(
+        &self,
+        key: &str,
+        mutation: Mutation,
+        options: WriteOptions,
+    ) -> Result<WriteAck> {
         let now_ms = self.now_ms();
         self.check_key(key)?;
+        let write_quorum = self.write_quorum_of(options)?;
         mutation.validate(&self.inner.config.limits, now_ms)?;
         let mode = match mutation.kind() {
             MutationKind::Create => MergeMode::Create,
@@ -86,7 +152,10 @@ impl Coordinator {
             let stamp = self.lock().clock.tick(now_ms);
             let mut delta = Arc::new(mutation.into_delta(stamp));
             let order = ordered.then_some(stamp);
-            let above = match self.write_delta(key, delta.clone(), mode, order).await? {
+            let above = match self
+                .write_delta(key, delta.clone(), mode, order, write_quorum)
+                .await?
+            {
                 Written::Acked(acked) => return Ok(WriteAck { stamp, acked }),
                 Written::Restamp { above } => above,
             };
@@ -115,7 +184,10 @@ impl Coordinator {
             for entry in Arc::make_mut(&mut delta).fields.values_mut() {
                 entry.stamp = stamp;
             }
-            match self.write_delta(key, delta, mode, None).await? {
+            match self
+                .write_delta(key, delta, mode, None, write_quorum)
+                .await?
+            {
                 Written::Acked(acked) => Ok(WriteAck { stamp, acked }),
                 Written::Restamp { .. } => unreachable!("an unordered round is never re-stamped"),
             }
@@ -138,10 +210,11 @@ impl Coordinator {
         delta: Arc<Record>,
         mode: MergeMode,
         order: Option<Stamp>,
+        write_quorum: usize,
     ) -> Result<Written> {
         let n = self.replica_count();
         let config = &self.inner.config;
-        let mut tally = WriteTally::new(config.write_quorum, n);
+        let mut tally = WriteTally::new(write_quorum, n);
         if let Some(stamp) = order {
             tally = tally.ordered(stamp, config.misses_for_absence(n));
         }
@@ -191,6 +264,19 @@ impl Coordinator {
         }
         drop(merges); // the merges still running go on in the background
         self.finish_write(outcome, &tally, failures)
+    }
+
+    /// The write quorum of one call: the override, checked, or W.
+    fn write_quorum_of(&self, options: WriteOptions) -> Result<usize, InvalidInput> {
+        let (configured, n) = (self.inner.config.write_quorum, self.replica_count());
+        match options.write_quorum {
+            None => Ok(configured),
+            Some(usize::MAX) => Ok(n),
+            Some(w) if (configured..=n).contains(&w) => Ok(w),
+            Some(w) => Err(InvalidInput::Quorum(format!(
+                "a write quorum of {w} is outside {configured}..={n} (the configured W up to N)"
+            ))),
+        }
     }
 
     fn finish_write(

@@ -119,6 +119,7 @@
 //! `tower_sessions_core::SessionStore` (0.15).
 
 pub mod admin;
+mod builder;
 pub mod config;
 mod error;
 mod id;
@@ -131,6 +132,7 @@ pub mod tower;
 mod users;
 
 pub use admin::{AdminCursor, AdminPage, SessionStats, SessionSummary};
+pub use builder::SessionStoreBuilder;
 pub use config::{FingerprintConfig, SessionConfig};
 pub use error::SessionError;
 pub use id::{InvalidSessionId, SessionId, SESSION_ID_LEN};

@@ -14,7 +14,7 @@ use super::keys::{self, check_name, session_key};
 use super::model::{is_user_field, NewSession, Session};
 use super::security::{fingerprints_match, ClientInfo};
 use super::users::IndexView;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, ReadOptions, WriteOptions};
 use crate::error::{ConfigError, Error};
 use crate::mutation::Mutation;
 use crate::stamp::Stamp;
@@ -256,7 +256,25 @@ impl SessionStore {
         id: &SessionId,
         client: &ClientInfo,
     ) -> Result<Option<Session>, SessionError> {
-        let Some(mut session) = self.load(id, Some(client)).await? else {
+        self.get_with(id, client, ReadOptions::default()).await
+    }
+
+    /// [`get`](Self::get) with this read's own quorum
+    /// ([`Coordinator::read_with`]): e.g. `ReadOptions::r(1)` for a page that
+    /// can live with a slightly stale session. "Not found" keeps its proof
+    /// whatever R.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get); [`SessionError::Store`] ([`Error::Invalid`])
+    /// for a quorum out of `1..=N`.
+    pub async fn get_with(
+        &self,
+        id: &SessionId,
+        client: &ClientInfo,
+        options: ReadOptions,
+    ) -> Result<Option<Session>, SessionError> {
+        let Some(mut session) = self.load(id, Some(client), options).await? else {
             return Ok(None);
         };
         let now = self.now_ms();
@@ -287,8 +305,10 @@ impl SessionStore {
         &self,
         id: &SessionId,
         client: Option<&ClientInfo>,
+        options: ReadOptions,
     ) -> Result<Option<Session>, SessionError> {
-        let Some(record) = self.inner.coordinator.read(&session_key(id)).await? else {
+        let key = session_key(id);
+        let Some(record) = self.inner.coordinator.read_with(&key, options).await? else {
             return Ok(None);
         };
         let session = Session::from_record(*id, &record)?;
@@ -379,7 +399,23 @@ impl SessionStore {
     /// quorum (503; deleting again is safe). A failure to remove the index
     /// entry is only logged: the session is dead once tombstoned.
     pub async fn delete(&self, session: &Session) -> Result<(), SessionError> {
-        self.tombstone(&session.id, session.cap_ms).await?;
+        self.delete_with(session, WriteOptions::default()).await
+    }
+
+    /// [`delete`](Self::delete) with the tombstone's own write quorum: e.g.
+    /// [`WriteOptions::all`] for a logout that must be on every replica
+    /// before the user is told (it fails while one is down).
+    ///
+    /// # Errors
+    ///
+    /// As [`delete`](Self::delete); [`SessionError::Store`]
+    /// ([`Error::Invalid`]) for a quorum below W or above N.
+    pub async fn delete_with(
+        &self,
+        session: &Session,
+        options: WriteOptions,
+    ) -> Result<(), SessionError> {
+        self.tombstone(&session.id, session.cap_ms, options).await?;
         if let Some(user) = session.user.as_deref() {
             // The session is dead once tombstoned: a leftover entry is pruned
             // by the user's next login, or drops at the session's cap.
@@ -405,13 +441,18 @@ impl SessionStore {
     }
 
     /// A record tombstone on `id`, living until `cap_ms` (the grace).
-    pub(crate) async fn tombstone(&self, id: &SessionId, cap_ms: u64) -> Result<(), SessionError> {
+    pub(crate) async fn tombstone(
+        &self,
+        id: &SessionId,
+        cap_ms: u64,
+        options: WriteOptions,
+    ) -> Result<(), SessionError> {
         let now = self.now_ms();
         let grace = cap_ms.max(now + 1_000);
         match self
             .inner
             .coordinator
-            .write(&session_key(id), Mutation::delete(grace))
+            .write_with(&session_key(id), Mutation::delete(grace), options)
             .await
         {
             Ok(_) | Err(Error::Gone) => Ok(()),
@@ -538,7 +579,10 @@ impl SessionStore {
         let mut seen = old.loaded_stamps.clone();
         loop {
             let result = match self.carry_late_writes(old, fresh, &mut seen).await {
-                Ok(()) => self.tombstone(&old.id, old.cap_ms).await,
+                Ok(()) => {
+                    self.tombstone(&old.id, old.cap_ms, WriteOptions::default())
+                        .await
+                }
                 Err(error) => Err(error),
             };
             match result {

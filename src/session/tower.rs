@@ -213,6 +213,36 @@ impl TowerSessionStore {
         TowerSessionStore { store }
     }
 
+    /// One call: a majority quorum (W = R = ⌊N/2⌋ + 1) over one Redis per
+    /// URL, with default settings; [`SessionStore::builder`] for anything
+    /// else, then [`TowerSessionStore::new`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), quorum_sessions::ConnectError> {
+    /// use quorum_sessions::session::tower::TowerSessionStore;
+    /// let store = TowerSessionStore::connect([
+    ///     "redis://127.0.0.1:6381",
+    ///     "redis://127.0.0.1:6382",
+    ///     "redis://127.0.0.1:6383",
+    /// ])
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`](crate::ConnectError), as
+    /// [`SessionStoreBuilder::connect`](crate::SessionStoreBuilder::connect).
+    #[cfg(feature = "redis")]
+    pub async fn connect<I, S>(urls: I) -> Result<TowerSessionStore, crate::ConnectError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let store = SessionStore::builder().redis(urls).connect().await?;
+        Ok(TowerSessionStore::new(store))
+    }
+
     /// The native store underneath.
     pub fn store(&self) -> &SessionStore {
         &self.store
@@ -244,13 +274,18 @@ impl TowerSessionStore {
             // Expired by what this request loaded: write only if another
             // request has kept the session alive since (never revive it).
             Some(base) if base.expiry <= now => {
-                if self.store.load(id, None).await?.is_none() {
+                if self
+                    .store
+                    .load(id, None, Default::default())
+                    .await?
+                    .is_none()
+                {
                     return Ok(None);
                 }
                 base
             }
             Some(base) => base,
-            None => match self.store.load(id, None).await? {
+            None => match self.store.load(id, None, Default::default()).await? {
                 Some(session) => Base::of(&session),
                 None => return Ok(None),
             },
@@ -365,7 +400,12 @@ impl tower_sessions_core::SessionStore for TowerSessionStore {
         let Some(session_id) = session_id(id) else {
             return Ok(None);
         };
-        let Some(session) = self.store.load(&session_id, None).await.map_err(backend)? else {
+        let Some(session) = self
+            .store
+            .load(&session_id, None, Default::default())
+            .await
+            .map_err(backend)?
+        else {
             return Ok(None);
         };
         let mut data: HashMap<String, Value> = session.data.clone().into_iter().collect();

@@ -195,7 +195,10 @@ impl SessionStore {
         let results: Vec<Result<(), SessionError>> = stream::iter(ids.to_vec())
             .map(move |id| {
                 let this = this.clone();
-                async move { this.tombstone(&id, cap_ms).await }
+                async move {
+                    this.tombstone(&id, cap_ms, crate::WriteOptions::default())
+                        .await
+                }
             })
             .buffer_unordered(USER_WRITES_IN_FLIGHT_MAX)
             .collect()

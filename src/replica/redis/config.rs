@@ -189,7 +189,20 @@ impl RedisReplicaConfig {
             };
         let mut config = match &self.target {
             RedisTarget::Url(url) => {
-                let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+                let scheme = match url.split_once("://") {
+                    Some((scheme, _)) => scheme.to_ascii_lowercase(),
+                    None => String::new(),
+                };
+                // fred reads any other scheme as plain `redis://`: an
+                // `http://` typo would otherwise connect somewhere.
+                if !(scheme.starts_with("redis") || scheme.starts_with("valkey")) {
+                    return Err(config_error(
+                        "the Redis URL must start with redis://, rediss://, \
+                         redis-cluster://, redis-sentinel:// (or their valkey forms)"
+                            .into(),
+                        None,
+                    ));
+                }
                 let wants_tls = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
                 if wants_tls && !cfg!(feature = "tls") {
                     return Err(RedisConnectError::TlsNotEnabled {
