@@ -3,10 +3,11 @@
 //! An *ordered* write (one that writes fields, see [`WriteTally::ordered`])
 //! waits for W acknowledgements *and* N − W + 1 from complete replicas: every
 //! write acknowledged before it began is held by one of those, so their
-//! largest held stamp covers them all. If an acker held a stamp above the write's,
-//! the outcome is [`WriteOutcome::Restamp`]: stamp again above it and write
-//! once more (two rounds at most), so acknowledgement order and stamp order
-//! agree. The argument and what it assumes: `docs/epochs.md`, claim 10.
+//! largest held stamp covers them all. If an acker held a stamp above the
+//! write's, the outcome is [`WriteOutcome::Restamp`]: stamp again above it
+//! and write once more (two rounds at most), so acknowledgement order and
+//! stamp order agree. The argument and what it assumes: `docs/epochs.md`,
+//! claim 10.
 
 use super::ReplicaIndex;
 use crate::stamp::Stamp;
