@@ -7,8 +7,8 @@ use std::time::Duration;
 use fred::prelude::*;
 
 /// The benchmarks run on mimalloc, as we recommend for app servers: with
-/// glibc's allocator, allocation takes about a third of the client's CPU in
-/// a refill (measured with `perf`), and the refill is about 30% slower.
+/// glibc's allocator, allocation dominates the client's CPU in a refill
+/// (BENCHMARKS.md, refill section).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

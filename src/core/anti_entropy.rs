@@ -25,6 +25,7 @@
 //! driver pings it once every repair has answered): still in the epoch it
 //! started the pass in, it held everything from the pass's start to its
 //! scan's end; in another epoch, or unreachable, it leaves the pass.
+//! (`docs/epochs.md`, claim 7.)
 //!
 //! Pure: no clock (`now_ms` in), no I/O; the driver scans, reads, writes.
 

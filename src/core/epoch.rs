@@ -4,7 +4,7 @@
 //! first read target) only when its current epoch is complete. A changed epoch
 //! (restart empty, failover, restore from a snapshot: each makes a new random
 //! id, see the `redis` replica's run-id check) makes it write-only until it is
-//! refilled and marked complete again.
+//! refilled and marked complete again (`docs/epochs.md`, claims 4 to 6).
 //!
 //! Epoch ids are random and never made twice, so once a replica was seen in
 //! E2 after E1, E1 cannot come back: a later reply carrying E1 is a *late*

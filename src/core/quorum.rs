@@ -1,26 +1,13 @@
 //! Write tally: acknowledgements and failures in, an outcome out.
 //!
-//! An *ordered* write (one that writes fields, see
-//! [`WriteTally::ordered`]) is acknowledged only above every write
-//! acknowledged before it began. Any such write is held by at least W − L
-//! complete replicas (L replicas lost data since; those are not complete)
-//! out of N − L complete ones, so any N − W + 1 acknowledgements from
-//! complete replicas include one that holds it, and that replica's reply
-//! carries a held stamp at least as large. So an ordered write waits for
-//! W acknowledgements *and* N − W + 1 from complete replicas (with a
-//! majority W that is no more than W while every replica is complete);
-//! then, if an acker held a stamp above the write's (a coordinator with a
-//! faster clock wrote the record, and this one had not seen it), the
-//! outcome is [`WriteOutcome::Restamp`]: advance the clock past the largest
-//! held stamp, stamp again and write again — an ordinary write this time,
-//! already above everything acknowledged before the first round began.
-//! Two rounds at most: acknowledgement order and stamp order agree, and
-//! last-writer-wins never hides an acknowledged write behind an earlier one.
-//!
-//! The argument assumes, as "not found" does, that a replica in a complete
-//! epoch keeps what it acknowledged until the record expires; one that
-//! missed an expiry extension may drop its copy earlier (see the README's
-//! Limits).
+//! An *ordered* write (one that writes fields, see [`WriteTally::ordered`])
+//! waits for W acknowledgements *and* N − W + 1 from complete replicas: every
+//! write acknowledged before it began is held by one of those, so their
+//! largest held stamp covers them all. If an acker held a stamp above the
+//! write's, the outcome is [`WriteOutcome::Restamp`]: stamp again above it
+//! and write once more (two rounds at most), so acknowledgement order and
+//! stamp order agree. The argument and what it assumes: `docs/epochs.md`,
+//! claim 10.
 
 use super::ReplicaIndex;
 use crate::stamp::Stamp;

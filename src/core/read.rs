@@ -1,6 +1,6 @@
 //! Read plan: which replica to ask next, and when a read is conclusive.
 //!
-//! Rules (DESIGN §5):
+//! Rules (the argument for each: `docs/epochs.md`, claims 3 and 4):
 //! - ask R replicas, readable ones first; on an error or timeout, or when a
 //!   hedge timer fires, ask the next one;
 //! - a read completes with R answers from *readable* replicas (complete

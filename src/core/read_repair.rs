@@ -1,7 +1,7 @@
 //! Blocking read-repair: how many replicas are known to hold the record a
 //! read returns, which replica to repair next, and when the read may answer
-//! (DESIGN §5: "a value seen on fewer than W replicas is written back to W
-//! before it is returned, so reads are monotonic").
+//! (a value seen on fewer than W replicas is written back to W before it is
+//! returned, so reads are monotonic: `docs/epochs.md`, claim 13).
 //!
 //! Rules:
 //! - a replica **holds** the read's merged record when its answer equalled

@@ -2,9 +2,9 @@
 //! once per connection instead of by every script.
 //!
 //! The epoch check needs the run id of the Redis process that runs a script
-//! (see the module docs of `replica::redis`). `INFO server` inside every script
-//! was the largest cost of a request, so the run id is learnt with one
-//! `INFO server` per connection and passed to the scripts as an argument.
+//! (see the module docs of `replica::redis`). `INFO server` costs more than
+//! the rest of a request, so the run id is learnt with one `INFO server` per
+//! connection and passed to the scripts as an argument.
 //! That is exact only if the id passed is the one of the process that runs
 //! the script. A TCP connection reaches one process for its whole life (a
 //! restart or a failover breaks it), so it is enough to know that the

@@ -144,8 +144,8 @@ const PAIR_OVERHEAD: usize = 2 + 32 + 1 + 12;
 /// The hash pairs of `delta` as script arguments (name, value, name, …, in
 /// the order of [`codec::visit_pairs`]), encoded into one buffer: each is a
 /// slice of it, so the clones fred makes of every argument cost a reference
-/// count instead of an allocation each (a profile of writes showed
-/// allocation as the client's largest cost).
+/// count instead of an allocation each (allocation is the client's largest
+/// cost of a write otherwise).
 pub(super) fn delta_args(delta: &Record) -> Vec<Bytes> {
     let size = 128
         + delta
