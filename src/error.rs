@@ -137,14 +137,29 @@ pub enum Error {
     /// A read could not reach a conclusive answer: too few replicas answered,
     /// or the misses that came back cannot prove the record absent. Never read
     /// this as "not found" (map it to 503, not to "logged out").
-    #[error("read unavailable: {answered} answers, {needed} needed ({} replica failures)", failures.len())]
+    #[error(
+        "read unavailable: {answered} replicas answered, {needed} conclusive answers needed \
+         ({} replica failures){}",
+        failures.len(),
+        data_loss_detail(not_refilled, *operator_needed)
+    )]
     Unavailable {
-        /// Answers needed for a conclusive result.
+        /// Conclusive answers needed: R, or N − W + 1 misses from replicas
+        /// in a complete epoch to prove "not found".
         needed: usize,
-        /// Answers received.
+        /// Replicas that answered, those not refilled included.
         answered: usize,
         /// Each failed replica's error.
         failures: Vec<ReplicaFailure>,
+        /// Replicas that lost data (restarted empty or from an old
+        /// snapshot) and are not refilled yet: their misses prove nothing.
+        not_refilled: Vec<String>,
+        /// More replicas lost data than anti-entropy can refill (fewer than
+        /// N − W + 1 complete ones are left): reads stay unavailable until
+        /// an operator calls
+        /// [`Coordinator::accept_data_loss`](crate::Coordinator::accept_data_loss)
+        /// (README, "Operating it").
+        operator_needed: bool,
     },
     /// The record was deleted: the write landed on a tombstone and was not
     /// applied.
@@ -156,6 +171,24 @@ pub enum Error {
     /// The input was refused before any replica was contacted.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+}
+
+fn data_loss_detail(not_refilled: &[String], operator_needed: bool) -> String {
+    if not_refilled.is_empty() {
+        return String::new();
+    }
+    let mut detail = format!(
+        "; {} replica(s) lost data and are not refilled yet ({}): their misses do not count",
+        not_refilled.len(),
+        not_refilled.join(", ")
+    );
+    if operator_needed {
+        detail.push_str(
+            "; too few complete replicas are left to refill them: an operator must decide \
+             (Coordinator::accept_data_loss, see the README's \"Operating it\")",
+        );
+    }
+    detail
 }
 
 /// A configuration rule broken; names the field and the rule.

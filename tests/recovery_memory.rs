@@ -188,10 +188,23 @@ async fn two_wiped_replicas_stay_unavailable_without_spinning_until_the_operator
         passes <= 4,
         "passes retried with a pause, not every tick: {passes}"
     );
-    assert!(matches!(
-        c.read("s:{never}").await,
-        Err(quorum_sessions::Error::Unavailable { .. })
-    ));
+    match c.read("s:{never}").await {
+        Err(
+            ref error @ quorum_sessions::Error::Unavailable {
+                ref not_refilled,
+                operator_needed,
+                ..
+            },
+        ) => {
+            // The error says what happened and what to do, not only counts.
+            assert_eq!(not_refilled.len(), 2, "{error}");
+            assert!(operator_needed, "{error}");
+            let message = error.to_string();
+            assert!(message.contains("lost data"), "{message}");
+            assert!(message.contains("accept_data_loss"), "{message}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
     assert!(c.accept_data_loss(0).await.unwrap());
     assert_eq!(
         c.read("s:{never}").await.unwrap(),

@@ -140,6 +140,24 @@ impl Coordinator {
         Contents::Unknown
     }
 
+    /// The replicas in a known epoch that is not complete (they lost data
+    /// and are not refilled yet), and whether they are more than anti-entropy
+    /// can refill (fewer complete replicas than a refill needs as sources):
+    /// then only the operator ([`accept_data_loss`](Self::accept_data_loss))
+    /// can make reads conclusive again.
+    pub(crate) fn data_loss(&self) -> (Vec<String>, bool) {
+        let n = self.replica_count();
+        let state = self.lock();
+        let lost: Vec<String> = (0..n)
+            .filter(|&i| state.epochs.current(i).is_some() && !state.epochs.is_readable(i))
+            .map(|i| self.inner.replicas[i].name().to_owned())
+            .collect();
+        let complete = (0..n).filter(|&i| state.epochs.is_readable(i)).count();
+        let sources = crate::core::anti_entropy::sources_needed(n, self.config().write_quorum);
+        let stuck = !lost.is_empty() && complete < sources;
+        (lost, stuck)
+    }
+
     /// Operator override: marks replica `index`'s current epoch complete
     /// without a refill, so that its misses count again. Returns `false` if
     /// the replica's epoch changed meanwhile.
@@ -149,8 +167,10 @@ impl Coordinator {
     /// are gone, and accepting that is the point of the call:
     ///
     /// - **more than N − W replicas lost their data at once** (restarted
-    ///   empty): call it on one replica that kept its data; the next pass
-    ///   refills the others from it;
+    ///   empty): call it on **one** of the replicas that lost their data
+    ///   (only one: the misses of two complete empty replicas would prove
+    ///   absent sessions the survivor still holds); the next pass refills
+    ///   the others;
     /// - **a full-cluster restart with persistence**: every replica came
     ///   back from its own RDB/AOF snapshot in a new, incomplete epoch
     ///   ([`Coordinator::initialize`] refuses to take that for a new

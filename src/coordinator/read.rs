@@ -184,10 +184,13 @@ impl Coordinator {
         let counters = &self.inner.counters;
         if let ReadResult::Unavailable { answered, needed } = result {
             bump(&counters.reads_unavailable);
+            let (not_refilled, operator_needed) = self.data_loss();
             return Err(Error::Unavailable {
                 needed,
                 answered,
                 failures,
+                not_refilled,
+                operator_needed,
             });
         }
         bump(&counters.reads_conclusive);

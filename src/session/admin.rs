@@ -242,6 +242,8 @@ impl SessionStore {
             needed: 1,
             answered: 0,
             failures: Vec::new(),
+            not_refilled: Vec::new(),
+            operator_needed: false,
         }))
     }
 
@@ -291,6 +293,8 @@ fn scan_failure(replica: &dyn Replica, error: ReplicaError) -> SessionError {
             replica: replica.name().to_owned(),
             error,
         }],
+        not_refilled: Vec::new(),
+        operator_needed: false,
     })
 }
 
