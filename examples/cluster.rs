@@ -24,10 +24,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quorum_sessions::core::health::Health;
 use quorum_sessions::replica::redis::{RedisReplica, RedisReplicaConfig};
 use quorum_sessions::replica::Replica;
 use quorum_sessions::session::{ClientInfo, NewSession, SessionId};
+use quorum_sessions::Health;
 use quorum_sessions::{
     ClusterConfig, Coordinator, CoordinatorStats, ReplicaState, SessionConfig, SessionStore,
 };
@@ -410,7 +410,25 @@ async fn main() {
         Ok(ids) => ids,
         Err(message) => {
             eprintln!("error: {message}");
-            eprintln!("(fewer than W nodes answer: is the cluster up? `docker-compose up -d`)");
+            let (up, lost) =
+                coordinator
+                    .replica_states()
+                    .iter()
+                    .fold((0, 0), |(up, lost), state| {
+                        let answering = state.health != Health::Down;
+                        (
+                            up + usize::from(answering),
+                            lost + usize::from(answering && !state.readable),
+                        )
+                    });
+            if up < coordinator.config().write_quorum {
+                eprintln!("(fewer than W nodes answer: is the cluster up? `docker-compose up -d`)");
+            } else if lost > 0 {
+                eprintln!(
+                    "({lost} node(s) answer but lost their data and are not refilled yet; \
+                     if more than N - W did, an operator must accept the loss: README, \"Operating it\")"
+                );
+            }
             print_states(&coordinator);
             std::process::exit(1);
         }

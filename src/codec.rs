@@ -1,6 +1,9 @@
 //! The stored form of a [`Record`] as a flat list of `(name, value)` pairs —
 //! a Redis hash.
 //!
+//! **Internals**: public only with the `internals` feature, for the
+//! simulator and the tests; not covered by semver.
+//!
 //! | hash field | content |
 //! | --- | --- |
 //! | `f:<name>` | [`FieldEntry::encode`]: `stamp ‖ kind ‖ until? ‖ bytes` |

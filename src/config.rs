@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::core::hints::HintLimits;
+pub use crate::core::hints::HintLimits;
 use crate::error::ConfigError;
 
 /// Default write quorum.
@@ -181,7 +181,7 @@ impl Default for AntiEntropyConfig {
 pub struct ClusterConfig {
     /// W: acknowledgements a write needs. A field update also needs N − W + 1
     /// from replicas in a complete epoch, to be ordered after every write
-    /// acknowledged before it (see [`core::quorum`](crate::core::quorum)):
+    /// acknowledged before it (see `core::quorum`, `docs/epochs.md`):
     /// with a majority W that is no more than W while every replica is
     /// complete, but with W = 1 of 3 every replica must answer.
     pub write_quorum: usize,

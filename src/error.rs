@@ -121,7 +121,7 @@ pub enum InvalidInput {
 pub enum Error {
     /// Fewer than W replicas acknowledged a write (or, for a field update,
     /// fewer than N − W + 1 replicas in a complete epoch: see
-    /// [`core::quorum`](crate::core::quorum)). The write may still have
+    /// `core::quorum`, `docs/epochs.md`). The write may still have
     /// reached some replicas and may surface later (as in Dynamo): retrying
     /// the same mutation is safe, it is idempotent.
     #[error("write quorum not reached: {acked} of {needed} acknowledgements ({} replica failures)", failures.len())]
@@ -211,11 +211,9 @@ impl ConfigError {
 }
 
 /// Why [`SessionStoreBuilder::connect`](crate::session::SessionStoreBuilder::connect)
-/// (or [`TowerSessionStore::connect`]) could not build a store. A Redis that
+/// (or `TowerSessionStore::connect`) could not build a store. A Redis that
 /// is merely down is not an error: the coordinator starts with it marked
 /// down and probes it.
-///
-/// [`TowerSessionStore::connect`]: crate::session::tower::TowerSessionStore
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// A setting breaks a rule (no replica, W or R out of range, a session

@@ -2,7 +2,42 @@
 //!
 //! Web sessions replicated over N independent Redis servers (or any
 //! [`Replica`](replica::Replica)), so that one Redis dying, restarting empty or
-//! hanging never logs a user out.
+//! hanging never logs a user out. An axum app on three Redis
+//! (`examples/quickstart.rs`; features `redis` and `tower`):
+//!
+#![cfg_attr(all(feature = "redis", feature = "tower"), doc = "```no_run")]
+#![cfg_attr(not(all(feature = "redis", feature = "tower")), doc = "```ignore")]
+//! use axum::{routing::get, Router};
+//! use quorum_sessions::session::tower::TowerSessionStore;
+//! use tower_sessions::{Session, SessionManagerLayer};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let urls = [
+//!         "redis://127.0.0.1:6381",
+//!         "redis://127.0.0.1:6382",
+//!         "redis://127.0.0.1:6383",
+//!     ];
+//!     let store = TowerSessionStore::connect(urls).await?;
+//!     let app = Router::new()
+//!         .route(
+//!             "/",
+//!             get(|session: Session| async move {
+//!                 let visits: u64 = session.get("visits").await.ok().flatten().unwrap_or(0) + 1;
+//!                 session.insert("visits", visits).await.ok();
+//!                 format!("visit number {visits}")
+//!             }),
+//!         )
+//!         .layer(SessionManagerLayer::new(store));
+//!     axum::serve(tokio::net::TcpListener::bind("127.0.0.1:3000").await?, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The native API, with every option: [`SessionStore::builder`]; records of
+//! your own without the session layer: [`Coordinator`]; your own storage:
+//! [`Replica`](replica::Replica). Why it is safe, claim by claim, each with
+//! the test that checks it: `docs/epochs.md` in the repository.
 //!
 //! ## What it guarantees
 //!
@@ -36,9 +71,7 @@
 //! | --- | --- |
 //! | [`stamp`] | hybrid logical clock stamps, fixed-width encoding |
 //! | [`record`] | versioned records and the merge (a join) |
-//! | [`codec`] | the stored (Redis hash) form of a record |
 //! | [`mutation`] | what a caller writes, before stamping |
-//! | [`core`] | pure decisions: write tally, read plan, health, epochs |
 //! | [`replica`] | the `Replica` trait; in-memory, faulty and Redis replicas |
 //! | [`coordinator`] | the async driver: fan-out, quorums, read-repair, probes, hinted handoff, anti-entropy (one file per protocol) |
 //! | [`config`] | configuration, named limits, validation |
@@ -54,10 +87,22 @@
 //! ```
 #![warn(missing_docs)]
 
+// Internals: the decisions and the stored form, shared with the simulator
+// and the tests. Not part of the semver surface: public only with the
+// `internals` feature (and labelled so in their docs).
+#[cfg(feature = "internals")]
 pub mod codec;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unreachable_pub)]
+pub(crate) mod codec;
+#[cfg(feature = "internals")]
+pub mod core;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unreachable_pub)]
+pub(crate) mod core;
+
 pub mod config;
 pub mod coordinator;
-pub mod core;
 pub mod error;
 pub mod mutation;
 pub mod record;
@@ -78,10 +123,13 @@ pub mod recovery {
     pub use crate::coordinator::bootstrap::BOOTSTRAP_SCAN_PAGES_MAX;
 }
 
-pub use config::{AntiEntropyConfig, ClusterConfig, ReadOrder, ReadRepair, SCAN_BATCH_MAX};
+pub use config::{
+    AntiEntropyConfig, ClusterConfig, HintLimits, ReadOrder, ReadRepair, SCAN_BATCH_MAX,
+};
 pub use coordinator::{
     Coordinator, CoordinatorStats, ReadOptions, ReplicaState, WriteAck, WriteOptions,
 };
+pub use core::health::Health;
 pub use error::{
     ConfigError, ConnectError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result,
 };

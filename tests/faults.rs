@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorum_sessions::core::health::Health;
 use quorum_sessions::replica::redis::RedisReplica;
 use quorum_sessions::replica::Replica;
+use quorum_sessions::Health;
 use quorum_sessions::{ClusterConfig, Coordinator, Error, Mutation, ReadOrder};
 use support::RedisNodes;
 use tokio::time::Instant;

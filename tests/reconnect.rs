@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorum_sessions::core::health::Health;
 use quorum_sessions::replica::redis::{
     RedisReplica, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
 };
 use quorum_sessions::replica::{MergeMode, Replica};
 use quorum_sessions::testing::{live_record, wall_clock_ms};
+use quorum_sessions::Health;
 use quorum_sessions::{ClusterConfig, Coordinator, Error, Mutation};
 use rand::Rng;
 use tokio::time::Instant;

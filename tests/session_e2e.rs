@@ -44,10 +44,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorum_sessions::core::health::Health;
 use quorum_sessions::replica::redis::RedisReplica;
 use quorum_sessions::replica::Replica;
 use quorum_sessions::session::{keys, Csrf, FingerprintConfig, SessionConfig, SessionId};
+use quorum_sessions::Health;
 use quorum_sessions::{ClusterConfig, Coordinator, SessionStore};
 use serde_json::{json, Value};
 use support::RedisNodes;

@@ -464,3 +464,25 @@ async fn concurrent_requests_on_two_servers_keep_every_acknowledged_key() {
     assert_eq!(acknowledged, 80, "every request succeeds");
     assert!(lost.is_empty(), "acknowledged keys lost: {lost:?}");
 }
+
+/// The crate's landing page shows `examples/quickstart.rs` (which CI
+/// builds): proves the two have not drifted apart.
+#[test]
+fn the_landing_page_example_is_the_quickstart_file() {
+    let example = include_str!("../examples/quickstart.rs");
+    let code = &example[example.find("use axum").expect("example code")..];
+    let lib = include_str!("../src/lib.rs");
+    let doc: String = lib
+        .lines()
+        .skip_while(|line| !line.starts_with("//! use axum"))
+        .take_while(|line| *line != "//! ```")
+        .map(|line| {
+            format!(
+                "{}\n",
+                line.strip_prefix("//! ")
+                    .unwrap_or(line.trim_start_matches("//!"))
+            )
+        })
+        .collect();
+    assert_eq!(doc.trim_end(), code.trim_end());
+}

@@ -1,59 +1,18 @@
-//! The coordinator: the async driver of the pure core.
+//! The coordinator: the async driver of the pure decisions.
 //!
-//! It is the only place with tokio. It sends requests to replicas, feeds their
-//! replies to the core ([`WriteTally`], [`ReadPlan`], [`HealthTracker`],
-//! [`EpochTable`], [`Hlc`]), and runs the decided actions. It does no quorum
-//! arithmetic itself.
+//! It is the only place with tokio. It sends requests to replicas, feeds
+//! their replies to the decisions of the internal `core` module (write
+//! tally, read plan, health, epochs, HLC) and runs what they decide; it does
+//! no quorum arithmetic itself, so the simulator, which runs this very
+//! coordinator, checks the same rules production runs.
 //!
-//! ```text
-//! write(key, mutation)                       read(key)
-//!   validate ─► stamp (HLC tick)               read_order (health, epochs, per-key rotation)
-//!   spawn one merge per replica not Down       ReadPlan: ask R ─► answers / failures / hedge timer
-//!   WriteTally: answer at W acks               merged record ─► read-repair (blocking: to W holders)
-//!   the rest finish in the background          Found / NotFound (proved) / Unavailable
-//! ```
-//!
-//! ## Where each decision is made
-//!
-//! One file per protocol; the pure decisions themselves live in
-//! [`crate::core`], these files only drive them.
-//!
-//! | file | holds |
-//! | --- | --- |
-//! | `coordinator/mod.rs` | [`Coordinator`], its shared state, the wall clock, and the reply glue every protocol uses: the per-request deadline and health feed (`call`, `note_health`), epochs and stamps seen in replies, failures, key checks, `on_every_replica` |
-//! | `coordinator/builder.rs` | [`CoordinatorBuilder`], [`Coordinator::connect`]: validation, writer id, start-up |
-//! | `coordinator/stats.rs` | [`CoordinatorStats`], [`ReplicaState`], the counters |
-//! | `coordinator/write.rs` | [`Coordinator::write`]: stamping, fan-out, the write quorum, merges finishing in the background, hints queued for missed writes |
-//! | `coordinator/read.rs` | [`Coordinator::read`]: read order, the read plan with hedging, what a read answers |
-//! | `coordinator/read_repair.rs` | read-repair: blocking (the merged record written back until W replicas hold it, as [`RepairPlan`] decides) or background repair of the replicas a read found stale, and of answers that arrive after the read concluded |
-//! | `coordinator/bootstrap.rs` | [`Coordinator::initialize`] (a fresh cluster, empty by a whole SCAN, marks every epoch complete; a full-cluster restart with data is not trusted), [`Coordinator::accept_data_loss`] |
-//! | `coordinator/background.rs` | the background tick: health probes, hint replay, when an anti-entropy pass starts |
-//! | `coordinator/anti_entropy.rs` | [`Coordinator::anti_entropy`]: the pass itself (lease, scanned pages, batched reads and repairs, refilled replicas marked complete) |
-//!
-//! ## Recovery
-//!
-//! - **Hinted handoff**: every write a replica missed (down, timed out,
-//!   skipped) is a hint in a bounded per-replica queue ([`HintQueues`]:
-//!   bounds in entries and bytes; overflow drops the oldest, counts it, and
-//!   marks the replica for anti-entropy). On the coordinator's background
-//!   tick, hints are replayed to replicas that are not Down, oldest first,
-//!   rate-limited, through the same merge (idempotent: a hint that reaches a
-//!   deleted or newer record changes nothing). Hints live in memory and are
-//!   lost with their app server: anti-entropy is what guarantees convergence.
-//! - **Anti-entropy** ([`Coordinator::anti_entropy`]): walks the keyspace of
-//!   every reachable replica with SCAN (bounded pages), reads each key's
-//!   copies, compares digests, and merges the join into every replica whose
-//!   copy differs ([`AntiEntropyPass`]). A replica in a new, incomplete epoch
-//!   (restarted empty, failed over, restored from a snapshot) is refilled by
-//!   the pass and then marked complete, so its misses count again. It runs on
-//!   demand, on rejoin (a changed epoch or a hint overflow) and optionally on
-//!   a schedule; one pass at a time per coordinator; dropping the future
-//!   cancels it; `pause_between_pages` bounds its share of the replicas.
-//!
-//! [`AntiEntropyPass`]: crate::core::anti_entropy::AntiEntropyPass
-//! [`ReadPlan`]: crate::core::read::ReadPlan
-//! [`RepairPlan`]: crate::core::read_repair::RepairPlan
-//! [`WriteTally`]: crate::core::quorum::WriteTally
+//! One file per protocol: `write.rs` ([`Coordinator::write`]), `read.rs`
+//! ([`Coordinator::read`]), `read_repair.rs`, `bootstrap.rs`
+//! ([`Coordinator::initialize`], [`Coordinator::accept_data_loss`]),
+//! `background.rs` (probes, hint replay, when anti-entropy starts),
+//! `anti_entropy.rs` ([`Coordinator::anti_entropy`]), `builder.rs`,
+//! `stats.rs`. How recovery works and why it is safe: `docs/design.md` and
+//! the numbered claims of `docs/epochs.md` in the repository.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};

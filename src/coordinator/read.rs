@@ -67,7 +67,7 @@ impl Coordinator {
     /// # Errors
     ///
     /// As [`read`](Self::read); [`Error::Invalid`]
-    /// ([`InvalidInput::Quorum`](crate::InvalidInput::Quorum)) unless
+    /// ([`InvalidInput::Quorum`]) unless
     /// `1 ≤ R ≤ N`.
     pub async fn read_with(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
         self.check_key(key)?;

@@ -77,7 +77,7 @@ impl Coordinator {
     /// (each bounded by `request_timeout`). Known-down replicas are skipped.
     ///
     /// A field update is acknowledged only above what its ackers held
-    /// ([`core::quorum`](crate::core::quorum)): when an acker already held
+    /// (`core::quorum`, `docs/epochs.md`): when an acker already held
     /// a larger stamp (another app server's faster clock wrote the record),
     /// the update is stamped again above it and sent again — one more round
     /// trip, at most once per write, counted in

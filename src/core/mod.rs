@@ -4,6 +4,9 @@
 //! (an outcome, which replica to ask next, which to read-repair). The
 //! coordinator and the simulator are its two drivers, so the decisions tested
 //! here are exactly the ones both make.
+//!
+//! **Internals**: public only with the `internals` feature, for the
+//! simulator and the tests; not covered by semver.
 
 pub mod anti_entropy;
 pub mod epoch;

@@ -19,7 +19,7 @@
 //! <prefix>lease     string  16 hex: the coordinator holding the anti-entropy lease (PX ttl)
 //! ```
 //!
-//! (See [`crate::codec`]; the default prefix is `qs:`.)
+//! (The internal `codec` module; the default prefix is `qs:`.)
 //!
 //! # The scripts
 //!
@@ -79,7 +79,7 @@
 //!   complete before the hash was read (completion is the one change an
 //!   epoch goes through). Otherwise the epoch script makes a new epoch (or
 //!   finds the one made meanwhile) and the read reports it incomplete. Rust
-//!   decodes the hash with [`codec::decode_pairs`](crate::codec::decode_pairs).
+//!   decodes the hash with the internal `codec::decode_pairs`.
 //!
 //! Every call carries a fresh random epoch candidate: when the epoch key is
 //! missing (a Redis restarted empty, or flushed) the script stores the
