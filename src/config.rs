@@ -17,7 +17,7 @@ const _: () = assert!(DEFAULT_READ_QUORUM + DEFAULT_WRITE_QUORUM > DEFAULT_REPLI
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadRepair {
     /// Write the merged record back until W replicas are known to hold it,
-    /// then answer (DESIGN §5). A replica holds it when its answer equalled
+    /// then answer (`docs/epochs.md`, claim 13). A replica holds it when its answer equalled
     /// it (answers still in flight when the read concluded are awaited) or
     /// when a repair merge of it was applied. The asked replicas that
     /// differed are repaired first, all at once; while fewer than W hold it

@@ -13,7 +13,7 @@
 //! - resurrections: a session whose delete was acknowledged never reads back.
 //!
 //! Scenarios (a)–(g) of the Redis-replicas issue. Each appends its row to
-//! `target/fault-table.md`, the table quoted in the README. Scenarios run one
+//! `target/fault-table.md`, the table quoted in BENCHMARKS.md. Scenarios run one
 //! at a time (a file-wide lock) so their latency figures are not mixed.
 
 mod support;

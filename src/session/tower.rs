@@ -80,17 +80,17 @@
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use axum::{routing::get, Router};
-//! use quorum_sessions::replica::{memory::InMemoryReplica, Replica};
-//! use quorum_sessions::session::{tower::TowerSessionStore, SessionConfig, SessionStore};
-//! use quorum_sessions::{ClusterConfig, Coordinator};
+//! use quorum_sessions::replica::memory::InMemoryReplica;
+//! use quorum_sessions::session::{tower::TowerSessionStore, SessionStore};
 //! use tower_sessions::{Session, SessionManagerLayer};
 //!
-//! let replicas: Vec<Arc<dyn Replica>> = ["a", "b", "c"]
-//!     .into_iter()
-//!     .map(|name| Arc::new(InMemoryReplica::new(name)) as Arc<dyn Replica>)
-//!     .collect();
-//! let coordinator = Coordinator::connect(ClusterConfig::default(), replicas).await?;
-//! let store = SessionStore::new(coordinator, SessionConfig::default())?;
+//! // Any replicas: here in memory; `TowerSessionStore::connect(urls)` for Redis.
+//! let store = SessionStore::builder()
+//!     .replica(Arc::new(InMemoryReplica::new("a")))
+//!     .replica(Arc::new(InMemoryReplica::new("b")))
+//!     .replica(Arc::new(InMemoryReplica::new("c")))
+//!     .connect()
+//!     .await?;
 //! let visits = |session: Session| async move {
 //!     let n: u32 = session.get("visits").await.ok().flatten().unwrap_or(0);
 //!     session.insert("visits", n + 1).await.ok();
