@@ -74,6 +74,31 @@ pub struct Violations {
 }
 
 impl Violations {
+    /// The name of the first count larger than in `earlier` (the trace marks
+    /// the operation that made the checker count it).
+    pub fn grown_since(&self, earlier: &Violations) -> Option<&'static str> {
+        [
+            (self.lost_writes, earlier.lost_writes, "lost write"),
+            (self.stale_reads, earlier.stale_reads, "stale read"),
+            (
+                self.non_monotonic_reads,
+                earlier.non_monotonic_reads,
+                "non-monotonic read",
+            ),
+            (self.hidden_writes, earlier.hidden_writes, "hidden write"),
+            (self.resurrections, earlier.resurrections, "resurrection"),
+            (
+                self.expired_served,
+                earlier.expired_served,
+                "expired served",
+            ),
+            (self.diverged_keys, earlier.diverged_keys, "diverged key"),
+        ]
+        .into_iter()
+        .find(|(now, before, _)| now > before)
+        .map(|(_, _, name)| name)
+    }
+
     /// The sum of all counts.
     pub fn total(&self) -> u64 {
         self.lost_writes
@@ -227,6 +252,9 @@ pub struct Checker {
     violations: Violations,
     examples: Vec<String>,
     reads_checked: u64,
+    /// Keys the final check found wanting (diverged, lost writes): the first
+    /// [`EXAMPLES_MAX`] of each.
+    final_flagged: Vec<String>,
 }
 
 impl Checker {
@@ -464,7 +492,10 @@ impl Checker {
         for key in diverged.iter().take(3) {
             self.example(format!("diverged after quiesce: {key}"));
         }
+        self.final_flagged
+            .extend(diverged.iter().take(EXAMPLES_MAX).cloned());
         let mut notes = Vec::new();
+        let mut lost_keys = 0;
         for (session, history) in self.sessions.iter().enumerate() {
             if history.acked_writes.is_empty() || history.delete_issued {
                 continue;
@@ -485,6 +516,10 @@ impl Checker {
             for write in &history.acked_writes {
                 if let Some(why) = lost_because(write, merged.as_ref()) {
                     self.violations.lost_writes += 1;
+                    if lost_keys < EXAMPLES_MAX && !self.final_flagged.contains(&history.key) {
+                        self.final_flagged.push(history.key.clone());
+                        lost_keys += 1;
+                    }
                     notes.push(format!(
                         "lost write: {:?} of {} at {}: {why}",
                         write.kind, history.key, write.stamp
@@ -505,6 +540,12 @@ impl Checker {
     /// The first violations, described.
     pub fn examples(&self) -> &[String] {
         &self.examples
+    }
+
+    /// Keys the final check found wanting (lost writes, diverged keys; the
+    /// first few).
+    pub fn final_flagged(&self) -> &[String] {
+        &self.final_flagged
     }
 
     /// Reads judged.
@@ -1111,5 +1152,19 @@ mod tests {
         // Not dropped yet (50 000 + margin > 55 000) but expired by the clock.
         assert!(diverged_keys(&[&a, &b], 55_000, 10_000, 55_000).is_empty());
         assert_eq!(diverged_keys(&[&a, &b], 55_000, 10_000, 40_000), vec!["k"]);
+    }
+
+    /// The trace names the violation an operation made the checker count:
+    /// the first count that grew, none when none did.
+    #[test]
+    fn the_violation_that_grew_is_named() {
+        let before = Violations::default();
+        assert_eq!(before.grown_since(&before), None);
+        let after = Violations {
+            non_monotonic_reads: 1,
+            ..before
+        };
+        assert_eq!(after.grown_since(&before), Some("non-monotonic read"));
+        assert_eq!(before.grown_since(&after), None, "only growth counts");
     }
 }

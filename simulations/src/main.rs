@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quorum_sessions::config::ReadRepair;
 use simulations::config::{lan_latency, FaultKind, SimConfig, DEFAULT_OPS, DEFAULT_SEED};
 use simulations::latency::LatencyModel;
-use simulations::trace::TraceOptions;
+use simulations::trace::{TraceOptions, SUMMARY_LINES_MAX};
 use simulations::{pbs, sim, sweep, Observer, Report};
 
 // The simulator allocates and frees small records at a high rate; mimalloc
@@ -44,7 +44,9 @@ enum Command {
     /// t-visibility (PBS): probability that a read issued t ms after a write
     /// committed returns it, from a latency model.
     Pbs(PbsArgs),
-    /// Reruns one seed and prints a readable trace of its events.
+    /// Reruns one seed and prints a readable trace: by default the faults
+    /// and the operations around them (or the ones the checker flagged),
+    /// at most 120 lines; `--all` for every event.
     Replay(ReplayArgs),
 }
 
@@ -217,11 +219,16 @@ struct PbsArgs {
 struct ReplayArgs {
     #[command(flatten)]
     sim: SimArgs,
-    /// Most trace lines printed.
-    #[arg(long, default_value_t = 200)]
-    max_events: usize,
-    /// Only events about this key (e.g. `s:{0000042}`), plus faults, heal and
-    /// anti-entropy.
+    /// Print every event in order (each operation's invocation and answer;
+    /// about 150 000 lines for the default run) instead of the summary.
+    #[arg(long)]
+    all: bool,
+    /// Most trace lines printed [default: 120 for the summary, unbounded
+    /// with --all].
+    #[arg(long)]
+    max_events: Option<usize>,
+    /// Only events about this key (e.g. `s:{0000042}`), plus the cluster's
+    /// (faults, restarts, heal); the summary then shows every answer on it.
     #[arg(long)]
     key: Option<String>,
     /// Skip the events before this virtual time, ms.
@@ -378,9 +385,15 @@ fn pbs_command(args: &PbsArgs) -> Result<ExitCode> {
 fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     let config = args.sim.config()?;
     eprintln!("seed {}", config.seed);
+    let max_events = args.max_events.unwrap_or(if args.all {
+        usize::MAX
+    } else {
+        SUMMARY_LINES_MAX
+    });
     let observer = Observer {
         trace: Some(TraceOptions {
-            max_events: args.max_events,
+            all: args.all,
+            max_events,
             key: args.key.clone(),
             from_ms: args.from_ms,
         }),
@@ -390,14 +403,34 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     let (mut report, trace) = sim::run_observed(&config, observer)?;
     report.sim_ops_per_sec = report.ops as f64 / started.elapsed().as_secs_f64();
     let trace = trace.expect("a trace was asked for");
-    for line in trace.lines() {
+    if !args.all {
+        let what = if args.key.is_some() {
+            "every answer on the key"
+        } else if trace.has_violations() {
+            "the operations the checker flagged (!!) and the ones before them on the same session"
+        } else {
+            "around each, the operations on the session that fared worst (failed, slow)"
+        };
+        println!("replay of seed {}: the faults (**) and {what}", config.seed);
+        println!(
+            "(records: {{field=value@stamp}} exp=expiry from the reader's clock; stamp = last 5 hex digits of its ms[.logical]/writer)"
+        );
+    }
+    let lines = trace.lines();
+    for line in &lines {
         println!("{line}");
     }
-    if trace.omitted() > 0 {
-        println!(
-            "... {} more events (raise --max-events, or use --key / --from-ms)",
-            trace.omitted()
-        );
+    let omitted = trace.omitted();
+    if omitted > 0 {
+        if args.all {
+            println!(
+                "... {omitted} more events left out (raise --max-events, or use --key / --from-ms)"
+            );
+        } else {
+            println!(
+                "... {omitted} events left out: --all prints every event (with --key K, one session's; --from-ms T, from T on)"
+            );
+        }
     }
     println!();
     print!("{}", report.render());

@@ -135,16 +135,31 @@ pub fn render(rows: &[SweepRow], ops: u64, seed: u64) -> String {
     out
 }
 
-/// An SVG chart: stale-read rate per preset (left) and read availability
-/// under each fault kind (right).
+/// The right panel's colours, one per fault kind (none of them the left
+/// panel's green or red, which mean R+W>N and R+W≤N).
+const FAULT_COLORS: [&str; 7] = [
+    "#4e79a7", "#f28e2b", "#76b7b2", "#b07aa1", "#9c755f", "#ff9da7", "#8c8c8c",
+];
+const _: () = assert!(
+    FAULT_COLORS.len() >= FaultKind::ALL.len(),
+    "a colour per fault kind"
+);
+/// Green: the preset's read and write quorums overlap (R+W>N).
+const OVERLAP_COLOR: &str = "#59a14f";
+/// Red: they need not overlap (R+W≤N).
+const NO_OVERLAP_COLOR: &str = "#e15759";
+/// Estimated width of one character of the 12 px sans-serif labels, px.
+const CHAR_WIDTH: f64 = 7.0;
+
+/// An SVG chart: stale-read rate per preset (left; bars green when R+W>N,
+/// red otherwise, each labelled with its value, so a preset with no stale
+/// read still shows) and read availability under each fault kind (right,
+/// 0–100 %).
 pub fn svg(rows: &[SweepRow]) -> String {
     const WIDTH: f64 = 960.0;
-    const HEIGHT: f64 = 420.0;
+    const HEIGHT: f64 = 430.0;
     const TOP: f64 = 60.0;
     const BOTTOM: f64 = 340.0;
-    let colors = [
-        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
-    ];
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -152,31 +167,44 @@ pub fn svg(rows: &[SweepRow]) -> String {
     );
     out.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
     out.push('\n');
-    // Left panel: stale-read rate.
+    // Left panel: stale-read rate, from 0 to a nice tick above the largest.
     let (left, right) = (60.0, 430.0);
-    let max_rate = rows
+    let max_percent = rows
         .iter()
-        .map(SweepRow::stale_read_rate)
+        .map(|row| row.stale_read_rate() * 100.0)
         .fold(0.0, f64::max)
-        .max(1e-4);
+        .max(0.01);
     let _ = writeln!(
         out,
         r#"<text x="{left}" y="30" font-size="15" font-weight="bold">Stale reads under all faults (% of reads)</text>"#
     );
-    axis(&mut out, left, right, TOP, BOTTOM, max_rate * 100.0, "%");
+    let top_percent = axis(&mut out, left, right, TOP, BOTTOM, max_percent, "%");
     let slot = (right - left) / rows.len().max(1) as f64;
     for (i, row) in rows.iter().enumerate() {
-        let rate = row.stale_read_rate();
-        let height = (BOTTOM - TOP) * rate / max_rate;
+        let percent = row.stale_read_rate() * 100.0;
+        let height = (BOTTOM - TOP) * percent / top_percent;
         let x = left + slot * i as f64 + slot * 0.2;
         let (n, w, r) = row.quorums;
-        let fill = if r + w > n { "#59a14f" } else { "#e15759" };
+        let fill = if r + w > n {
+            OVERLAP_COLOR
+        } else {
+            NO_OVERLAP_COLOR
+        };
+        // A zero bar is a 2 px line on the axis, so its colour shows.
+        let height = height.max(2.0);
         let _ = writeln!(
             out,
-            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{height:.1}" fill="{fill}"><title>{n}/{w}/{r}: {:.4}%</title></rect>"#,
+            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{height:.1}" fill="{fill}"><title>{n}/{w}/{r}: {}</title></rect>"#,
             BOTTOM - height,
             slot * 0.6,
-            rate * 100.0
+            percent_label(percent)
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{fill}">{}</text>"#,
+            x + slot * 0.3,
+            BOTTOM - height - 4.0,
+            percent_label(percent)
         );
         let _ = writeln!(
             out,
@@ -185,44 +213,39 @@ pub fn svg(rows: &[SweepRow]) -> String {
             BOTTOM + 16.0
         );
     }
+    let caption_y = BOTTOM + 38.0;
     let _ = writeln!(
         out,
-        r##"<text x="{left}" y="{:.1}" fill="#555">N/W/R — green: R+W&gt;N, red: R+W≤N</text>"##,
-        BOTTOM + 36.0
+        r##"<text x="{left}" y="{caption_y:.1}" fill="#555">N/W/R, bar colour:</text>"##
     );
-    // Right panel: read availability per fault kind.
+    legend(
+        &mut out,
+        left + 130.0,
+        right + 60.0,
+        caption_y - 9.0,
+        &[
+            (OVERLAP_COLOR, "R+W&gt;N (quorums overlap)"),
+            (NO_OVERLAP_COLOR, "R+W≤N"),
+        ],
+    );
+    // Right panel: read availability per fault kind, 0–100 %.
     let (left, right) = (520.0, 930.0);
     let _ = writeln!(
         out,
         r#"<text x="{left}" y="30" font-size="15" font-weight="bold">Read availability with one fault kind (%)</text>"#
     );
-    let floor = rows
-        .iter()
-        .flat_map(|row| row.by_fault.iter().map(|&(_, read, _)| read))
-        .fold(1.0, f64::min)
-        .min(0.9);
-    let floor = (floor * 10.0).floor() / 10.0;
-    axis_range(
-        &mut out,
-        left,
-        right,
-        TOP,
-        BOTTOM,
-        floor * 100.0,
-        100.0,
-        "%",
-    );
+    axis(&mut out, left, right, TOP, BOTTOM, 100.0, "%");
     let group = (right - left) / rows.len().max(1) as f64;
     let bar = group * 0.8 / FaultKind::ALL.len() as f64;
     for (i, row) in rows.iter().enumerate() {
         for (k, &(kind, read, _)) in row.by_fault.iter().enumerate() {
-            let height = (BOTTOM - TOP) * ((read - floor) / (1.0 - floor)).clamp(0.0, 1.0);
+            let height = (BOTTOM - TOP) * read.clamp(0.0, 1.0);
             let x = left + group * i as f64 + group * 0.1 + bar * k as f64;
             let _ = writeln!(
                 out,
                 r#"<rect x="{x:.1}" y="{:.1}" width="{bar:.1}" height="{height:.1}" fill="{}"><title>{}: {:.2}%</title></rect>"#,
                 BOTTOM - height,
-                colors[k % colors.len()],
+                FAULT_COLORS[k % FAULT_COLORS.len()],
                 kind.name(),
                 read * 100.0
             );
@@ -235,52 +258,108 @@ pub fn svg(rows: &[SweepRow]) -> String {
             BOTTOM + 16.0
         );
     }
-    for (k, kind) in FaultKind::ALL.iter().enumerate() {
-        let x = left + (k as f64) * 70.0;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            BOTTOM + 30.0,
-            colors[k % colors.len()],
-            x + 14.0,
-            BOTTOM + 39.0,
-            kind.name()
-        );
-    }
+    let entries: Vec<(&str, &str)> = FaultKind::ALL
+        .iter()
+        .enumerate()
+        .map(|(k, kind)| (FAULT_COLORS[k % FAULT_COLORS.len()], kind.name()))
+        .collect();
+    legend(&mut out, left, right, BOTTOM + 29.0, &entries);
     out.push_str("</svg>\n");
     out
 }
 
-fn axis(out: &mut String, left: f64, right: f64, top: f64, bottom: f64, max: f64, unit: &str) {
-    axis_range(out, left, right, top, bottom, 0.0, max, unit);
+/// Legend entries (colour swatch, label) laid out left to right from `left`,
+/// wrapping to a new row before `right`; returns the rows used. Each entry
+/// is as wide as its label's estimated width, so none overlaps the next.
+fn legend(out: &mut String, left: f64, right: f64, top: f64, entries: &[(&str, &str)]) -> usize {
+    const ROW: f64 = 18.0;
+    let (mut x, mut y, mut rows) = (left, top, 1);
+    for &(color, label) in entries {
+        let width = legend_entry_width(label);
+        if x > left && x + width > right {
+            (x, y, rows) = (left, y + ROW, rows + 1);
+        }
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="10" height="10" fill="{color}"/><text x="{:.1}" y="{:.1}">{label}</text>"#,
+            x + 14.0,
+            y + 9.0,
+        );
+        x += width;
+    }
+    rows
 }
 
-#[allow(clippy::too_many_arguments)]
-fn axis_range(
+/// Width an entry takes: swatch, gap, label, space before the next.
+fn legend_entry_width(label: &str) -> f64 {
+    let chars = label
+        .replace("&gt;", ">")
+        .replace("&lt;", "<")
+        .chars()
+        .count();
+    14.0 + chars as f64 * CHAR_WIDTH + 14.0
+}
+
+/// A percentage with two significant digits: `0`, `0.0078%`, `0.58%`,
+/// `12%`.
+fn percent_label(percent: f64) -> String {
+    if percent <= 0.0 {
+        return "0".to_owned();
+    }
+    let decimals = (1 - percent.log10().floor() as i32).max(0) as usize;
+    format!("{percent:.decimals$}%")
+}
+
+/// Axis ticks from 0: a step of 1, 2 or 5 × 10^k, and the number of steps
+/// (at most `steps_max`) that reaches `max`.
+pub fn nice_ticks(max: f64, steps_max: usize) -> (f64, usize) {
+    assert!(max > 0.0 && steps_max > 0, "a positive range");
+    let raw = max / steps_max as f64;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&step| step >= raw * (1.0 - 1e-9))
+        .expect("10 × magnitude is at least raw");
+    let steps = ((max / step) - 1e-9).ceil().max(1.0) as usize;
+    (step, steps)
+}
+
+/// A tick's label: as many decimals as the step needs, no more.
+pub fn tick_label(value: f64, step: f64, unit: &str) -> String {
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{value:.decimals$}{unit}")
+}
+
+/// Draws axes from 0 to the first nice tick at or above `max`, with a
+/// gridline per tick; returns that top value.
+fn axis(
     out: &mut String,
     left: f64,
     right: f64,
     top: f64,
     bottom: f64,
-    low: f64,
-    high: f64,
+    max: f64,
     unit: &str,
-) {
+) -> f64 {
+    let (step, steps) = nice_ticks(max, 5);
+    let high = step * steps as f64;
     let _ = writeln!(
         out,
         r##"<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#333"/><line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#333"/>"##
     );
-    for step in 0..=4 {
-        let fraction = f64::from(step) / 4.0;
-        let y = bottom - (bottom - top) * fraction;
-        let value = low + (high - low) * fraction;
+    for tick in 0..=steps {
+        let value = step * tick as f64;
+        let y = bottom - (bottom - top) * value / high;
         let _ = writeln!(
             out,
-            r##"<line x1="{left}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{value:.3}{unit}</text>"##,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
             left - 4.0,
-            y + 4.0
+            y + 4.0,
+            tick_label(value, step, unit)
         );
     }
+    high
 }
 
 #[cfg(test)]
@@ -300,5 +379,69 @@ mod tests {
         let chart = svg(&rows);
         assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
         assert_eq!(rows[0].by_fault.len(), FaultKind::ALL.len());
+        // 3/2/2 has R+W>N and is drawn green; 3/1/1 red; both bars show.
+        assert!(chart.contains(&format!(r#"fill="{OVERLAP_COLOR}"><title>3/2/2"#)));
+        assert!(chart.contains(&format!(r#"fill="{NO_OVERLAP_COLOR}"><title>3/1/1"#)));
+        assert!(!chart.contains("NaN") && !chart.contains("inf"));
+    }
+
+    /// Ticks step by 1, 2 or 5 × 10^k, start at 0 and reach the maximum in
+    /// at most five steps; labels carry only the decimals the step needs
+    /// (the old axis printed `3.001%`).
+    #[test]
+    fn ticks_are_round() {
+        assert_eq!(nice_ticks(100.0, 5), (20.0, 5));
+        assert_eq!(nice_ticks(0.5834, 5), (0.2, 3));
+        assert_eq!(nice_ticks(3.001, 5), (1.0, 4));
+        assert_eq!(nice_ticks(0.01, 5), (0.002, 5));
+        let (step, steps) = nice_ticks(7.3, 5);
+        assert_eq!((step, steps), (2.0, 4));
+        assert_eq!(tick_label(3.0 * 0.2, 0.2, "%"), "0.6%");
+        assert_eq!(tick_label(40.0, 20.0, "%"), "40%");
+        assert_eq!(tick_label(0.006, 0.002, "%"), "0.006%");
+        assert_eq!(percent_label(0.0), "0");
+        assert_eq!(percent_label(0.5834), "0.58%");
+        assert_eq!(percent_label(0.0078), "0.0078%");
+        assert_eq!(percent_label(12.34), "12%");
+    }
+
+    /// Legend entries never overlap: each starts after the previous one's
+    /// estimated width, and rows wrap inside the panel.
+    #[test]
+    fn legend_entries_do_not_overlap() {
+        let names: Vec<(&str, &str)> = FaultKind::ALL.iter().map(|k| ("#000", k.name())).collect();
+        let mut out = String::new();
+        let rows = legend(&mut out, 520.0, 930.0, 0.0, &names);
+        let mut previous: Option<(f64, f64, f64)> = None; // x, y, end
+        for (line, &(_, name)) in out.lines().zip(&names) {
+            let x: f64 = line
+                .split(r#"x=""#)
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let y: f64 = line
+                .split(r#"y=""#)
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let end = x + legend_entry_width(name);
+            assert!(end <= 930.0 + 1e-9 || x == 520.0, "{name} fits");
+            if let Some((px, py, pend)) = previous {
+                assert!(
+                    y > py || (y == py && x >= pend && x > px),
+                    "{name} after the previous"
+                );
+            }
+            previous = Some((x, y, end));
+        }
+        assert!(rows >= 2, "seven fault kinds need two rows in 410 px");
     }
 }

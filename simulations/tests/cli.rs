@@ -136,23 +136,52 @@ fn an_invalid_model_is_refused_naming_the_leg() {
     );
 }
 
+/// The default replay is a summary a person reads: the faults are in it,
+/// it is bounded by SUMMARY_LINES_MAX (plus two header lines and the line
+/// that names `--all`), and its records are short. `--all` prints every
+/// event in order, invocations included, bounded only by `--max-events`.
 #[test]
-fn replay_prints_a_bounded_trace() {
-    let output = simulations(&[
-        "replay",
-        "--seed",
-        "3",
-        "--ops",
-        "1500",
-        "--max-events",
-        "25",
-    ]);
+fn replay_prints_a_bounded_summary_and_every_event_on_request() {
+    let trace_of = |text: &str| -> Vec<String> {
+        text.lines()
+            .take_while(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let common = ["replay", "--seed", "3", "--ops", "3000"];
+    let faulty = [&common[..], &["--fault-interval-ms", "100"]].concat();
+    let output = simulations(&faulty);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
-    let trace_lines = text.lines().take_while(|line| !line.is_empty()).count();
-    assert!(trace_lines <= 26, "{trace_lines} lines:\n{text}");
-    assert!(text.contains("more events"), "{text}");
+    let trace = trace_of(&text);
+    assert!(
+        trace.len() <= simulations::trace::SUMMARY_LINES_MAX + 3,
+        "{} lines:\n{text}",
+        trace.len()
+    );
+    assert!(
+        trace.iter().any(|l| l.contains("** fault #0 starts")),
+        "{text}"
+    );
+    assert!(trace.iter().all(|l| l.chars().count() <= 200), "{text}");
+    assert!(
+        trace.last().unwrap().contains("--all prints every event"),
+        "{text}"
+    );
     assert!(text.contains("quorum-sessions simulation — seed 3"));
+
+    let help = stdout(&simulations(&["replay", "--help"]));
+    let bound = format!("{} for the summary", simulations::trace::SUMMARY_LINES_MAX);
+    assert!(help.contains(&bound) && help.contains("--all"), "{help}");
+
+    let all = [&common[..], &["--all", "--max-events", "25"]].concat();
+    let output = simulations(&all);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let trace = trace_of(&text);
+    assert_eq!(trace.len(), 26, "25 events and the omitted line:\n{text}");
+    assert!(trace[0].contains(" create s:{"), "invocations too: {text}");
+    assert!(trace[25].contains("more events left out"), "{text}");
 }
 
 #[test]

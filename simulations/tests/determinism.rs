@@ -35,17 +35,32 @@ fn the_same_seed_gives_the_same_trace() {
     let trace = || {
         let observer = Observer {
             trace: Some(TraceOptions {
+                all: true,
                 max_events: 300,
                 ..TraceOptions::default()
             }),
             progress: None,
         };
         let (_, trace) = run_observed(&small(7), observer).unwrap();
-        trace.unwrap().lines().to_vec()
+        trace.unwrap().lines()
     };
     let first = trace();
     assert_eq!(first.len(), 300, "bounded by max_events");
     assert_eq!(first, trace());
+    let summary = || {
+        let observer = Observer {
+            trace: Some(TraceOptions {
+                max_events: 120,
+                ..TraceOptions::default()
+            }),
+            progress: None,
+        };
+        let (_, trace) = run_observed(&small(7), observer).unwrap();
+        trace.unwrap().lines()
+    };
+    let first = summary();
+    assert!(!first.is_empty());
+    assert_eq!(first, summary(), "the default replay too");
 }
 
 fn json_run(seed: &str) -> serde_json::Value {

@@ -12,6 +12,7 @@ use quorum_sessions::{Error, Mutation, Stamp};
 
 use super::{Phase, World};
 use crate::checker::{WriteInfo, WriteKind, WriteResult};
+use crate::trace::{compact_record, short_duration, short_latency, short_stamp, EventKind};
 use crate::workload::{ClientOp, FieldSet, SessionIndex, CREATE_FIELDS, FIELD_NAMES};
 
 /// Runs one client operation on app server `coord` and records it.
@@ -129,9 +130,14 @@ async fn write(
     let key = world.driver().workload.session(session).key.clone();
     let token = world.driver().checker.write_invoked(&info);
     let invoked_at = world.now_us();
-    world.trace(Some(&key), || {
-        format!("c{coord} {kind:?} {key} fields {fields:?}")
-    });
+    // Built only when a trace is recorded (the common run pays nothing).
+    let asked = if world.tracing() {
+        let clock_ms = world.wall_ms(coord);
+        describe_write(coord, kind, &key, fields, info.expiry_ms, clock_ms)
+    } else {
+        String::new()
+    };
+    world.trace_event(Some(&key), EventKind::Invoked, || asked.clone());
     let cap_ms = world.driver().workload.session(session).cap_ms;
     let result = if world.wall_ms(coord) >= cap_ms {
         // Past its lifetime cap the session is over: the coordinator would
@@ -154,15 +160,57 @@ async fn write(
     let latency_us = world.now_us() - invoked_at;
     let mut driver = world.driver();
     let counted = driver.phase == Phase::Faults;
+    let before = driver.checker.violations();
     driver.checker.write_completed(&info, &token, result);
+    let violation = driver.checker.violations().grown_since(&before);
     driver.stats.record_write(result, latency_us, counted);
     if kind == WriteKind::Create && result == WriteResult::Acked {
         driver.workload.on_created(session);
     }
     drop(driver);
-    world.trace(Some(&key), || {
-        format!("c{coord} {kind:?} {key} answered {result:?} after {latency_us} us")
+    let answered = EventKind::Answered {
+        failed: result == WriteResult::Failed,
+        latency_us,
+        violation,
+    };
+    world.trace_event(Some(&key), answered, || {
+        let outcome = match result {
+            WriteResult::Acked => format!("acked @{}", short_stamp(info.stamp)),
+            WriteResult::Gone => "gone (deleted)".to_owned(),
+            WriteResult::Collision => "collision (exists)".to_owned(),
+            WriteResult::Failed => "failed".to_owned(),
+        };
+        format!("{asked} -> {outcome} after {}", short_latency(latency_us))
     });
+}
+
+/// What a write asks, for the trace: `c3 update s:{0000042} {theme}`, a
+/// touch with its expiry relative to the writer's clock `clock_ms`.
+fn describe_write(
+    coord: usize,
+    kind: WriteKind,
+    key: &str,
+    fields: FieldSet,
+    expiry_ms: u64,
+    clock_ms: u64,
+) -> String {
+    let verb = match kind {
+        WriteKind::Create => "create",
+        WriteKind::Update => "update",
+        WriteKind::Touch => "touch",
+        WriteKind::RemoveField => "remove-field",
+        WriteKind::Delete => "delete",
+    };
+    let mut text = format!("c{coord} {verb} {key}");
+    if fields != FieldSet::default() {
+        let names: Vec<&str> = fields.iter().map(|f| FIELD_NAMES[f as usize]).collect();
+        text.push_str(&format!(" {{{}}}", names.join(",")));
+    }
+    if kind == WriteKind::Touch {
+        let expiry = expiry_ms as i64 - clock_ms as i64;
+        text.push_str(&format!(" exp={}", short_duration(expiry)));
+    }
+    text
 }
 
 /// Reads `session` on app server `coord`; `audit` reads are judged but not
@@ -189,15 +237,28 @@ pub(super) async fn read(world: Rc<World>, coord: usize, session: SessionIndex, 
     let latency_us = world.now_us() - invoked_at;
     let mut driver = world.driver();
     let counted = driver.phase == Phase::Faults && !audit;
+    let before = driver.checker.violations();
     driver.checker.read_completed(&token, &result);
+    let violation = driver.checker.violations().grown_since(&before);
     driver.stats.record_read(&result, latency_us, counted);
     drop(driver);
-    world.trace(Some(&key), || {
+    let answered = EventKind::Answered {
+        failed: matches!(result, ReadResult::Unavailable { .. }),
+        latency_us,
+        violation,
+    };
+    world.trace_event(Some(&key), answered, || {
         let what = match &result {
-            ReadResult::Found(_) => "found",
-            ReadResult::NotFound(_) => "not found",
-            ReadResult::Unavailable { .. } => "unavailable",
+            ReadResult::Found(record) => format!("found {}", compact_record(record, clock_ms)),
+            ReadResult::NotFound(_) => "not found".to_owned(),
+            ReadResult::Unavailable { answered, needed } => {
+                format!("unavailable ({answered} answers, {needed} needed)")
+            }
         };
-        format!("c{coord} read {key} answered {what} after {latency_us} us")
+        let audit = if audit { " (audit)" } else { "" };
+        format!(
+            "c{coord} read {key}{audit} -> {what} after {}",
+            short_latency(latency_us)
+        )
     });
 }

@@ -37,6 +37,32 @@ impl ActiveFault {
         }
     }
 
+    /// What it is, for the trace: `crash of r1`, `partition c2 -x- r0`.
+    fn describe(self) -> String {
+        match self {
+            ActiveFault::Crash {
+                replica,
+                empty: false,
+            } => format!("crash of r{replica} (restarts from its last snapshot)"),
+            ActiveFault::Crash {
+                replica,
+                empty: true,
+            } => format!("crash of r{replica} (restarts empty)"),
+            ActiveFault::Flush { replica } => format!("flush of r{replica} (FLUSHALL)"),
+            ActiveFault::Partition { coord, replica } => {
+                format!("partition c{coord} -x- r{replica}")
+            }
+            ActiveFault::Slow { replica } => format!("slow r{replica}"),
+            ActiveFault::Loss {
+                replica,
+                probability,
+            } => format!("r{replica} loses {:.0}% of messages", probability * 100.0),
+            ActiveFault::Skew { coord, delta_ms } => {
+                format!("clock skew: c{coord}'s clock {delta_ms:+} ms")
+            }
+        }
+    }
+
     /// The replica that loses (or may lose) data through it.
     fn data_loss(self) -> Option<usize> {
         match self {
@@ -209,9 +235,10 @@ impl World {
             driver.faults.active.push(Some(fault));
             driver.faults.active.len() - 1
         };
-        self.trace(None, || {
+        self.trace(|| {
             format!(
-                "fault #{id} starts: {fault:?} for {} ms",
+                "fault #{id} starts: {} for {} ms",
+                fault.describe(),
                 duration.as_millis()
             )
         });
@@ -226,11 +253,11 @@ impl World {
         let Some(fault) = self.driver().faults.active[id].take() else {
             return; // ended at the heal
         };
-        self.trace(None, || format!("fault #{id} ends: {fault:?}"));
+        self.trace(|| format!("fault #{id} ends: {}", fault.describe()));
         match fault {
             ActiveFault::Crash { replica, empty } => {
                 self.net.lock().start(replica, !empty);
-                self.trace(None, || {
+                self.trace(|| {
                     let from = if empty {
                         "empty"
                     } else {

@@ -54,7 +54,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker::{any_diverged, Checker};
 use crate::config::SimConfig;
 use crate::report::{Report, RunStats};
-use crate::trace::{Trace, TraceOptions};
+use crate::trace::{EventKind, Trace, TraceOptions};
 use crate::workload::Workload;
 use clock::VirtualClock;
 pub use clock::START_UNIX_MS;
@@ -298,16 +298,32 @@ impl World {
         self.apps[coord].coordinator.now_ms()
     }
 
-    /// Adds a trace line about `key` (`None`: the whole cluster), built only
-    /// when a trace is being recorded and wants it.
-    pub(crate) fn trace(&self, key: Option<&str>, line: impl FnOnce() -> String) {
+    /// Adds a trace event about the whole cluster, its line built only when
+    /// a trace is being recorded and wants it.
+    pub(crate) fn trace(&self, line: impl FnOnce() -> String) {
+        self.trace_event(None, EventKind::Cluster, line);
+    }
+
+    /// Adds a trace event of `kind` about `key` (`None`: the whole cluster),
+    /// its line built only when a trace is being recorded and wants it.
+    pub(crate) fn trace_event(
+        &self,
+        key: Option<&str>,
+        kind: EventKind,
+        line: impl FnOnce() -> String,
+    ) {
         let now = self.now_us();
         let mut driver = self.driver();
         if let Some(trace) = &mut driver.trace {
-            if trace.wants(key, now) {
-                trace.push(now, line());
+            if trace.wants(key, kind, now) {
+                trace.push(now, key, kind, line());
             }
         }
+    }
+
+    /// True when a trace is being recorded.
+    pub(crate) fn tracing(&self) -> bool {
+        self.driver().trace.is_some()
     }
 
     /// Runs `task` on the run's thread; a panic in it stops the run and is
@@ -401,9 +417,7 @@ impl World {
             driver.heal_at_us = Some(now);
         }
         self.end_all_faults();
-        self.trace(None, || {
-            "heal: every fault ends, the workload stops".to_owned()
-        });
+        self.trace(|| "heal: every fault ends, the workload stops".to_owned());
         let started = tokio::time::Instant::now();
         while self.driver().in_flight > 0
             && started.elapsed() < DRAIN_BOUND
@@ -457,16 +471,16 @@ impl World {
             if done {
                 self.driver().converged_at_us = Some(now);
                 let after = (now - heal_at) / 1000;
-                self.trace(None, || format!("converged {after} ms after the heal"));
+                self.trace(|| format!("converged {after} ms after the heal"));
                 return;
             }
             if now - heal_at >= bound_us {
-                self.trace(None, || "not converged within the bound".to_owned());
+                self.trace(|| "not converged within the bound".to_owned());
                 return;
             }
             if needs_pass && self.config.switches.anti_entropy && !*operator_pass.borrow() {
                 *operator_pass.borrow_mut() = true;
-                self.trace(None, || "operator asks for an anti-entropy pass".to_owned());
+                self.trace(|| "operator asks for an anti-entropy pass".to_owned());
                 let (world, running) = (self.clone(), operator_pass.clone());
                 self.spawn(async move {
                     let _ = world.apps[0].coordinator.anti_entropy().await;
@@ -531,7 +545,10 @@ impl World {
             stats.anti_entropy_records_sent += s.anti_entropy_records_sent;
         }
         let mut driver = self.driver();
-        let trace = driver.trace.take();
+        let mut trace = driver.trace.take();
+        if let Some(trace) = &mut trace {
+            trace.flag_keys(driver.checker.final_flagged().iter().map(String::as_str));
+        }
         let report = Report::build(
             &self.config,
             driver.issued,
