@@ -617,7 +617,7 @@ impl SessionStore {
         let mut mutation = Mutation::update(fresh.expiry_ms, fresh.cap_ms);
         let mut carried = Vec::new();
         for (name, entry) in &record.fields {
-            let newer = seen.get(name).map_or(true, |stamp| entry.stamp > *stamp);
+            let newer = seen.get(name).is_none_or(|stamp| entry.stamp > *stamp);
             if !is_user_field(name) || !newer || old.pending.contains_key(name) {
                 continue;
             }

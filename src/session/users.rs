@@ -41,7 +41,7 @@ impl IndexView {
         let mut entries: Vec<(SessionId, Stamp)> = record
             .fields
             .iter()
-            .filter(|(_, entry)| !entry.until_ms.is_some_and(|until| until < now_ms))
+            .filter(|(_, entry)| entry.until_ms.is_none_or(|until| until >= now_ms))
             .filter_map(|(name, entry)| {
                 let value = entry.value.as_deref()?;
                 Some((keys::index_entry_id(name)?, Stamp::decode(value)?))

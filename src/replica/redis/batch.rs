@@ -112,7 +112,7 @@ impl RedisReplica {
                     && delta
                         .fields
                         .values()
-                        .all(|e| e.until_ms.map_or(true, |u| u >= now_ms));
+                        .all(|e| e.until_ms.is_none_or(|u| u >= now_ms));
                 let payload = if normal {
                     delta.check_shape().ok()?;
                     dump::record_payload(delta)
