@@ -37,7 +37,7 @@ const SLOW_US: u64 = 10_000;
 /// Fields of a record printed before `+N more`.
 const RECORD_FIELDS_MAX: usize = 5;
 /// Characters of a text value printed before `..`.
-const VALUE_CHARS_MAX: usize = 8;
+pub const VALUE_CHARS_MAX: usize = 8;
 
 /// What to keep.
 #[derive(Clone, Debug, Default)]
