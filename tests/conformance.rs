@@ -56,7 +56,8 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
         .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
     // The expiry and cap of a valid record (the format version apart).
     let times = ["m:e", "000000000001", "m:c", "000000000001"];
-    let cases: [(&str, Vec<&str>); 7] = [
+    let summary = "00000000000000000000000000000001";
+    let cases: [(&str, Vec<&str>); 9] = [
         ("t:{string}", vec!["SET", "qs:t:{string}", "hello"]),
         (
             "t:{unknown}",
@@ -87,6 +88,25 @@ async fn foreign_data_is_corrupt_and_untouched(node: &support::RedisNode, replic
         (
             "t:{eponly}",
             vec!["HSET", "qs:t:{eponly}", "m:ep", "0123456789abcdef"],
+        ),
+        // With a summary the merge reads only the fields the delta names:
+        // what it reads is still checked.
+        (
+            "t:{fastbad}",
+            [
+                &["HSET", "qs:t:{fastbad}", "m:v", "1", "m:h", summary][..],
+                &times,
+                &["f:a", "not an entry"],
+            ]
+            .concat(),
+        ),
+        (
+            "t:{badsummary}",
+            [
+                &["HSET", "qs:t:{badsummary}", "m:v", "1", "m:h", "zz"][..],
+                &times,
+            ]
+            .concat(),
         ),
         (
             "t:{nometa}",

@@ -22,6 +22,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use fred::prelude::*;
 use quorum_sessions::replica::redis::RedisReplica;
 use quorum_sessions::replica::{apply_merge, MergeMode, MergeStatus, Replica};
 use quorum_sessions::stamp::{PHYSICAL_MAX, WRITER_MAX};
@@ -58,6 +59,10 @@ struct Coverage {
 
 struct Generator {
     rng: ChaCha8Rng,
+    /// Whether entries may carry an `until`. Half the streams never do, so
+    /// that their records stay on the merge's fast path (only the fields a
+    /// delta names are read); the other half take the whole-hash path.
+    untils: bool,
     base_ms: u64,
 }
 
@@ -113,7 +118,7 @@ impl Generator {
         } else {
             FieldEntry::value(stamp, self.value())
         };
-        if self.rng.random_bool(0.3) {
+        if self.untils && self.rng.random_bool(0.3) {
             entry.with_until(self.until(now_ms))
         } else {
             entry
@@ -271,12 +276,14 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
 
     let mut generator = Generator {
         rng: ChaCha8Rng::seed_from_u64(seed),
+        untils: true,
         base_ms: wall_clock_ms(),
     };
     // Each of KEY_COUNT streams moves to a fresh key every 20..60 operations:
     // a tombstoned key would otherwise answer Gone for the rest of the run.
     let mut histories: BTreeMap<String, Vec<Op>> = BTreeMap::new();
     for stream in 0..KEY_COUNT {
+        generator.untils = stream % 2 == 0;
         let mut left = OPS_PER_KEY;
         let mut segment = 0;
         while left > 0 {
@@ -344,5 +351,26 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
     assert!(
         pruned >= 50 && deleted >= 20,
         "seed {seed}: too few prunes/deletions"
+    );
+    // Both ways through the script ran: HMGET only on the fast path (which
+    // reads the fields a delta names), HGETALL inside scripts only on the
+    // whole-hash path (reads add to it: compare with the merges).
+    let stats: String = replica
+        .client()
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .expect("INFO commandstats");
+    let calls = |command: &str| -> usize {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (fast, whole) = (calls("hmget"), calls("hgetall"));
+    eprintln!("differential: {fast} merges on the fast path; {whole} HGETALL (whole-hash merges and reads)");
+    assert!(
+        fast >= 2_000,
+        "seed {seed}: too few fast-path merges ({fast})"
     );
 }

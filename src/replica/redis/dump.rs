@@ -11,6 +11,7 @@
 //! RDB version 9 (Redis 5.0) is accepted by every Redis since, which loads
 //! such a hash into the same encoding `HSET` would have chosen.
 
+use super::{FIELD_STAMP_SUMMARY, UNTIL_FLAG};
 use crate::codec;
 use crate::record::Record;
 
@@ -32,16 +33,27 @@ fn hash_payload<'a>(pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>) 
 }
 
 /// The `DUMP` payload of `record` stored as a hash: the pairs of
-/// [`codec::encode_pairs`].
+/// [`codec::encode_pairs`], and the summaries `merge.lua` keeps (`m:h`,
+/// `m:u`), so that the first write to a refilled record reads only what it
+/// changes.
 pub(super) fn record_payload(record: &Record) -> Vec<u8> {
-    let count = codec::pair_count(record);
+    let untils = record.fields.values().any(|entry| entry.until_ms.is_some());
+    let count = codec::pair_count(record) + 1 + usize::from(untils);
     let values: usize = record
         .fields
         .iter()
         .map(|(name, entry)| name.len() + entry.value.as_ref().map_or(0, Vec::len) + 56)
         .sum();
-    let mut out = start(count, values + 96);
+    let mut out = start(count, values + 144);
     codec::visit_pairs(record, |name, value| push_pair(&mut out, name, value));
+    let largest = record.fields.values().map(|entry| entry.stamp).max();
+    match largest {
+        Some(stamp) => push_pair(&mut out, FIELD_STAMP_SUMMARY, stamp.encode().as_bytes()),
+        None => push_pair(&mut out, FIELD_STAMP_SUMMARY, b"-"),
+    }
+    if untils {
+        push_pair(&mut out, UNTIL_FLAG, b"1");
+    }
     finish(out)
 }
 
@@ -185,7 +197,12 @@ mod tests {
             "a".into(),
             crate::FieldEntry::value(crate::Stamp::new(1, 2, 3), "x"),
         );
-        let pairs = codec::encode_pairs(&record);
+        let mut pairs = codec::encode_pairs(&record);
+        let summary = (
+            b"m:h".to_vec(),
+            crate::Stamp::new(1, 2, 3).encode().into_bytes(),
+        );
+        pairs.push(summary);
         let expected = hash_payload(pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
         assert_eq!(record_payload(&record), expected);
     }

@@ -13,9 +13,19 @@
 -- and ARGV[5] is not the running process's run id (see stale_run_id).
 --
 -- The same rules as replica::apply_merge, Record::merge_from and
--- Record::normalize. Everything (the stored hash and the delta) is validated
--- and the merge decided before the first write: a Lua error after a write is
--- not rolled back.
+-- Record::normalize. Everything read (of the stored hash, and the delta) is
+-- validated and the merge decided before the first write: a Lua error after
+-- a write is not rolled back.
+--
+-- A write costs what it changes: the usual update reads only the record's
+-- metadata and the fields the delta names (one HMGET), not the whole hash.
+-- Two summaries kept on every write make that exact: `m:h`, the largest
+-- field stamp the record holds ('-' for none), and `m:u`, present ('1')
+-- when some entry carries an `until`. The whole hash is read (HGETALL, and
+-- `m:h`/`m:u` recomputed) only when the merge may drop fields — a
+-- tombstone on either side, an `until` on either side — or when the record
+-- has no summary (written by an older build, or created by a refill's
+-- RESTORE), or when it is no record of ours (reported Corrupt, untouched).
 --
 -- This runs on every write, and each call into C (string.sub, string.find,
 -- redis.call), each Lua function call and each new table costs far more
@@ -136,6 +146,19 @@ local function check_meta(rec, name, value)
   elseif name == 'm:ep' then
     if not is_hex(value, 16) then return 'bad write epoch' end
     rec.ep = value
+  elseif name == 'm:h' then
+    if value ~= '-' then
+      local info = false
+      if #value == 32 then
+        info = heads[value]
+        if info == nil then info = decode_head(value) end
+      end
+      if not info then return 'bad field stamp summary' end
+    end
+    rec.h = value
+  elseif name == 'm:u' then
+    if value ~= '1' then return 'bad until flag' end
+    rec.u = value
   else
     return 'unknown hash field'
   end
@@ -183,8 +206,11 @@ local function parse(flat, first, stored)
         end
       end
     else
-      -- m:ep belongs to the stored hash (the epoch of its last merge).
-      if stored and name == 'm:ep' then return nil, 'the write epoch in a delta' end
+      -- m:ep, m:h and m:u belong to the stored hash (the epoch of its last
+      -- merge, the summaries).
+      if stored and (name == 'm:ep' or name == 'm:h' or name == 'm:u') then
+        return nil, 'stored-only metadata in a delta'
+      end
       local err = check_meta(rec, name, value)
       if err then return nil, err end
     end
@@ -192,6 +218,7 @@ local function parse(flat, first, stored)
   rec.exists = first <= #flat
   if rec.exists and not (rec.v and rec.e and rec.c) then return nil, 'missing record metadata' end
   if rec.t and count > 0 then return nil, 'a tombstone holds fields' end
+  rec.fbest = best
   if rec.t and later(heads[rec.t], best) then best = heads[rec.t] end
   if rec.o and later(heads[rec.o], best) then best = heads[rec.o] end
   rec.best = best
@@ -228,12 +255,76 @@ local now_ms = tonumber(now, 16)
 
 local epoch, epoch_err = epoch_read(epoch_key, run_key, run_id)
 if epoch_err then return redis.error_reply(epoch_err) end
-local flat = redis.pcall('HGETALL', key)
-if flat.err then
+
+local function not_a_hash()
   return redis.error_reply('CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash')
 end
-local stored, stored_err = parse(flat, 1, nil)
-if stored_err then return redis.error_reply('CORRUPT ' .. stored_err) end
+
+-- The fast path's read: the metadata and the delta's own fields, or nil
+-- when the whole hash must be read (see the header). A delta with a
+-- tombstone or an `until` goes the whole way at once.
+local META = { 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }
+local function read_fast()
+  local names, n = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }, 11
+  for i = 6, #ARGV, 2 do
+    local name, value = ARGV[i], ARGV[i + 1]
+    if name == 'm:t' then return nil end
+    local byte1, byte2 = string.byte(name, 1, 2)
+    if byte1 == 102 and byte2 == 58 and value ~= nil then -- 'f:'
+      local kind = string.byte(value, 33)
+      if kind == 86 or kind == 68 then return nil end -- 'V', 'D': an until
+      -- unpack has a C-stack limit (about 8,000 values).
+      if n >= 4000 then return nil end
+      n = n + 1
+      names[n] = name
+    end
+  end
+  local got = redis.pcall(unpack(names))
+  if got.err then return 'wrongtype' end
+  -- No format version: no record of ours, or no key at all.
+  if not got[1] then
+    if redis.call('EXISTS', key) == 1 then return nil end
+    return { exists = false, f = {}, s = {}, winners = {}, untils = false }
+  end
+  -- A tombstone, an until or no summary: the whole hash.
+  if got[4] or got[9] or not got[8] then return nil end
+  local rec = { exists = true, f = {}, s = {}, winners = {}, untils = false }
+  for i = 1, 8 do
+    local value = got[i]
+    if value then
+      local err = check_meta(rec, META[i], value)
+      if err then return 'CORRUPT ' .. err end
+    end
+  end
+  if not (rec.e and rec.c) then return 'CORRUPT missing record metadata' end
+  local f, s = rec.f, rec.s
+  for i = 12, n do
+    local value = got[i - 2]
+    if value then
+      local name = names[i]
+      local info, err = check_field(name, value, false)
+      if not info then return 'CORRUPT ' .. err end
+      f[name] = value
+      s[name] = info
+    end
+  end
+  if rec.h ~= '-' then rec.fbest = heads[rec.h] end
+  local best = rec.fbest
+  if rec.o and later(heads[rec.o], best) then best = heads[rec.o] end
+  rec.best = best
+  return rec
+end
+
+local stored = read_fast()
+if stored == 'wrongtype' then return not_a_hash() end
+if type(stored) == 'string' then return redis.error_reply(stored) end
+if stored == nil then
+  local flat = redis.pcall('HGETALL', key)
+  if flat.err then return not_a_hash() end
+  local stored_err
+  stored, stored_err = parse(flat, 1, nil)
+  if stored_err then return redis.error_reply('CORRUPT ' .. stored_err) end
+end
 local delta, delta_err = parse(ARGV, 6, stored)
 if delta_err or not delta.exists then
   return redis.error_reply('ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty'))
@@ -263,6 +354,7 @@ else
 end
 local stored_f = stored.f
 local set, del = delta.winners, {}
+local fields_after = nil
 if merged.t or stored.untils or delta.untils then
   -- Record::normalize: a tombstone keeps no fields and is never partial;
   -- entries with an until (kinds V and D) before now are dropped. The
@@ -280,6 +372,7 @@ if merged.t or stored.untils or delta.untils then
       end
     end
   end
+  fields_after = fields
   set = {}
   for name, value in pairs(fields) do
     if stored_f[name] ~= value then
@@ -291,12 +384,35 @@ if merged.t or stored.untils or delta.untils then
     if fields[name] == nil then del[#del + 1] = name end
   end
 end
+-- The summaries of the merged record: its largest field stamp, and
+-- whether an entry carries an until. Without a drop (`fields` unset), the
+-- fields are the stored ones with the winners on top, and a winner never
+-- holds a smaller stamp than the entry it replaces.
+local fbest, untils = stored.fbest, false
+if fields_after then
+  fbest = nil
+  for _, value in pairs(fields_after) do
+    local info = heads[string.sub(value, 1, 33)]
+    if later(info, fbest) then fbest = info end
+    local kind = string.byte(value, 33)
+    if kind == 86 or kind == 68 then untils = true end
+  end
+else
+  for i = 2, #set, 2 do
+    local info = heads[string.sub(set[i], 1, 33)]
+    if later(info, fbest) then fbest = info end
+  end
+end
+local h, u = '-', nil
+if fbest then h = fbest[4] end
+if untils then u = '1' end
 local p, stored_p = nil, nil
 if merged.p then p = '1' end
 if stored.p then stored_p = '1' end
 local meta = { 'm:v', merged.v, stored.v, 'm:e', merged.e, stored.e, 'm:c', merged.c, stored.c,
-  'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p }
-for i = 1, 18, 3 do
+  'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p,
+  'm:h', h, stored.h, 'm:u', u, stored.u }
+for i = 1, 24, 3 do
   local name, value, before = meta[i], meta[i + 1], meta[i + 2]
   if value == nil then
     if before ~= nil then del[#del + 1] = name end

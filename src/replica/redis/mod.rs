@@ -13,6 +13,8 @@
 //!   m:o             stamp (32 hex)     origin: the create's stamp (absent when unknown)
 //!   m:p             "1"                partial (absent when full)
 //!   m:ep            16 hex             epoch of the last merge that wrote it (not part of the record)
+//!   m:h             stamp or "-"       largest field stamp held (a summary, not part of the record)
+//!   m:u             "1"                some entry carries an until (a summary; absent when none)
 //!   TTL             PEXPIREAT min(m:e, m:c) + EXPIRY_MARGIN_MS
 //! <prefix>epoch     string  16 hex ‖ ":n" (new) or ":c" (complete)
 //! <prefix>epoch:run string  run_id of the Redis process that made or confirmed the epoch
@@ -224,6 +226,12 @@ pub const SCAN_COUNT_MAX: usize = 10_000;
 /// record in: a read finding the epoch it has confirmed there needs no
 /// epoch `MGET` (see "Reads" above).
 const WRITE_EPOCH_FIELD: &[u8] = b"m:ep";
+/// The summaries `merge.lua` keeps so that a write reads only the fields it
+/// changes: the largest field stamp (32 hex, or `-` for none) and the flag
+/// of an entry with an `until` (`1`). Not part of the record: a read
+/// checks and drops them.
+const FIELD_STAMP_SUMMARY: &[u8] = b"m:h";
+const UNTIL_FLAG: &[u8] = b"m:u";
 /// The connection a request went through (its generation, see
 /// `process.rs`) and when it was sent.
 #[derive(Clone, Copy, Debug)]

@@ -7,11 +7,12 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Resp3Frame};
 
 use super::wire::{self, blob, short_key};
-use super::{RedisReplica, Via, WRITE_EPOCH_FIELD};
+use super::{RedisReplica, Via, FIELD_STAMP_SUMMARY, UNTIL_FLAG, WRITE_EPOCH_FIELD};
 use crate::codec;
 use crate::error::ReplicaError;
 use crate::record::Record;
 use crate::replica::{Epoch, ReadReply};
+use crate::stamp::Stamp;
 
 impl RedisReplica {
     /// One [`Replica::read`] (made once more when the connection dropped
@@ -220,17 +221,33 @@ impl RedisReplica {
             }
         };
         let mut written_in = None;
-        if let Some(at) = pairs
-            .iter()
-            .position(|(name, _)| *name == WRITE_EPOCH_FIELD)
-        {
-            let (_, value) = pairs.swap_remove(at);
-            written_in =
-                Some(wire::parse_epoch_id(value).ok_or_else(|| corrupt("bad write epoch"))?);
-            if pairs.is_empty() {
-                // As merge.lua sees it: a hash, but no record in it.
-                return Err(corrupt("missing record metadata"));
+        let mut stored_only = false;
+        // The write epoch and the summaries: checked as merge.lua checks
+        // them, then dropped (they are not part of the record).
+        let mut at = 0;
+        while at < pairs.len() {
+            let (name, value) = pairs[at];
+            if name == WRITE_EPOCH_FIELD {
+                written_in =
+                    Some(wire::parse_epoch_id(value).ok_or_else(|| corrupt("bad write epoch"))?);
+            } else if name == FIELD_STAMP_SUMMARY {
+                if value != b"-" && Stamp::decode(value).is_none() {
+                    return Err(corrupt("bad field stamp summary"));
+                }
+            } else if name == UNTIL_FLAG {
+                if value != b"1" {
+                    return Err(corrupt("bad until flag"));
+                }
+            } else {
+                at += 1;
+                continue;
             }
+            stored_only = true;
+            pairs.swap_remove(at);
+        }
+        if stored_only && pairs.is_empty() {
+            // As merge.lua sees it: a hash, but no record in it.
+            return Err(corrupt("missing record metadata"));
         }
         let record = codec::decode_pairs(pairs).map_err(|detail| corrupt(&detail))?;
         Ok((record, written_in))
