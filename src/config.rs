@@ -190,8 +190,16 @@ pub struct ClusterConfig {
     /// Deadline of one request to one replica. It also bounds the writes that
     /// go on in the background after the quorum was reached.
     pub request_timeout: Duration,
-    /// Ask the next replica too when one has not answered within this delay.
+    /// Ask the next replica too when one has not answered within this delay
+    /// (the cap of the adaptive delay, see `hedge_percentile`). `None`: never
+    /// hedge.
     pub hedge_delay: Option<Duration>,
+    /// Hedge once the asked replica has taken longer than this percentile of
+    /// the fastest replica's recent read latencies (Cassandra's speculative
+    /// retry), at least 1 ms and at most `hedge_delay` (which is also the
+    /// delay until 32 latencies are known). `None`: always `hedge_delay`.
+    /// Default: p99.
+    pub hedge_percentile: Option<f64>,
     /// Read-repair mode.
     pub read_repair: ReadRepair,
     /// Read order.
@@ -217,6 +225,7 @@ impl Default for ClusterConfig {
             read_quorum: DEFAULT_READ_QUORUM,
             request_timeout: Duration::from_millis(500),
             hedge_delay: Some(Duration::from_millis(50)),
+            hedge_percentile: Some(0.99),
             read_repair: ReadRepair::Blocking,
             read_order: ReadOrder::PerKey,
             max_clock_skew: Duration::from_secs(60),
@@ -259,6 +268,11 @@ impl ClusterConfig {
         check_positive("request_timeout", self.request_timeout)?;
         if let Some(hedge) = self.hedge_delay {
             check_positive("hedge_delay", hedge)?;
+        }
+        if let Some(q) = self.hedge_percentile {
+            if !(q > 0.0 && q <= 1.0) {
+                return Err(ConfigError::new("hedge_percentile", "must be in (0, 1]"));
+            }
         }
         check_positive("max_clock_skew", self.max_clock_skew)?;
         if self.health.down_after_failures == 0 {

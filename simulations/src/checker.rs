@@ -24,7 +24,9 @@
 //!   read returned (so the session cannot have expired since). Unlike a
 //!   stale read, the value need not have been acknowledged: a write that
 //!   reached one replica and failed, once a read returned it, must not
-//!   vanish from later reads (DESIGN §5, blocking read-repair).
+//!   vanish from later reads (DESIGN §5, blocking read-repair). Judged only
+//!   when read-repair is blocking: the library promises monotonic reads
+//!   with nothing else (`ReadRepair::Background` and `Off` say so).
 //! - **hidden writes**: an acknowledged write stamped below a write to the
 //!   same field that was acknowledged before it began. Last-writer-wins
 //!   keeps the larger stamp, so the later write is invisible for good
@@ -255,12 +257,23 @@ pub struct Checker {
     /// Keys the final check found wanting (diverged, lost writes): the first
     /// [`EXAMPLES_MAX`] of each.
     final_flagged: Vec<String>,
+    /// Reads are not judged for monotonicity (read-repair is not blocking).
+    monotonic_not_promised: bool,
 }
 
 impl Checker {
     /// An empty history.
     pub fn new() -> Checker {
         Checker::default()
+    }
+
+    /// An empty history for a cluster whose read-repair is not blocking:
+    /// monotonic reads are not promised there, so not judged.
+    pub fn without_monotonic_reads() -> Checker {
+        Checker {
+            monotonic_not_promised: true,
+            ..Checker::default()
+        }
     }
 
     /// A session id was handed out (before its create is sent).
@@ -421,6 +434,9 @@ impl Checker {
     /// The non-monotonic read rule (see the module docs), then what `result`
     /// shows later reads: its stamps and expiry become their floor.
     fn judge_monotonic(&mut self, token: &ReadToken, result: &ReadResult) {
+        if self.monotonic_not_promised {
+            return;
+        }
         let history = &mut self.sessions[token.session as usize];
         let may_vanish = history.delete_issued;
         let regress: Option<String> = match result {
@@ -703,7 +719,10 @@ mod tests {
 
     /// A checker with session 0 created (acked) at stamp 10 with fields 0, 1.
     fn created() -> Checker {
-        let mut checker = Checker::new();
+        created_with(Checker::new())
+    }
+
+    fn created_with(mut checker: Checker) -> Checker {
         checker.register_session(0, "s:0", CAP);
         let create = write(WriteKind::Create, 10, &[0, 1]);
         let token = checker.write_invoked(&create);
@@ -1035,6 +1054,31 @@ mod tests {
             checker.read_completed(&token, &second);
             let violations = checker.violations();
             assert_eq!(violations.non_monotonic_reads, expected, "{name}");
+        }
+    }
+
+    /// Without blocking read-repair no read is judged non-monotonic (the
+    /// library does not promise it), and the other rules still apply.
+    #[test]
+    fn monotonic_reads_are_judged_only_when_promised() {
+        let older = ReadResult::Found(record(&[(0, 10), (1, 10), (2, 15)]));
+        let newer = ReadResult::Found(record(&[(0, 10), (1, 10), (2, 20)]));
+        for (mut checker, expected) in [
+            (created(), 1),
+            (created_with(Checker::without_monotonic_reads()), 0),
+        ] {
+            let first = checker.read_invoked(0, 1, 0);
+            checker.read_completed(&first, &newer);
+            let second = checker.read_invoked(0, 2, 0);
+            checker.read_completed(&second, &older);
+            assert_eq!(checker.violations().non_monotonic_reads, expected);
+            let third = checker.read_invoked(0, 3, 0);
+            checker.read_completed(&third, &ReadResult::NotFound(Absence::Absent));
+            assert_eq!(
+                checker.violations().stale_reads,
+                1,
+                "a stale read still counts"
+            );
         }
     }
 

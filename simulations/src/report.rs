@@ -134,6 +134,9 @@ pub struct Report {
     pub examples: Vec<String>,
     /// Reads judged by the checker (audit reads included).
     pub reads_checked: u64,
+    /// Reads were judged for monotonicity (read-repair is blocking: the only
+    /// mode that promises it).
+    pub monotonic_judged: bool,
     /// Fraction of reads with a conclusive answer.
     pub read_availability: f64,
     /// Fraction of writes with a conclusive answer.
@@ -196,6 +199,8 @@ impl Report {
             _ => None,
         };
         Report {
+            monotonic_judged: config.cluster.read_repair
+                == quorum_sessions::config::ReadRepair::Blocking,
             seed: config.seed,
             n: config.replicas,
             w: config.write_quorum(),
@@ -260,6 +265,11 @@ impl Report {
         let mut out = String::new();
         let s = &self.stats;
         let v = &self.violations;
+        let monotonic = if self.monotonic_judged {
+            v.non_monotonic_reads.to_string()
+        } else {
+            "- (not promised without blocking read-repair)".to_owned()
+        };
         let w = |out: &mut String, line: String| {
             out.push_str(&line);
             out.push('\n');
@@ -346,7 +356,7 @@ impl Report {
             &mut out,
             format!(
                 "  checker     {} reads judged; violations: lost writes {}, stale reads {}, non-monotonic reads {}, hidden writes {}, resurrections {}, expired served {}, diverged keys {}",
-                self.reads_checked, v.lost_writes, v.stale_reads, v.non_monotonic_reads, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
+                self.reads_checked, v.lost_writes, v.stale_reads, monotonic, v.hidden_writes, v.resurrections, v.expired_served, v.diverged_keys
             ),
         );
         if s.hlc_rejections > 0 {

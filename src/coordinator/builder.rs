@@ -106,6 +106,7 @@ impl CoordinatorBuilder {
             health: HealthTracker::new(n, &self.config.health),
             epochs: EpochTable::new(n),
             hints: HintQueues::new(n, self.config.hints.clone()),
+            latency: vec![Default::default(); n],
         };
         Ok(Coordinator {
             inner: Arc::new(Inner {

@@ -63,6 +63,8 @@ pub(crate) struct CoreState {
     pub(crate) health: HealthTracker,
     pub(crate) epochs: EpochTable,
     pub(crate) hints: HintQueues,
+    /// Recent read latencies per replica (the hedge delay).
+    pub(crate) latency: Vec<crate::core::latency::LatencyWindow>,
 }
 
 pub(crate) struct Inner {

@@ -114,7 +114,8 @@ impl Coordinator {
                         let (this, key) = (self.clone(), key.to_owned());
                         in_flight.push(async move { this.read_on(index, &key).await });
                     }
-                    if let (Some(timer), Some(delay)) = (hedge.as_mut(), config.hedge_delay) {
+                    if let (Some(timer), Some(cap)) = (hedge.as_mut(), config.hedge_delay) {
+                        let delay = self.hedge_delay(cap);
                         timer.as_mut().reset(Instant::now() + delay);
                     }
                 }
@@ -153,7 +154,12 @@ impl Coordinator {
         key: &str,
     ) -> (ReplicaIndex, Result<(ReadReply, bool), ReplicaError>) {
         let replica = self.inner.replicas[index].clone();
-        let result = self.call(index, replica.read(key)).await.map(|reply| {
+        let sent = Instant::now();
+        let result = self.call(index, replica.read(key)).await;
+        if matches!(result, Ok(_) | Err(ReplicaError::Timeout { .. })) {
+            self.lock().latency[index].record(sent.elapsed());
+        }
+        let result = result.map(|reply| {
             self.observe_epoch(index, reply.epoch);
             if let Some(stamp) = reply.record.as_ref().and_then(Record::max_stamp) {
                 self.observe_stamp(stamp);
@@ -165,6 +171,16 @@ impl Coordinator {
             (reply, counts)
         });
         (index, result)
+    }
+
+    /// How long a read waits for the asked replicas before it hedges: a
+    /// percentile of the fastest replica's recent latencies, capped
+    /// (`core::latency` says why the fastest).
+    fn hedge_delay(&self, cap: std::time::Duration) -> std::time::Duration {
+        let Some(quantile) = self.inner.config.hedge_percentile else {
+            return cap;
+        };
+        crate::core::latency::hedge_delay(self.lock().latency.iter_mut(), quantile, cap)
     }
 
     /// What the read answers, after the read-repair it needs. `late`: the

@@ -12,6 +12,7 @@ pub mod anti_entropy;
 pub mod epoch;
 pub mod health;
 pub mod hints;
+pub mod latency;
 pub mod quorum;
 pub mod read;
 pub mod read_repair;

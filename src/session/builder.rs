@@ -214,7 +214,7 @@ impl SessionStoreBuilder {
                     .await
                     .map(|replica| Arc::new(replica) as Arc<dyn Replica>)
                     .map_err(ConnectError::from),
-                ReplicaSpec::Custom(replica) => Ok(replica),
+                ReplicaSpec::Custom(replica) => Ok::<_, ConnectError>(replica),
             }
         });
         let replicas = futures::future::join_all(connecting)
@@ -224,6 +224,7 @@ impl SessionStoreBuilder {
         Ok(Coordinator::connect(config, replicas).await?)
     }
 
+    #[cfg(feature = "redis")]
     fn defer(mut self, error: ConnectError) -> Self {
         self.deferred.get_or_insert(error);
         self

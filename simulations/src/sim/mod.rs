@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use quorum_sessions::config::ReadRepair;
 use quorum_sessions::core::hints::HintLimits;
 use quorum_sessions::replica::Replica;
 use quorum_sessions::{ClusterConfig, Coordinator};
@@ -261,7 +262,11 @@ impl World {
         }
         let driver = Driver {
             workload: Workload::new(&config.workload),
-            checker: Checker::new(),
+            checker: if config.cluster.read_repair == ReadRepair::Blocking {
+                Checker::new()
+            } else {
+                Checker::without_monotonic_reads()
+            },
             stats: RunStats::new(config.replicas),
             trace: observer.trace.map(Trace::new),
             progress: observer.progress,
