@@ -159,6 +159,56 @@ async fn hedged_read_is_answered_by_the_next_replica_when_the_first_hangs() {
     );
 }
 
+/// The slowest read of 64 keys in the last of 8 rounds after replica 0
+/// turned 30 ms slow, with reads spread over the replicas
+/// (`ReadOrder::PerKey`).
+async fn slowest_read_with_one_slow_replica(hedge_percentile: Option<f64>) -> Duration {
+    let mut cfg = config(2, 1);
+    cfg.read_order = ReadOrder::PerKey;
+    cfg.hedge_delay = Some(Duration::from_millis(50));
+    cfg.hedge_percentile = hedge_percentile;
+    let cluster = cluster(3, cfg).await;
+    let c = &cluster.coordinator;
+    let keys: Vec<String> = (0..64).map(|i| format!("s:{{slow{i}}}")).collect();
+    for key in &keys {
+        c.write(key, create(c).set("a", "1")).await.unwrap();
+    }
+    // Every replica learns its latencies (a few µs here: 1 ms after the
+    // floor).
+    for _ in 0..3 {
+        for key in &keys {
+            c.read(key).await.unwrap().expect("written");
+        }
+    }
+    cluster.handles[0].delay(Duration::from_millis(30));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
+        slowest = Duration::ZERO;
+        for key in &keys {
+            let started = Instant::now();
+            c.read(key).await.unwrap().expect("written");
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    slowest
+}
+
+/// A replica that turns slow is hedged after the fast replicas' p99 (here
+/// the 1 ms floor), not after the fixed cap nor after its own p99 once its
+/// window is full of slow answers: no read waits for it. With the fixed
+/// delay (50 ms) the keys it leads wait its 30 ms, which shows the reads do
+/// reach it first.
+#[tokio::test(start_paused = true)]
+async fn the_hedge_delay_follows_the_fast_replicas_latencies() {
+    let adaptive = slowest_read_with_one_slow_replica(Some(0.99)).await;
+    assert!(
+        adaptive <= Duration::from_millis(2),
+        "hedged late: {adaptive:?}"
+    );
+    let fixed = slowest_read_with_one_slow_replica(None).await;
+    assert!(fixed >= Duration::from_millis(30), "{fixed:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn read_repair_makes_a_stale_replica_equal_to_the_merged_record() {
     let cluster = cluster(3, config(2, 3)).await;
