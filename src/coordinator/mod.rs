@@ -276,10 +276,31 @@ impl Coordinator {
 
 /// A key shortened for logs: never a full session id.
 pub fn redact(key: &str) -> String {
-    let visible: String = key.chars().take(8).collect();
-    if visible.len() < key.len() {
-        format!("{visible}…")
-    } else {
-        visible
+    Redacted(key).to_string()
+}
+
+/// [`redact`] done when formatted: a span field costs nothing unless a
+/// subscriber records it.
+pub(crate) struct Redacted<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(8) {
+            Some((cut, _)) => write!(f, "{}…", &self.0[..cut]),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn keys_in_logs_keep_eight_characters() {
+        assert_eq!(redact("s:0123456789abcdef"), "s:012345…");
+        assert_eq!(redact("s:é1234567"), "s:é12345…", "characters, not bytes");
+        assert_eq!(redact("s:short"), "s:short");
+        assert_eq!(redact("12345678"), "12345678");
     }
 }

@@ -18,7 +18,7 @@ use crate::replica::ReadReply;
 
 use super::read_repair::{LateAnswers, ReadAnswer};
 use super::stats::bump;
-use super::{redact, Coordinator};
+use super::{Coordinator, Redacted};
 
 /// One read's own consistency, overriding the store's. [`Default`]: the
 /// configured R.
@@ -83,28 +83,35 @@ impl Coordinator {
                 .into())
             }
         };
-        let span = info_span!("read", key = %redact(key));
+        let span = info_span!("read", key = %Redacted(key));
         self.read_inner(key, read_quorum).instrument(span).await
     }
 
     async fn read_inner(&self, key: &str, read_quorum: usize) -> Result<Option<Record>> {
         let config = &self.inner.config;
         let now_ms = self.now_ms();
-        let candidates = {
-            let state = self.lock();
+        let (candidates, hedge_after) = {
+            let mut state = self.lock();
             let states: Vec<(Health, bool)> = (0..self.replica_count())
                 .map(|i| (state.health.health(i), state.epochs.is_readable(i)))
                 .collect();
-            read_order(key, &states, config.read_order)
+            let hedge_after = match (config.hedge_delay, config.hedge_percentile) {
+                (Some(cap), Some(quantile)) => Some(crate::core::latency::hedge_delay(
+                    state.latency.iter_mut(),
+                    quantile,
+                    cap,
+                )),
+                (cap, None) => cap,
+                (None, Some(_)) => None,
+            };
+            (read_order(key, &states, config.read_order), hedge_after)
         };
         let misses_needed = config.misses_for_absence(self.replica_count());
         let mut plan = ReadPlan::new(candidates, read_quorum, misses_needed, now_ms);
         let mut failures = Vec::new();
         let mut corrupt = Vec::new();
         let mut in_flight = FuturesUnordered::new();
-        let mut hedge = config
-            .hedge_delay
-            .map(|delay| Box::pin(tokio::time::sleep(delay)));
+        let mut hedge = hedge_after.map(|delay| Box::pin(tokio::time::sleep(delay)));
         let mut decision = plan.start();
         let result = loop {
             match decision {
@@ -114,8 +121,7 @@ impl Coordinator {
                         let (this, key) = (self.clone(), key.to_owned());
                         in_flight.push(async move { this.read_on(index, &key).await });
                     }
-                    if let (Some(timer), Some(cap)) = (hedge.as_mut(), config.hedge_delay) {
-                        let delay = self.hedge_delay(cap);
+                    if let (Some(timer), Some(delay)) = (hedge.as_mut(), hedge_after) {
                         timer.as_mut().reset(Instant::now() + delay);
                     }
                 }
@@ -137,7 +143,7 @@ impl Coordinator {
                     hedge = None; // re-armed when the plan asks again
                     let next = plan.on_hedge();
                     if matches!(next, ReadDecision::Ask(_)) {
-                        hedge = config.hedge_delay.map(|delay| Box::pin(tokio::time::sleep(delay)));
+                        hedge = hedge_after.map(|delay| Box::pin(tokio::time::sleep(delay)));
                     }
                     next
                 }
@@ -171,16 +177,6 @@ impl Coordinator {
             (reply, counts)
         });
         (index, result)
-    }
-
-    /// How long a read waits for the asked replicas before it hedges: a
-    /// percentile of the fastest replica's recent latencies, capped
-    /// (`core::latency` says why the fastest).
-    fn hedge_delay(&self, cap: std::time::Duration) -> std::time::Duration {
-        let Some(quantile) = self.inner.config.hedge_percentile else {
-            return cap;
-        };
-        crate::core::latency::hedge_delay(self.lock().latency.iter_mut(), quantile, cap)
     }
 
     /// What the read answers, after the read-repair it needs. `late`: the

@@ -53,33 +53,39 @@ impl Coordinator {
         else {
             return;
         };
-        let merged = Arc::new(merged.clone());
+        // The usual read has nothing to repair and nothing late: the record
+        // is copied (to be sent) only when something is.
+        let mut shared = None;
+        let mut copy = || {
+            shared
+                .get_or_insert_with(|| Arc::new(merged.clone()))
+                .clone()
+        };
         let repair = match config.read_repair {
             ReadRepair::Blocking => {
                 plan.repair_plan(self.replica_count(), config.write_quorum, &corrupt)
             }
             _ => {
-                self.repair_in_background(key, plan, &merged, corrupt);
+                let mut targets = plan.repair_targets();
+                if !targets.is_empty() {
+                    // The merge refuses foreign data: safe to try.
+                    targets.extend(corrupt);
+                    self.repair_in_background(key, &copy(), targets);
+                }
                 None
             }
         };
+        if repair.is_none() && late.is_empty() {
+            return;
+        }
+        let merged = copy();
         match repair {
             Some(repair) => self.repair_to_quorum(key, merged, repair, late).await,
             None => self.repair_late_answers(key, merged, late),
         }
     }
 
-    fn repair_in_background(
-        &self,
-        key: &str,
-        plan: &ReadPlan,
-        merged: &Arc<Record>,
-        corrupt: Vec<ReplicaIndex>,
-    ) {
-        let mut targets = plan.repair_targets();
-        if !targets.is_empty() {
-            targets.extend(corrupt); // the merge refuses foreign data: safe to try
-        }
+    fn repair_in_background(&self, key: &str, merged: &Arc<Record>, targets: Vec<ReplicaIndex>) {
         let now_ms = self.now_ms();
         for index in targets {
             let repair = self.repair_on(index, key, merged.clone(), now_ms);

@@ -17,7 +17,7 @@ use crate::replica::{MergeMode, MergeReply, MergeStatus};
 use crate::stamp::Stamp;
 
 use super::stats::bump;
-use super::{redact, Coordinator};
+use super::{Coordinator, Redacted};
 
 /// What a successful write returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Coordinator {
         // is its origin (a new one would collide with itself), a delete
         // wins whatever its stamp, and an expiry merges by maximum.
         let ordered = mutation.kind() == MutationKind::Update && !mutation.is_empty();
-        let span = info_span!("write", key = %redact(key), mode = ?mode);
+        let span = info_span!("write", key = %Redacted(key), mode = ?mode);
         async move {
             let stamp = self.lock().clock.tick(now_ms);
             let mut delta = Arc::new(mutation.into_delta(stamp));

@@ -69,10 +69,13 @@ impl LatencyWindow {
         let fresh = matches!(self.cached, Some((_, q)) if q == quantile)
             && self.since_recompute < LATENCY_RECOMPUTE_EVERY;
         if !fresh {
-            let mut sorted = self.samples.clone();
-            sorted.sort_unstable();
-            let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-            self.cached = Some((sorted[rank - 1], quantile));
+            // A selection in a copy on the stack: no allocation, no sort.
+            let len = self.samples.len();
+            let mut scratch = [0u32; LATENCY_WINDOW];
+            scratch[..len].copy_from_slice(&self.samples);
+            let rank = ((quantile * len as f64).ceil() as usize).clamp(1, len);
+            let (_, nth, _) = scratch[..len].select_nth_unstable(rank - 1);
+            self.cached = Some((*nth, quantile));
             self.since_recompute = 0;
         }
         self.cached
