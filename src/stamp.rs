@@ -101,17 +101,35 @@ pub(crate) fn parse_hex(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 16 {
         return None;
     }
+    // A table lookup per digit: every read decodes a stamp per field.
     let mut value: u64 = 0;
     for &byte in text {
-        let digit = match byte {
-            b'0'..=b'9' => byte - b'0',
-            b'a'..=b'f' => byte - b'a' + 10,
-            _ => return None,
-        };
+        let digit = HEX_DIGITS[usize::from(byte)];
+        if digit == NOT_HEX {
+            return None;
+        }
         value = (value << 4) | u64::from(digit);
     }
     Some(value)
 }
+
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each lowercase hex digit, [`NOT_HEX`] for any other byte.
+static HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Fixed-width (12 hex digits) form of a millisecond time, so string order
 /// equals numeric order (expiries, lifetime caps, field `until`s).
@@ -251,6 +269,17 @@ impl Hlc {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn hex_digits_are_lowercase_hex_only() {
+        assert_eq!(parse_hex(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
+        for byte in 0..=255u8 {
+            let expected = (byte as char).to_digit(16).filter(|_| !byte.is_ascii_uppercase());
+            assert_eq!(parse_hex(&[byte]), expected.map(u64::from), "byte {byte}");
+        }
+        assert_eq!(parse_hex(b""), None);
+        assert_eq!(parse_hex(b"00000000000000000"), None, "17 digits");
+    }
 
     #[test]
     fn tick_is_strictly_increasing_even_when_the_wall_clock_goes_back() {
