@@ -332,9 +332,13 @@ async fn run_round(
     workload: Workload,
     concurrency: usize,
     ops: usize,
+    round: usize,
     measure: &mut Measure,
 ) {
     let per_worker = ops / concurrency;
+    // Each round goes on where the last left off, so that a case covers
+    // `rounds × per_worker` sessions per worker, not the same few again.
+    let offset = round * per_worker;
     let (client_before, server_before) = cpu_now(servers);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -342,9 +346,9 @@ async fn run_round(
             let system = system.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_worker);
-                for op in 0..per_worker {
+                for op in offset..offset + per_worker {
                     let index = (worker * 7919 + op * 104_729) % SESSIONS;
-                    let serial = worker * per_worker + op;
+                    let serial = worker * 1_000_003 + op;
                     let t = Instant::now();
                     match workload {
                         Workload::Create => system.create().await,
@@ -389,6 +393,7 @@ async fn interleaved(
                 workload,
                 concurrency,
                 per_round,
+                round,
                 &mut measures[i],
             )
             .await;
@@ -744,9 +749,20 @@ async fn profile(spec: &str, servers: &[RedisServer], systems: &[(String, Arc<Sy
         .unwrap_or_else(|| panic!("no system {name:?}"));
     println!("profiling pid {}", std::process::id());
     let mut measure = Measure::default();
+    let mut round = 0;
     while measure.elapsed < Duration::from_secs(10) {
         let ops = concurrency * 100;
-        run_round(servers, system, workload, concurrency, ops, &mut measure).await;
+        run_round(
+            servers,
+            system,
+            workload,
+            concurrency,
+            ops,
+            round,
+            &mut measure,
+        )
+        .await;
+        round += 1;
     }
     let case = summarize(workload.name(), name, system.local(), concurrency, measure);
     report_cases(std::slice::from_ref(&case));
@@ -1120,7 +1136,7 @@ async fn instructions() {
     // Warm up every path (scripts loaded, code translated by valgrind).
     for (_, system, phases) in &systems {
         for &phase in *phases {
-            run_round(&[], system, phase, 1, 20, &mut Measure::default()).await;
+            run_round(&[], system, phase, 1, 20, 0, &mut Measure::default()).await;
         }
     }
     let mut callgrind = Callgrind {
@@ -1150,6 +1166,7 @@ async fn instructions() {
                 phase,
                 INSTRUCTION_CONCURRENCY,
                 ops,
+                0,
                 &mut measure,
             )
             .await;
