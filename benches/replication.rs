@@ -1089,6 +1089,7 @@ impl Callgrind {
 async fn instructions() {
     let scale: f64 = common::env("QS_BENCH_OPS").unwrap_or(1.0);
     let ops = ((2_000.0 * scale) as usize).max(100);
+    let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("qs-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("callgrind directory");
     println!("starting 3 redis-server under callgrind (valgrind --tool=callgrind)...");
@@ -1237,5 +1238,9 @@ async fn instructions() {
         None => json["ratios_vs_floor"] = serde_json::json!([entry]),
     }
     std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")).expect("write json");
-    println!("wrote {} (instructions)", path.display());
+    println!(
+        "wrote {} (instructions) after {:.0} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
 }
