@@ -1013,8 +1013,8 @@ fn report(cases: &[Case], bytes: (f64, f64), usage: (u64, u64)) {
     println!("wrote {}", path.display());
 }
 
-/// A phase of the instruction-count mode: its workload, and the systems
-/// that run it.
+/// The phases of the instruction-count mode, in order (updates and reads
+/// are of the preloaded sessions).
 const INSTRUCTION_PHASES: [Workload; 3] = [Workload::Create, Workload::Update, Workload::Read];
 /// Concurrency of the instruction-count mode: low, so that the servers
 /// (under valgrind, about 50 times slower) keep up.
