@@ -12,8 +12,9 @@ use fred::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long a benchmark waits for a started server to accept connections.
-const START_ATTEMPTS: u32 = 200;
+/// How long a benchmark waits for a started server to accept connections
+/// (30 s: a server under valgrind takes seconds to start on a busy machine).
+const START_ATTEMPTS: u32 = 1_200;
 const START_POLL: Duration = Duration::from_millis(25);
 
 pub struct RedisServer {
@@ -26,13 +27,36 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` with `extra` arguments after the defaults.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(&[], extra)
+    }
+
+    /// Starts `redis-server` under callgrind (`valgrind --tool=callgrind`),
+    /// its profile dumps (`callgrind_control --dump`) going to
+    /// `out_dir/cg.<pid>.out.<n>`.
+    #[allow(dead_code)] // the replication bench only
+    pub fn start_callgrind(out_dir: &std::path::Path) -> Self {
+        let out = format!("--callgrind-out-file={}/cg.%p.out", out_dir.display());
+        Self::start_with(&["valgrind", "--tool=callgrind", "--quiet", &out], &[])
+    }
+
+    /// Starts `redis-server` behind the `wrapper` command (e.g. valgrind)
+    /// when there is one.
+    fn start_with(wrapper: &[&str], extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let dir = std::env::temp_dir().join(format!("qs-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("server directory");
-        let child = Command::new("redis-server")
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("redis-server");
+                command
+            }
+            None => Command::new("redis-server"),
+        };
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(extra)
@@ -41,8 +65,15 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
+            .expect("redis-server (and valgrind for --instructions) must be installed");
         RedisServer { child, port, dir }
+    }
+
+    /// The server's process id (valgrind's, which is the server's, under
+    /// callgrind).
+    #[allow(dead_code)] // the replication bench only
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// CPU time the server has used so far (Linux; `None` elsewhere).
@@ -73,6 +104,28 @@ impl Drop for RedisServer {
     }
 }
 
+/// A plain fred client for any Redis-protocol endpoint (`redis://host:port`).
+#[allow(dead_code)] // the replication bench only
+pub async fn client_url(url: &str) -> Client {
+    let config = Config::from_url(url).unwrap_or_else(|e| panic!("bad url {url:?}: {e}"));
+    let client = Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(600))
+        // fred leaves TCP_NODELAY off by default, as does the library's
+        // replica: `QS_BENCH_NODELAY=1` turns it on for these clients.
+        .with_connection_config(|c| {
+            if std::env::var("QS_BENCH_NODELAY").is_ok() {
+                c.tcp.nodelay = Some(true);
+            }
+        })
+        .build()
+        .expect("client");
+    client
+        .init()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    client
+}
+
 /// A plain fred client, once the server accepts connections (a fred client
 /// whose first `init` failed can hang on the next one, so connect once).
 pub async fn client(port: u16) -> Client {
@@ -85,13 +138,7 @@ pub async fn client(port: u16) -> Client {
         );
         tokio::time::sleep(START_POLL).await;
     }
-    let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url");
-    let client = Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(600))
-        .build()
-        .expect("client");
-    client.init().await.expect("connect to redis-server");
-    client
+    client_url(&format!("redis://127.0.0.1:{port}")).await
 }
 
 /// The environment variable `name` parsed as a `T`, if set and valid.
