@@ -40,9 +40,8 @@
 //! `QS_BENCH_EXTRA=name=redis://127.0.0.1:8102[,name2=url2]` adds each
 //! endpoint as a `single`-style system (HSET + PEXPIREAT, HGETALL) to every
 //! workload and table, e.g. Dynomite or another Redis-compatible server (its
-//! server CPU is not measured: `-`); `QS_BENCH_NODELAY=1` turns
-//! `TCP_NODELAY` on for the benchmark's own plain clients (fred leaves it
-//! off, as does the library's replica); `QS_BENCH_PROFILE=update:quorum-r1:64`
+//! server CPU is not measured: `-`); every client has `TCP_NODELAY` on, as
+//! the library's replica does; `QS_BENCH_PROFILE=update:quorum-r1:64`
 //! runs one case for 10 s for a profiler.
 
 mod common;

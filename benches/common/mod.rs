@@ -110,13 +110,9 @@ pub async fn client_url(url: &str) -> Client {
     let config = Config::from_url(url).unwrap_or_else(|e| panic!("bad url {url:?}: {e}"));
     let client = Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(600))
-        // fred leaves TCP_NODELAY off by default, as does the library's
-        // replica: `QS_BENCH_NODELAY=1` turns it on for these clients.
-        .with_connection_config(|c| {
-            if std::env::var("QS_BENCH_NODELAY").is_ok() {
-                c.tcp.nodelay = Some(true);
-            }
-        })
+        // fred leaves TCP_NODELAY off by default; the library's replica
+        // turns it on, and so do these clients (the same floor).
+        .with_connection_config(|c| c.tcp.nodelay = Some(true))
         .build()
         .expect("client");
     client

@@ -287,6 +287,10 @@ fn build_client(
             // A hung (paused) node: drop the connection, reconnect.
             c.unresponsive.max_timeout = Some(unresponsive);
             c.unresponsive.interval = (unresponsive / 4).max(Duration::from_millis(100));
+            // fred leaves Nagle on: a small request written while an earlier
+            // one is unacknowledged then waits for the server's delayed ACK
+            // (up to 40 ms) behind a slow reply (bench case `read-slow1`).
+            c.tcp.nodelay = Some(true);
         })
         .with_performance_config(|p| p.default_command_timeout = timeout)
         .set_policy(policy)
