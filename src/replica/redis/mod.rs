@@ -185,6 +185,7 @@ mod dump;
 mod identity;
 mod lease;
 mod process;
+mod queue;
 mod read;
 mod reconnect;
 mod scan;
@@ -192,7 +193,7 @@ mod scripts;
 mod wire;
 
 use std::sync::atomic::AtomicU8;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -206,6 +207,10 @@ pub use config::{
     DEFAULT_RECONNECT_WAIT, DEFAULT_REQUEST_TIMEOUT, KEY_PREFIX_MAX_BYTES,
 };
 pub use confirmed::RECONFIRM_AFTER;
+pub use queue::{
+    MergeCallStats, MERGE_BATCH_KEYS_LIMIT, MERGE_BATCH_MAX_BYTES, MERGE_BATCH_MAX_KEYS,
+    MERGE_CALLS_IN_FLIGHT, MERGE_QUEUE_MAX,
+};
 
 use super::{Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage};
 use crate::error::ReplicaError;
@@ -265,8 +270,8 @@ const LEASE_KEY_SUFFIX: &str = "lease";
 /// [`EXPIRY_MARGIN_MS`] as the merge script reads it.
 const EXPIRY_MARGIN_ARG: &str = "60000";
 const _: () = assert!(EXPIRY_MARGIN_MS == 60_000, "EXPIRY_MARGIN_ARG follows it");
-/// Where the merge script reads the run id (`ARGV[5]`).
-const MERGE_RUN_ID_SLOT: usize = 4;
+/// Where the merge script reads the run id (`ARGV[4]`).
+const MERGE_RUN_ID_SLOT: usize = 3;
 /// Stands for the run id in script arguments until it is filled in (and in
 /// Cluster mode, where the scripts do not read it).
 fn run_id_placeholder() -> Value {
@@ -279,6 +284,12 @@ const EVICTION_REFUSED: u8 = 2;
 
 /// A replica on one Redis deployment. See the module docs.
 pub struct RedisReplica {
+    /// Shared with the tasks that send queued merges (`queue.rs`).
+    inner: Arc<Inner>,
+}
+
+/// What a [`RedisReplica`] holds: connections, keys, scripts, epochs.
+struct Inner {
     name: String,
     client: Client,
     prefix: String,
@@ -312,15 +323,19 @@ pub struct RedisReplica {
     confirmed: ConfirmedEpoch,
     /// The connection tasks (`client`'s, `bulk`'s), aborted on drop.
     connections: Mutex<Vec<ConnectHandle>>,
+    /// Merges waiting for a call (`queue.rs`).
+    merges: queue::MergeQueue,
+    merge_calls: queue::MergeCalls,
 }
 
 impl std::fmt::Debug for RedisReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("RedisReplica")
-            .field("name", &self.name)
-            .field("prefix", &self.prefix)
-            .field("clustered", &self.clustered)
-            .field("state", &self.client.state())
+            .field("name", &inner.name)
+            .field("prefix", &inner.prefix)
+            .field("clustered", &inner.clustered)
+            .field("state", &inner.client.state())
             .finish()
     }
 }
@@ -328,34 +343,48 @@ impl std::fmt::Debug for RedisReplica {
 impl RedisReplica {
     /// The fred client (for diagnostics and tests; prefer the trait methods).
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.inner.client
     }
 
     /// The key prefix.
     pub fn key_prefix(&self) -> &str {
-        &self.prefix
+        &self.inner.prefix
     }
 
     /// The Redis key of the epoch (`<prefix>epoch`).
     pub fn epoch_key(&self) -> &str {
-        &self.epoch_key
+        &self.inner.epoch_key
     }
 
     /// The Redis key that holds the record `key`: the prefix, then the key.
     pub fn redis_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        self.inner.redis_key(key)
     }
 
     /// The deadline of every command.
     pub fn request_timeout(&self) -> Duration {
-        self.timeout
+        self.inner.timeout
+    }
+
+    /// Counts of the merge calls made so far (how many records they
+    /// carried; see [`MERGE_BATCH_MAX_KEYS`]).
+    pub fn merge_call_stats(&self) -> MergeCallStats {
+        self.inner.merge_calls.snapshot()
     }
 
     /// Closes the connection; every later request fails as unavailable.
     pub async fn quit(&self) {
-        let quits = futures::future::join(self.client.quit(), self.bulk.quit());
-        let _ = tokio::time::timeout(self.timeout, quits).await;
-        self.abort_connections();
+        let inner = &self.inner;
+        let quits = futures::future::join(inner.client.quit(), inner.bulk.quit());
+        let _ = tokio::time::timeout(inner.timeout, quits).await;
+        inner.abort_connections();
+    }
+}
+
+impl Inner {
+    /// The Redis key that holds the record `key`: the prefix, then the key.
+    fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
     fn abort_connections(&self) {
@@ -408,6 +437,12 @@ impl RedisReplica {
         }
     }
 
+    /// `Replica::read`.
+    async fn read_record(&self, key: &str) -> Result<ReadReply, ReplicaError> {
+        self.check_key(key)?;
+        self.retrying(|| Box::pin(self.read_once(key))).await
+    }
+
     /// Refuses a logical key that would collide with the epoch keys.
     fn check_key(&self, key: &str) -> Result<(), ReplicaError> {
         if key == EPOCH_KEY_SUFFIX
@@ -426,20 +461,20 @@ impl RedisReplica {
 
 impl Drop for RedisReplica {
     fn drop(&mut self) {
-        // The connection tasks would otherwise reconnect forever.
-        self.abort_connections();
+        // The connection tasks would otherwise reconnect forever (a sender
+        // task still holding `inner` then fails at once).
+        self.inner.abort_connections();
     }
 }
 
 #[async_trait]
 impl Replica for RedisReplica {
     fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
     async fn read(&self, key: &str) -> Result<ReadReply, ReplicaError> {
-        self.check_key(key)?;
-        self.retrying(|| Box::pin(self.read_once(key))).await
+        self.inner.read_record(key).await
     }
 
     async fn merge(
@@ -449,11 +484,11 @@ impl Replica for RedisReplica {
         mode: MergeMode,
         now_ms: u64,
     ) -> Result<MergeReply, ReplicaError> {
-        self.merge_record(key, delta, mode, now_ms).await
+        self.inner.merge_queued(key, delta, mode, now_ms).await
     }
 
     async fn read_many(&self, keys: &[String]) -> Vec<Result<ReadReply, ReplicaError>> {
-        self.read_batch(keys).await
+        self.inner.read_batch(keys).await
     }
 
     async fn merge_many(
@@ -461,27 +496,27 @@ impl Replica for RedisReplica {
         items: &[(String, std::sync::Arc<Record>)],
         now_ms: u64,
     ) -> Vec<Result<MergeReply, ReplicaError>> {
-        self.merge_batch(items, now_ms).await
+        self.inner.merge_batch(items, now_ms).await
     }
 
     async fn scan(&self, cursor: &str, count: usize) -> Result<ScanPage, ReplicaError> {
-        self.scan_page(cursor, count).await
+        self.inner.scan_page(cursor, count).await
     }
 
     async fn ping(&self) -> Result<Epoch, ReplicaError> {
-        self.ping_epoch().await
+        self.inner.ping_epoch().await
     }
 
     async fn mark_epoch_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
-        self.mark_complete(epoch_id).await
+        self.inner.mark_complete(epoch_id).await
     }
 
     async fn acquire_lease(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError> {
-        self.acquire(owner, ttl).await
+        self.inner.acquire(owner, ttl).await
     }
 
     async fn release_lease(&self, owner: u64) -> Result<(), ReplicaError> {
-        self.release(owner).await
+        self.inner.release(owner).await
     }
 
     /// Deletes every key under the prefix (SCAN + UNLINK in batches of
@@ -489,6 +524,6 @@ impl Replica for RedisReplica {
     /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
     /// shared.
     async fn wipe(&self) -> Result<(), ReplicaError> {
-        self.wipe_all().await
+        self.inner.wipe_all().await
     }
 }
