@@ -6,7 +6,10 @@
 //! untouched, a Redis restarted empty or from a snapshot gets a new epoch
 //! (and keeps the snapshot's data), an evicting Redis is
 //! refused, a wrong password and a `rediss://` URL without TLS fail clearly,
-//! and a replica connects while its node is down.
+//! and a replica connects while its node is down. Merge calls carry several
+//! records only when merges wait: one foreign record among good ones in one
+//! call is `Corrupt` and untouched while the others are merged, and
+//! sequential merges go one per call, without added latency.
 
 mod support;
 
@@ -404,6 +407,139 @@ async fn wrong_password_is_a_clear_error(node: &support::RedisNode) {
         .await
         .expect("no CONFIG permission");
     replica.ping().await.expect("serves without CONFIG");
+}
+
+/// The merges that wait while a call is in flight leave together as one
+/// call; each record is answered on its own: foreign data (a string, a
+/// corrupt hash read on the fast path, a hash of unknown fields) is
+/// `Corrupt` and left untouched, while the good records of the same call
+/// are merged. One call in flight (current-thread runtime: the spawned
+/// sender runs only once every merge below is queued), so the call after
+/// the first carries all of them.
+#[tokio::test]
+async fn one_foreign_record_in_a_merge_call_leaves_the_others_merged() {
+    let nodes = support::RedisNodes::start(1).await;
+    let node = nodes.node(0);
+    let mut config = node.replica_config();
+    config.merge_calls_in_flight = 1;
+    let replica = RedisReplica::connect(config).await.expect("connect");
+    let now = wall_clock_ms();
+    let summary = "00000000000000000000000000000001";
+    node.command(&["SET", "qs:b:{string}", "hello"]).await;
+    let fastbad = [
+        "HSET",
+        "qs:b:{fastbad}",
+        "m:v",
+        "1",
+        "m:h",
+        summary,
+        "m:e",
+        "000000000001",
+        "m:c",
+        "000000000001",
+        "f:a",
+        "not an entry",
+    ];
+    node.command(&fastbad).await;
+    node.command(&["HSET", "qs:b:{unknown}", "name", "alice"])
+        .await;
+    let bad = ["b:{string}", "b:{fastbad}", "b:{unknown}"];
+    let mut dumps = Vec::new();
+    for key in bad {
+        dumps.push(node.command(&["DUMP", &format!("qs:{key}")]).await);
+    }
+    let mut delta = live_record(now);
+    delta
+        .fields
+        .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
+    let keys = [
+        "b:{good-1}",
+        bad[0],
+        "b:{good-2}",
+        bad[1],
+        "b:{good-3}",
+        bad[2],
+        "b:{good-4}",
+    ];
+    let before = replica.merge_call_stats();
+    let first = replica.merge("b:{first}", &delta, MergeMode::Upsert, now);
+    let rest = keys
+        .iter()
+        .map(|key| replica.merge(key, &delta, MergeMode::Upsert, now));
+    let (first, replies) = futures::future::join(first, futures::future::join_all(rest)).await;
+    first.expect("the first merge");
+    let stats = replica.merge_call_stats();
+    assert_eq!(stats.calls - before.calls, 2, "{stats:?}");
+    assert_eq!(stats.multi_record_calls - before.multi_record_calls, 1);
+    assert_eq!(stats.largest_call, keys.len() as u64, "one call: {stats:?}");
+    for (key, reply) in keys.iter().zip(&replies) {
+        if bad.contains(key) {
+            assert!(
+                matches!(reply, Err(ReplicaError::Corrupt { .. })),
+                "{key}: {reply:?}"
+            );
+        } else {
+            let reply = reply.as_ref().expect("a good record is merged");
+            assert_eq!(reply.status, quorum_sessions::replica::MergeStatus::Applied);
+            let read = replica.read(key).await.expect("read");
+            assert_eq!(read.record.as_ref(), Some(&delta), "{key}");
+        }
+    }
+    for (key, dump) in bad.iter().zip(dumps) {
+        assert_eq!(
+            node.command(&["DUMP", &format!("qs:{key}")]).await,
+            dump,
+            "{key}: foreign data changed"
+        );
+    }
+}
+
+/// At low load nothing waits: each sequential merge is its own call of one
+/// record, sent at once. Timed against merges that skip the queue
+/// (`merge_batch_max_keys = 1`), in alternating rounds: a queue that held a
+/// lone merge back (a timer) would add its wait to every one.
+#[tokio::test]
+async fn sequential_merges_go_one_per_call_without_waiting() {
+    const ROUNDS: usize = 4;
+    const MERGES_PER_ROUND: usize = 50;
+    let nodes = support::RedisNodes::start(1).await;
+    let node = nodes.node(0);
+    let batched = node.replica().await;
+    let mut config = node.replica_config();
+    config.merge_batch_max_keys = 1;
+    let direct = RedisReplica::connect(config).await.expect("connect");
+    let now = wall_clock_ms();
+    let mut elapsed = [Duration::ZERO; 2];
+    for round in 0..ROUNDS {
+        for (side, replica) in [&direct, &batched].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            for index in 0..MERGES_PER_ROUND {
+                let mut delta = live_record(now);
+                let stamp = stamp_at(now, 1, (round * MERGES_PER_ROUND + index) as u32, 1);
+                delta
+                    .fields
+                    .insert("n".into(), FieldEntry::value(stamp, index.to_string()));
+                let key = format!("l:{{{side}-{}}}", index % 7);
+                replica
+                    .merge(&key, &delta, MergeMode::Upsert, now)
+                    .await
+                    .expect("merge");
+            }
+            elapsed[side] += started.elapsed();
+        }
+    }
+    let merges = (ROUNDS * MERGES_PER_ROUND) as u64;
+    let stats = batched.merge_call_stats();
+    assert_eq!(stats.calls, merges, "{stats:?}");
+    assert_eq!(stats.records, merges, "{stats:?}");
+    assert_eq!(stats.multi_record_calls, 0, "{stats:?}");
+    assert_eq!(direct.merge_call_stats().calls, merges);
+    let [direct_time, batched_time] = elapsed;
+    eprintln!("{merges} sequential merges: direct {direct_time:?}, queued {batched_time:?}");
+    assert!(
+        batched_time <= direct_time * 2 + Duration::from_millis(100),
+        "the queue delays lone merges: {batched_time:?} against {direct_time:?}"
+    );
 }
 
 #[tokio::test]

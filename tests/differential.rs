@@ -13,7 +13,10 @@
 //! record read back (`RedisReplica::read`) must equal the model's, field by
 //! field; at the end a scan must list exactly the model's keys. The test also
 //! checks that the interesting cases really occurred (ties, Gone, Exists,
-//! pruning, deletions), so a generator change cannot silently weaken it.
+//! pruning, deletions), so a generator change cannot silently weaken it, and
+//! that the merges went through multi-record calls (the streams run
+//! concurrently, so merges wait for calls in flight and leave together;
+//! counted by the replica and by `INFO commandstats`).
 //!
 //! The seed is printed; set `QS_DIFF_SEED=<n>` to replay one.
 
@@ -372,5 +375,21 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
     assert!(
         fast >= 2_000,
         "seed {seed}: too few fast-path merges ({fast})"
+    );
+    // The streams run concurrently, so merges wait while calls are in
+    // flight and leave together: many records per call, fewer script calls
+    // than merges (EVALSHA also counts pings: 1 per key).
+    let merges = (applied + gone + exists) as u64;
+    let batching = replica.merge_call_stats();
+    let script_calls = calls("evalsha") as u64;
+    eprintln!("differential: {batching:?}; {script_calls} EVALSHA");
+    assert_eq!(batching.records, merges, "seed {seed}: every merge counted");
+    assert!(
+        batching.multi_record_calls >= 100 && batching.largest_call >= 4,
+        "seed {seed}: too few multi-record merge calls: {batching:?}"
+    );
+    assert!(
+        script_calls < merges,
+        "seed {seed}: {script_calls} EVALSHA for {merges} merges"
     );
 }

@@ -72,14 +72,19 @@ async fn merge_with_run_id(
         "qs:epoch".into(),
         "qs:epoch:run".into(),
     ];
+    // One record: its count, the call's candidate, margin and run id, then
+    // the record's mode, now and item count.
+    let pairs = codec::encode_pairs(delta);
     let mut args: Vec<Value> = vec![
-        "u".into(),
-        encode_ms(now).into(),
+        "1".into(),
         "0123456789abcdef".into(),
         "60000".into(),
         run_id.into(),
+        "u".into(),
+        encode_ms(now).into(),
+        (2 * pairs.len()).to_string().into(),
     ];
-    for (name, value) in codec::encode_pairs(delta) {
+    for (name, value) in pairs {
         args.push(Value::Bytes(name.into()));
         args.push(Value::Bytes(value.into()));
     }

@@ -24,18 +24,18 @@ use std::sync::Arc;
 use fred::clients::Pipeline;
 use fred::prelude::*;
 
-use super::{dump, RedisReplica, EXPIRY_MARGIN_MS};
+use super::{dump, Inner, EXPIRY_MARGIN_MS};
 use crate::error::ReplicaError;
 use crate::record::Record;
-use crate::replica::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply, Replica};
+use crate::replica::{Epoch, MergeMode, MergeReply, MergeStatus, ReadReply};
 
 /// An error for every key of a batch that failed as a whole.
-fn for_each_key<T>(count: usize, error: &ReplicaError) -> Vec<Result<T, ReplicaError>> {
+pub(super) fn for_each_key<T>(count: usize, error: &ReplicaError) -> Vec<Result<T, ReplicaError>> {
     (0..count).map(|_| Err(duplicate(error))).collect()
 }
 
 /// The same error, without its source (which cannot be cloned).
-fn duplicate(error: &ReplicaError) -> ReplicaError {
+pub(super) fn duplicate(error: &ReplicaError) -> ReplicaError {
     match error {
         ReplicaError::Unavailable { detail, .. } => ReplicaError::Unavailable {
             detail: detail.clone(),
@@ -53,11 +53,11 @@ fn duplicate(error: &ReplicaError) -> ReplicaError {
     }
 }
 
-impl RedisReplica {
+impl Inner {
     /// `Replica::read_many`, see the module docs.
     pub(super) async fn read_batch(&self, keys: &[String]) -> Vec<Result<ReadReply, ReplicaError>> {
         if self.clustered || keys.is_empty() {
-            return futures::future::join_all(keys.iter().map(|key| self.read(key))).await;
+            return futures::future::join_all(keys.iter().map(|key| self.read_record(key))).await;
         }
         for key in keys {
             if let Err(error) = self.check_key(key) {
@@ -84,13 +84,13 @@ impl RedisReplica {
 
     /// `Replica::merge_many`, see the module docs.
     pub(super) async fn merge_batch(
-        &self,
+        self: &Arc<Self>,
         items: &[(String, Arc<Record>)],
         now_ms: u64,
     ) -> Vec<Result<MergeReply, ReplicaError>> {
         let merge_one = |index: usize| {
             let (key, delta) = &items[index];
-            self.merge(key, delta, MergeMode::Upsert, now_ms)
+            self.merge_queued(key, delta, MergeMode::Upsert, now_ms)
         };
         if self.clustered || items.is_empty() {
             return futures::future::join_all((0..items.len()).map(merge_one)).await;
@@ -187,7 +187,7 @@ impl RedisReplica {
         &self,
         commands: Vec<KeyCommand>,
     ) -> Result<(Epoch, Vec<Result<Value, fred::error::Error>>), ReplicaError> {
-        // On the bulk connection: see `RedisReplica::bulk`.
+        // On the bulk connection: see `Inner::bulk`.
         let (client, identity) = self.bulk_link();
         self.ensure_usable_on(client).await?;
         let (generation, run_id) = self.run_id_on(client, identity).await?;
@@ -256,7 +256,7 @@ impl RedisReplica {
     }
 }
 
-/// One command of a [`RedisReplica::bracketed`] batch.
+/// One command of a [`Inner::bracketed`] batch.
 enum KeyCommand {
     Hgetall(String),
     Restore {

@@ -102,6 +102,15 @@ pub struct RedisReplicaConfig {
     /// down then costs nothing per request; one whose connection dropped
     /// is out of use until the coordinator's probe finds it again).
     pub reconnect_wait: Duration,
+    /// Most records one merge call carries: merges that wait while calls
+    /// are in flight leave together (see
+    /// [`MERGE_BATCH_MAX_KEYS`](super::MERGE_BATCH_MAX_KEYS)). 1: every
+    /// merge is its own call, sent at once (no queue).
+    pub merge_batch_max_keys: usize,
+    /// Most merge calls in flight at once (see
+    /// [`MERGE_CALLS_IN_FLIGHT`](super::MERGE_CALLS_IN_FLIGHT)); unused
+    /// when `merge_batch_max_keys` is 1.
+    pub merge_calls_in_flight: usize,
 }
 
 impl RedisReplicaConfig {
@@ -139,6 +148,8 @@ impl RedisReplicaConfig {
             reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
             reconnect_wait: DEFAULT_RECONNECT_WAIT,
+            merge_batch_max_keys: super::MERGE_BATCH_MAX_KEYS,
+            merge_calls_in_flight: super::MERGE_CALLS_IN_FLIGHT,
         }
     }
 
@@ -147,7 +158,8 @@ impl RedisReplicaConfig {
     /// # Errors
     ///
     /// [`RedisConnectError::Config`] naming the rule broken: empty name, empty
-    /// or too long prefix, a prefix with control characters, zero timeouts.
+    /// or too long prefix, a prefix with control characters, zero timeouts,
+    /// merge batch bounds out of range.
     pub fn validate(&self) -> Result<(), RedisConnectError> {
         let fail = |detail: &str| {
             Err(RedisConnectError::Config {
@@ -175,6 +187,13 @@ impl RedisReplicaConfig {
         if self.reconnect_delay_min.is_zero() || self.reconnect_delay_min > self.reconnect_delay_max
         {
             return fail("reconnect delays must satisfy 0 < min <= max");
+        }
+        if !(1..=super::MERGE_BATCH_KEYS_LIMIT).contains(&self.merge_batch_max_keys) {
+            let limit = super::MERGE_BATCH_KEYS_LIMIT;
+            return fail(&format!("merge_batch_max_keys must be within 1..={limit}"));
+        }
+        if self.merge_calls_in_flight == 0 {
+            return fail("merge_calls_in_flight is zero");
         }
         Ok(())
     }

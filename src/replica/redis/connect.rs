@@ -8,12 +8,13 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::confirmed::ConfirmedEpoch;
 use super::process::ProcessIdentity;
+use super::queue::{MergeCalls, MergeQueue};
 use super::{
-    EvictionCheck, RedisConnectError, RedisReplica, RedisReplicaConfig, EPOCH_KEY_SUFFIX,
+    EvictionCheck, Inner, RedisConnectError, RedisReplica, RedisReplicaConfig, EPOCH_KEY_SUFFIX,
     EPOCH_LUA, EVICTION_OK, EVICTION_REFUSED, EVICTION_UNCHECKED, LEASE_KEY_SUFFIX, LEASE_LUA,
     MERGE_LUA, RUN_KEY_SUFFIX,
 };
@@ -58,7 +59,7 @@ impl RedisReplica {
         let bulk_handle = bulk.connect();
         let epoch_key = format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix);
         let run_key = format!("{}{RUN_KEY_SUFFIX}", config.key_prefix);
-        let replica = RedisReplica {
+        let inner = Inner {
             name: config.name.clone(),
             prefix: config.key_prefix.clone(),
             epoch_fred_key: Key::from(epoch_key.as_str()),
@@ -79,15 +80,22 @@ impl RedisReplica {
             bulk_identity,
             confirmed: ConfirmedEpoch::default(),
             connections: Mutex::new(vec![handle, bulk_handle]),
+            merges: MergeQueue::new(config.merge_batch_max_keys, config.merge_calls_in_flight),
+            merge_calls: MergeCalls::default(),
             client,
+        };
+        // Wrapped at once: dropping it (an error below) aborts the
+        // connection tasks.
+        let replica = RedisReplica {
+            inner: Arc::new(inner),
         };
         match tokio::time::timeout(config.connect_timeout, first).await {
             Ok(Ok(())) => {
-                replica.check_eviction().await?;
+                replica.inner.check_eviction().await?;
                 // The node answers: the bulk connection follows at once (or
                 // later, in the background; batches use the main connection
                 // while it is down).
-                let bulk = replica.bulk.wait_for_connect();
+                let bulk = replica.inner.bulk.wait_for_connect();
                 let _ = tokio::time::timeout(config.connect_timeout, bulk).await;
             }
             Ok(Err(error)) if *error.kind() == ErrorKind::Auth => {
@@ -105,17 +113,19 @@ impl RedisReplica {
                 });
             }
             Ok(Err(error)) => tracing::warn!(
-                replica = %replica.name, %error,
+                replica = %replica.inner.name, %error,
                 "Redis unreachable at connect; reconnecting in the background"
             ),
             Err(_) => tracing::warn!(
-                replica = %replica.name, after = ?config.connect_timeout,
+                replica = %replica.inner.name, after = ?config.connect_timeout,
                 "Redis not connected yet; reconnecting in the background"
             ),
         }
         Ok(replica)
     }
+}
 
+impl Inner {
     /// Checks `maxmemory-policy` once per replica, when the node answers.
     pub(super) async fn check_eviction(&self) -> Result<(), RedisConnectError> {
         if self.eviction_state.load(Ordering::Relaxed) != EVICTION_UNCHECKED {

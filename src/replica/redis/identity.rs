@@ -7,11 +7,11 @@ use fred::prelude::*;
 
 use super::process::{self, ProcessIdentity};
 use super::wire::{epoch_candidate, parse_epoch};
-use super::{run_id_placeholder, RedisReplica, Via};
+use super::{run_id_placeholder, Inner, Via};
 use crate::error::ReplicaError;
 use crate::replica::Epoch;
 
-impl RedisReplica {
+impl Inner {
     /// The run id of the Redis process behind the connection, and the
     /// connection generation it holds for (`INFO server` after each new
     /// connection).

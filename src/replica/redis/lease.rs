@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use fred::prelude::*;
 
-use super::RedisReplica;
+use super::Inner;
 use crate::error::ReplicaError;
 
-impl RedisReplica {
+impl Inner {
     pub(super) async fn acquire(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError> {
         // The script refuses more than a day: the longest lease configurable.
         let ttl_ms = ttl.min(crate::config::LEASE_TTL_MAX).as_millis().max(1);

@@ -1,16 +1,22 @@
--- quorum-sessions: merge a delta into one record (after common.lua).
+-- quorum-sessions: merge deltas into records (after common.lua), each
+-- record on its own, under one epoch read.
 --
--- KEYS[1] record key, KEYS[2] epoch key, KEYS[3] epoch run key (both absent
--- in Cluster mode).
--- ARGV[1] mode `u` (upsert) or `c` (create), ARGV[2] now (12 hex, ms),
--- ARGV[3] epoch candidate (16 hex), ARGV[4] expiry margin (decimal ms),
--- ARGV[5] the run id of the Redis process the caller is connected to (see
--- epoch_read; unused in Cluster mode), ARGV[6..] the delta as hash pairs,
--- exactly as codec::encode_pairs makes them.
--- Returns { status, epoch, held_max } with status `applied`, `gone` or
--- `exists`, and held_max the largest stamp the record held before ('' if none);
--- the STALERUN error, writing nothing, when it finds no epoch made by ARGV[5]
--- and ARGV[5] is not the running process's run id (see stale_run_id).
+-- KEYS[1..K] the record keys, KEYS[K+1] the epoch key, KEYS[K+2] the epoch
+-- run key (both absent in Cluster mode, where K is 1).
+-- ARGV[1] K, ARGV[2] epoch candidate (16 hex), ARGV[3] expiry margin
+-- (decimal ms), ARGV[4] the run id of the Redis process the caller is
+-- connected to (see epoch_read; unused in Cluster mode), then for each
+-- record in KEYS order: mode `u` (upsert) or `c` (create), now (12 hex,
+-- ms), the count n of delta items, and the n items: the delta as hash
+-- pairs, exactly as codec::encode_pairs makes them.
+-- Returns three items per record: status, epoch, held_max with status
+-- `applied`, `gone` or `exists`, and held_max the largest stamp the record
+-- held before the merge ('' if none); or `error`, the error text (`CORRUPT
+-- ...`, `ERR ...`), '' when that record was refused (written not at all;
+-- the others are merged). The whole call fails (writing nothing) on bad
+-- arguments, on foreign data in the epoch keys, and with STALERUN when it
+-- finds no epoch made by ARGV[4] and ARGV[4] is not the running process's
+-- run id (see stale_run_id).
 --
 -- The same rules as replica::apply_merge, Record::merge_from and
 -- Record::normalize. Everything read (of the stored hash, and the delta) is
@@ -165,22 +171,22 @@ local function check_meta(rec, name, value)
   return nil
 end
 
--- Parses one side, `flat` pairs from index `first`, into { exists, f =
+-- Parses one side, `flat` pairs from index `first` to `last`, into { exists, f =
 -- { ['f:name'] = entry }, s = { ['f:name'] = head }, untils, best, v, e, c,
 -- t, o, p }, validating every item as codec::decode_pairs does (`best`: the
 -- largest stamp held). For the delta (`stored` given) the fields are not
 -- kept: each is decided against the stored copy at once, and the ones that
 -- win are listed in `winners` (name, entry, name, entry, ...), the merge of
 -- the usual case. Returns nil and a reason on error.
-local function parse(flat, first, stored)
+local function parse(flat, first, last, stored)
   local f, s, winners, n = {}, {}, {}, 0
   local rec = { f = f, s = s, winners = winners, untils = false }
   local count, best = 0, nil
   local stored_f, stored_s
   if stored then stored_f, stored_s = stored.f, stored.s end
-  for i = first, #flat, 2 do
+  for i = first, last, 2 do
     local name, value = flat[i], flat[i + 1]
-    if value == nil then return nil, 'odd number of hash items' end
+    if i == last then return nil, 'odd number of hash items' end
     local byte1, byte2 = string.byte(name, 1, 2)
     if byte1 == 102 and byte2 == 58 then -- 'f:'
       local mine
@@ -215,7 +221,7 @@ local function parse(flat, first, stored)
       if err then return nil, err end
     end
   end
-  rec.exists = first <= #flat
+  rec.exists = first <= last
   if rec.exists and not (rec.v and rec.e and rec.c) then return nil, 'missing record metadata' end
   if rec.t and count > 0 then return nil, 'a tombstone holds fields' end
   rec.fbest = best
@@ -244,30 +250,45 @@ local function pick(a, b, larger, ms)
   return a
 end
 
-local key, epoch_key, run_key = KEYS[1], KEYS[2], KEYS[3]
-local mode, now, candidate, run_id = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local margin = tonumber(ARGV[4])
-if (mode ~= 'u' and mode ~= 'c') or not is_hex(now, 12) or not is_hex(candidate, 16)
-    or margin == nil or margin < 0 or margin > 86400000 or not valid_run_id(run_key, run_id) then
+local count, candidate, run_id = tonumber(ARGV[1]), ARGV[2], ARGV[4]
+local margin = tonumber(ARGV[3])
+local epoch_key, run_key
+if count ~= nil then epoch_key, run_key = KEYS[count + 1], KEYS[count + 2] end
+if count == nil or count < 1 or count % 1 ~= 0 or (#KEYS ~= count and #KEYS ~= count + 2)
+    or candidate == nil or not is_hex(candidate, 16) or margin == nil or margin < 0
+    or margin > 86400000 or not valid_run_id(run_key, run_id) then
   return redis.error_reply('ERR quorum-sessions merge: bad arguments')
 end
-local now_ms = tonumber(now, 16)
+-- Where each record's arguments are, { mode, now_ms, first, last }: all
+-- checked before the first record is written.
+local places, at = {}, 5
+for r = 1, count do
+  local mode, now, n = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  if (mode ~= 'u' and mode ~= 'c') or now == nil or not is_hex(now, 12) or n == nil or n < 0
+      or n % 1 ~= 0 or at + 2 + n > #ARGV then
+    return redis.error_reply('ERR quorum-sessions merge: bad arguments')
+  end
+  places[r] = { mode, tonumber(now, 16), at + 3, at + 2 + n }
+  at = at + 3 + n
+end
+if at ~= #ARGV + 1 then return redis.error_reply('ERR quorum-sessions merge: bad arguments') end
 
 local epoch, epoch_err = epoch_read(epoch_key, run_key, run_id)
 if epoch_err then return redis.error_reply(epoch_err) end
 
-local function not_a_hash()
-  return redis.error_reply('CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash')
+local function not_a_hash(key)
+  return 'CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'
 end
 
 -- The fast path's read: the metadata and the delta's own fields, or nil
 -- when the whole hash must be read (see the header). A delta with a
 -- tombstone or an `until` goes the whole way at once.
 local META = { 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }
-local function read_fast()
+local function read_fast(key, first, last)
   local names, n = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }, 11
-  for i = 6, #ARGV, 2 do
-    local name, value = ARGV[i], ARGV[i + 1]
+  for i = first, last, 2 do
+    local name, value = ARGV[i], nil
+    if i < last then value = ARGV[i + 1] end
     if name == 'm:t' then return nil end
     local byte1, byte2 = string.byte(name, 1, 2)
     if byte1 == 102 and byte2 == 58 and value ~= nil then -- 'f:'
@@ -315,135 +336,156 @@ local function read_fast()
   return rec
 end
 
-local stored = read_fast()
-if stored == 'wrongtype' then return not_a_hash() end
-if type(stored) == 'string' then return redis.error_reply(stored) end
-if stored == nil then
-  local flat = redis.pcall('HGETALL', key)
-  if flat.err then return not_a_hash() end
-  local stored_err
-  stored, stored_err = parse(flat, 1, nil)
-  if stored_err then return redis.error_reply('CORRUPT ' .. stored_err) end
-end
-local delta, delta_err = parse(ARGV, 6, stored)
-if delta_err or not delta.exists then
-  return redis.error_reply('ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty'))
-end
-local held = ''
-if stored.best then held = stored.best[4] end
+-- Merges the delta ARGV[first..last] into the record `key`: the status and
+-- held_max, or nil and the error (nothing written). Sets `epoch` when it
+-- writes one.
+local function merge_one(key, mode, now_ms, first, last)
+  local stored = read_fast(key, first, last)
+  if stored == 'wrongtype' then return nil, not_a_hash(key) end
+  if type(stored) == 'string' then return nil, stored end
+  if stored == nil then
+    local flat = redis.pcall('HGETALL', key)
+    if flat.err then return nil, not_a_hash(key) end
+    local stored_err
+    stored, stored_err = parse(flat, 1, #flat, nil)
+    if stored_err then return nil, 'CORRUPT ' .. stored_err end
+  end
+  local delta, delta_err = parse(ARGV, first, last, stored)
+  if delta_err or not delta.exists then
+    return nil, 'ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty')
+  end
+  local held = ''
+  if stored.best then held = stored.best[4] end
 
--- apply_merge: a conditional create of another record, or a live delta on a
--- tombstone, writes nothing.
-if stored.exists and mode == 'c' and stored.o ~= delta.o then
-  return { 'exists', epoch_ensure(epoch_key, run_key, epoch, candidate, run_id), held }
-end
-if stored.t and not delta.t then
-  return { 'gone', epoch_ensure(epoch_key, run_key, epoch, candidate, run_id), held }
-end
+  -- apply_merge: a conditional create of another record, or a live delta on a
+  -- tombstone, writes nothing.
+  if stored.exists and mode == 'c' and stored.o ~= delta.o then
+    epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+    return 'exists', held
+  end
+  if stored.t and not delta.t then
+    epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+    return 'gone', held
+  end
 
--- The merged metadata, then what to write: `set` (name, value, ...) and `del`.
-local merged = { v = '1' }
-if stored.exists then
-  merged.t = pick(stored.t, delta.t, true, false)
-  merged.e = pick(stored.e, delta.e, true, true)
-  merged.c = pick(stored.c, delta.c, false, true)
-  merged.o = pick(stored.o, delta.o, false, false)
-  merged.p = stored.p and delta.p
-else
-  merged.t, merged.e, merged.c, merged.o, merged.p = delta.t, delta.e, delta.c, delta.o, delta.p
-end
-local stored_f = stored.f
-local set, del = delta.winners, {}
-local fields_after = nil
-if merged.t or stored.untils or delta.untils then
-  -- Record::normalize: a tombstone keeps no fields and is never partial;
-  -- entries with an until (kinds V and D) before now are dropped. The
-  -- merged fields are the stored ones and the winners, less those dropped.
-  local fields = {}
-  if merged.t then
-    merged.p = nil
+  -- The merged metadata, then what to write: `set` (name, value, ...) and `del`.
+  local merged = { v = '1' }
+  if stored.exists then
+    merged.t = pick(stored.t, delta.t, true, false)
+    merged.e = pick(stored.e, delta.e, true, true)
+    merged.c = pick(stored.c, delta.c, false, true)
+    merged.o = pick(stored.o, delta.o, false, false)
+    merged.p = stored.p and delta.p
   else
-    for name, value in pairs(stored_f) do fields[name] = value end
-    for i = 1, #set, 2 do fields[set[i]] = set[i + 1] end
-    for name, value in pairs(fields) do
-      local kind = string.byte(value, 33)
-      if (kind == 86 or kind == 68) and tonumber(string.sub(value, 34, 45), 16) < now_ms then
-        fields[name] = nil -- 86 'V', 68 'D'; clearing during pairs() is allowed
+    merged.t, merged.e, merged.c, merged.o, merged.p = delta.t, delta.e, delta.c, delta.o, delta.p
+  end
+  local stored_f = stored.f
+  local set, del = delta.winners, {}
+  local fields_after = nil
+  if merged.t or stored.untils or delta.untils then
+    -- Record::normalize: a tombstone keeps no fields and is never partial;
+    -- entries with an until (kinds V and D) before now are dropped. The
+    -- merged fields are the stored ones and the winners, less those dropped.
+    local fields = {}
+    if merged.t then
+      merged.p = nil
+    else
+      for name, value in pairs(stored_f) do fields[name] = value end
+      for i = 1, #set, 2 do fields[set[i]] = set[i + 1] end
+      for name, value in pairs(fields) do
+        local kind = string.byte(value, 33)
+        if (kind == 86 or kind == 68) and tonumber(string.sub(value, 34, 45), 16) < now_ms then
+          fields[name] = nil -- 86 'V', 68 'D'; clearing during pairs() is allowed
+        end
       end
     end
+    fields_after = fields
+    set = {}
+    for name, value in pairs(fields) do
+      if stored_f[name] ~= value then
+        set[#set + 1] = name
+        set[#set + 1] = value
+      end
+    end
+    for name in pairs(stored_f) do
+      if fields[name] == nil then del[#del + 1] = name end
+    end
   end
-  fields_after = fields
-  set = {}
-  for name, value in pairs(fields) do
-    if stored_f[name] ~= value then
+  -- The summaries of the merged record: its largest field stamp, and
+  -- whether an entry carries an until. Without a drop (`fields` unset), the
+  -- fields are the stored ones with the winners on top, and a winner never
+  -- holds a smaller stamp than the entry it replaces.
+  local fbest, untils = stored.fbest, false
+  if fields_after then
+    fbest = nil
+    for _, value in pairs(fields_after) do
+      local info = heads[string.sub(value, 1, 33)]
+      if later(info, fbest) then fbest = info end
+      local kind = string.byte(value, 33)
+      if kind == 86 or kind == 68 then untils = true end
+    end
+  else
+    for i = 2, #set, 2 do
+      local info = heads[string.sub(set[i], 1, 33)]
+      if later(info, fbest) then fbest = info end
+    end
+  end
+  local h, u = '-', nil
+  if fbest then h = fbest[4] end
+  if untils then u = '1' end
+  local p, stored_p = nil, nil
+  if merged.p then p = '1' end
+  if stored.p then stored_p = '1' end
+  local meta = { 'm:v', merged.v, stored.v, 'm:e', merged.e, stored.e, 'm:c', merged.c, stored.c,
+    'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p,
+    'm:h', h, stored.h, 'm:u', u, stored.u }
+  for i = 1, 24, 3 do
+    local name, value, before = meta[i], meta[i + 1], meta[i + 2]
+    if value == nil then
+      if before ~= nil then del[#del + 1] = name end
+    elseif before ~= value then
       set[#set + 1] = name
       set[#set + 1] = value
     end
   end
-  for name in pairs(stored_f) do
-    if fields[name] == nil then del[#del + 1] = name end
+
+  -- Everything is validated and decided: writes start here.
+  epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+  -- m:ep: the epoch this write happened in, read in this same script (so a
+  -- record holding m:ep = E was written while E stood; see "Reads" in
+  -- the module docs of replica::redis). Not in Cluster mode (no epoch).
+  if epoch ~= '' then
+    local ep = string.sub(epoch, 1, 16)
+    if stored.ep ~= ep then
+      set[#set + 1] = 'm:ep'
+      set[#set + 1] = ep
+    end
   end
-end
--- The summaries of the merged record: its largest field stamp, and
--- whether an entry carries an until. Without a drop (`fields` unset), the
--- fields are the stored ones with the winners on top, and a winner never
--- holds a smaller stamp than the entry it replaces.
-local fbest, untils = stored.fbest, false
-if fields_after then
-  fbest = nil
-  for _, value in pairs(fields_after) do
-    local info = heads[string.sub(value, 1, 33)]
-    if later(info, fbest) then fbest = info end
-    local kind = string.byte(value, 33)
-    if kind == 86 or kind == 68 then untils = true end
+  -- 12 hex digits are at most 2^48: exact in a double.
+  local effective = tonumber(pick(merged.e, merged.c, false, true), 16)
+  if effective <= now_ms then
+    -- Record::is_expired: the record is dead; nothing is kept.
+    redis.call('DEL', key)
+  else
+    -- In chunks: unpack has a C-stack limit.
+    for i = 1, #del, 500 do redis.call('HDEL', key, unpack(del, i, math.min(i + 499, #del))) end
+    for i = 1, #set, 1000 do redis.call('HSET', key, unpack(set, i, math.min(i + 999, #set))) end
+    -- '%d' prints an integer.
+    redis.call('PEXPIREAT', key, string.format('%d', effective + margin))
   end
-else
-  for i = 2, #set, 2 do
-    local info = heads[string.sub(set[i], 1, 33)]
-    if later(info, fbest) then fbest = info end
-  end
-end
-local h, u = '-', nil
-if fbest then h = fbest[4] end
-if untils then u = '1' end
-local p, stored_p = nil, nil
-if merged.p then p = '1' end
-if stored.p then stored_p = '1' end
-local meta = { 'm:v', merged.v, stored.v, 'm:e', merged.e, stored.e, 'm:c', merged.c, stored.c,
-  'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p,
-  'm:h', h, stored.h, 'm:u', u, stored.u }
-for i = 1, 24, 3 do
-  local name, value, before = meta[i], meta[i + 1], meta[i + 2]
-  if value == nil then
-    if before ~= nil then del[#del + 1] = name end
-  elseif before ~= value then
-    set[#set + 1] = name
-    set[#set + 1] = value
-  end
+  return 'applied', held
 end
 
--- Everything is validated and decided: writes start here.
-epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
--- m:ep: the epoch this write happened in, read in this same script (so a
--- record holding m:ep = E was written while E stood; see "Reads" in
--- the module docs of replica::redis). Not in Cluster mode (no epoch).
-if epoch ~= '' then
-  local ep = string.sub(epoch, 1, 16)
-  if stored.ep ~= ep then
-    set[#set + 1] = 'm:ep'
-    set[#set + 1] = ep
+-- One reply per record; one record's error leaves the others be.
+local out, n = {}, 0
+for r = 1, count do
+  local place = places[r]
+  local status, held = merge_one(KEYS[r], place[1], place[2], place[3], place[4])
+  if status then
+    out[n + 1], out[n + 2], out[n + 3] = status, epoch, held
+  else
+    out[n + 1], out[n + 2], out[n + 3] = 'error', held, ''
   end
+  n = n + 3
 end
--- 12 hex digits are at most 2^48: exact in a double.
-local effective = tonumber(pick(merged.e, merged.c, false, true), 16)
-if effective <= now_ms then
-  -- Record::is_expired: the record is dead; nothing is kept.
-  redis.call('DEL', key)
-else
-  -- In chunks: unpack has a C-stack limit.
-  for i = 1, #del, 500 do redis.call('HDEL', key, unpack(del, i, math.min(i + 499, #del))) end
-  for i = 1, #set, 1000 do redis.call('HSET', key, unpack(set, i, math.min(i + 999, #set))) end
-  -- '%d' prints an integer.
-  redis.call('PEXPIREAT', key, string.format('%d', effective + margin))
-end
-return { 'applied', epoch, held }
+return out

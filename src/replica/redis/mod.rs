@@ -25,7 +25,7 @@
 //!
 //! # The scripts
 //!
-//! - `merge.lua` applies a delta to one record atomically, with exactly the
+//! - `merge.lua` applies a delta to a record atomically, with exactly the
 //!   rules of [`apply_merge`](super::apply_merge), `Record::merge_from` and
 //!   `Record::normalize`. It never decodes a value: entries are compared as
 //!   byte strings (stamps first, fixed width, so text order is number order),
@@ -40,7 +40,10 @@
 //!   is not after `now` is deleted (the coordinator never serves it anyway;
 //!   give a tombstone an expiry up to its cap so it outlives the session).
 //!   It returns the status, the epoch, and the largest stamp the record held
-//!   before the merge.
+//!   before the merge. One call merges one or more records (the merges that
+//!   waited together, see "Merge calls" below) under one epoch read, each
+//!   record checked and answered on its own: foreign data under one key is
+//!   `CORRUPT` for that key alone, and the others are merged.
 //! - `epoch.lua` returns the epoch (`ping`) or marks it complete.
 //! - A read needs no script. When a reply on the current connection
 //!   confirmed the epoch complete (every merge reply and every bracketed
@@ -110,12 +113,27 @@
 //! as any failed write may.) Scripts are loaded once and called with
 //! `EVALSHA` (reloaded on `NOSCRIPT`).
 //!
+//! # Merge calls
+//!
+//! Merges wait in one queue per replica (`queue.rs`); a merge goes out at
+//! once when fewer than [`MERGE_CALLS_IN_FLIGHT`] calls are in flight, and
+//! the ones that queue meanwhile leave together as the next call (at most
+//! [`MERGE_BATCH_MAX_KEYS`] records and [`MERGE_BATCH_MAX_BYTES`]). No
+//! timer: at low load every call carries one record. Under load one
+//! `EVALSHA` (and one epoch `MGET` inside it) serves many records. Two
+//! calls in flight keep Redis busy while the next call is on the way;
+//! measured with the replication bench (c = 64, N = 3, W = 2), see
+//! `CHANGELOG.md`. [`RedisReplicaConfig::merge_batch_max_keys`] = 1 turns
+//! it off. Counts: [`RedisReplica::merge_call_stats`].
+//!
 //! # Deadlines and errors
 //!
 //! Every command runs under [`RedisReplicaConfig::request_timeout`] with
 //! `tokio::time::timeout` (fred ignores per-command timeouts for `EVALSHA`).
 //! A merge that timed out may still have been applied (merges are
-//! idempotent: retrying is safe). Connection errors are
+//! idempotent: retrying is safe). A merge's deadline counts from when it
+//! is queued; a merge call that fails as a whole fails each of its records
+//! with the same error. Connection errors are
 //! [`ReplicaError::Unavailable`] (so is a script's `STALERUN`, see
 //! above), deadlines [`ReplicaError::Timeout`],
 //! `WRONGTYPE`/`CORRUPT` [`ReplicaError::Corrupt`], and `OOM`, `READONLY`,
@@ -148,7 +166,8 @@
 //! | `reconnect.rs` | a dropped connection: waiting for it, making a request again on the new one |
 //! | `process.rs` | the run id of the Redis process behind a connection |
 //! | `identity.rs` | epochs: in script replies and `MGET` answers, the epoch script, the confirmation (`confirmed.rs`) |
-//! | `scripts.rs` | script calls (`EVALSHA`), the merge of one record |
+//! | `scripts.rs` | script calls (`EVALSHA`), the merge call (one or more records) |
+//! | `queue.rs` | the merge queue: which merges share a call, the senders |
 //! | `common.lua`, `merge.lua`, `epoch.lua`, `lease.lua` | the scripts |
 //! | `read.rs` | the two read protocols of one record, decoding a hash |
 //! | `batch.rs`, `dump.rs` | anti-entropy's batched reads and creates (`RESTORE` payloads) |
@@ -170,7 +189,8 @@
 //! therefore gets the record key only, a read is a plain `HGETALL`, and the
 //! epoch is read by a second script call on the epoch key's node, after the
 //! record call, without the run-id check (the run key may live in a third
-//! slot). Limitation: the epoch then
+//! slot); and each merge is its own call (records of one call would have
+//! to share a slot). Limitation: the epoch then
 //! detects only that the epoch key's node restarted empty; a Cluster shard
 //! that loses or reloads its data is not seen by the epoch (rely on Cluster
 //! replicas for that, and on anti-entropy). Scans walk every
@@ -185,6 +205,7 @@ mod dump;
 mod identity;
 mod lease;
 mod process;
+mod queue;
 mod read;
 mod reconnect;
 mod scan;
@@ -192,7 +213,7 @@ mod scripts;
 mod wire;
 
 use std::sync::atomic::AtomicU8;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -206,6 +227,10 @@ pub use config::{
     DEFAULT_RECONNECT_WAIT, DEFAULT_REQUEST_TIMEOUT, KEY_PREFIX_MAX_BYTES,
 };
 pub use confirmed::RECONFIRM_AFTER;
+pub use queue::{
+    MergeCallStats, MERGE_BATCH_KEYS_LIMIT, MERGE_BATCH_MAX_BYTES, MERGE_BATCH_MAX_KEYS,
+    MERGE_CALLS_IN_FLIGHT, MERGE_QUEUE_MAX,
+};
 
 use super::{Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage};
 use crate::error::ReplicaError;
@@ -265,8 +290,8 @@ const LEASE_KEY_SUFFIX: &str = "lease";
 /// [`EXPIRY_MARGIN_MS`] as the merge script reads it.
 const EXPIRY_MARGIN_ARG: &str = "60000";
 const _: () = assert!(EXPIRY_MARGIN_MS == 60_000, "EXPIRY_MARGIN_ARG follows it");
-/// Where the merge script reads the run id (`ARGV[5]`).
-const MERGE_RUN_ID_SLOT: usize = 4;
+/// Where the merge script reads the run id (`ARGV[4]`).
+const MERGE_RUN_ID_SLOT: usize = 3;
 /// Stands for the run id in script arguments until it is filled in (and in
 /// Cluster mode, where the scripts do not read it).
 fn run_id_placeholder() -> Value {
@@ -279,6 +304,12 @@ const EVICTION_REFUSED: u8 = 2;
 
 /// A replica on one Redis deployment. See the module docs.
 pub struct RedisReplica {
+    /// Shared with the tasks that send queued merges (`queue.rs`).
+    inner: Arc<Inner>,
+}
+
+/// What a [`RedisReplica`] holds: connections, keys, scripts, epochs.
+struct Inner {
     name: String,
     client: Client,
     prefix: String,
@@ -312,15 +343,19 @@ pub struct RedisReplica {
     confirmed: ConfirmedEpoch,
     /// The connection tasks (`client`'s, `bulk`'s), aborted on drop.
     connections: Mutex<Vec<ConnectHandle>>,
+    /// Merges waiting for a call (`queue.rs`).
+    merges: queue::MergeQueue,
+    merge_calls: queue::MergeCalls,
 }
 
 impl std::fmt::Debug for RedisReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("RedisReplica")
-            .field("name", &self.name)
-            .field("prefix", &self.prefix)
-            .field("clustered", &self.clustered)
-            .field("state", &self.client.state())
+            .field("name", &inner.name)
+            .field("prefix", &inner.prefix)
+            .field("clustered", &inner.clustered)
+            .field("state", &inner.client.state())
             .finish()
     }
 }
@@ -328,34 +363,48 @@ impl std::fmt::Debug for RedisReplica {
 impl RedisReplica {
     /// The fred client (for diagnostics and tests; prefer the trait methods).
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.inner.client
     }
 
     /// The key prefix.
     pub fn key_prefix(&self) -> &str {
-        &self.prefix
+        &self.inner.prefix
     }
 
     /// The Redis key of the epoch (`<prefix>epoch`).
     pub fn epoch_key(&self) -> &str {
-        &self.epoch_key
+        &self.inner.epoch_key
     }
 
     /// The Redis key that holds the record `key`: the prefix, then the key.
     pub fn redis_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        self.inner.redis_key(key)
     }
 
     /// The deadline of every command.
     pub fn request_timeout(&self) -> Duration {
-        self.timeout
+        self.inner.timeout
+    }
+
+    /// Counts of the merge calls made so far (how many records they
+    /// carried; see [`MERGE_BATCH_MAX_KEYS`]).
+    pub fn merge_call_stats(&self) -> MergeCallStats {
+        self.inner.merge_calls.snapshot()
     }
 
     /// Closes the connection; every later request fails as unavailable.
     pub async fn quit(&self) {
-        let quits = futures::future::join(self.client.quit(), self.bulk.quit());
-        let _ = tokio::time::timeout(self.timeout, quits).await;
-        self.abort_connections();
+        let inner = &self.inner;
+        let quits = futures::future::join(inner.client.quit(), inner.bulk.quit());
+        let _ = tokio::time::timeout(inner.timeout, quits).await;
+        inner.abort_connections();
+    }
+}
+
+impl Inner {
+    /// The Redis key that holds the record `key`: the prefix, then the key.
+    fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
     fn abort_connections(&self) {
@@ -408,6 +457,12 @@ impl RedisReplica {
         }
     }
 
+    /// `Replica::read`.
+    async fn read_record(&self, key: &str) -> Result<ReadReply, ReplicaError> {
+        self.check_key(key)?;
+        self.retrying(|| Box::pin(self.read_once(key))).await
+    }
+
     /// Refuses a logical key that would collide with the epoch keys.
     fn check_key(&self, key: &str) -> Result<(), ReplicaError> {
         if key == EPOCH_KEY_SUFFIX
@@ -426,20 +481,20 @@ impl RedisReplica {
 
 impl Drop for RedisReplica {
     fn drop(&mut self) {
-        // The connection tasks would otherwise reconnect forever.
-        self.abort_connections();
+        // The connection tasks would otherwise reconnect forever (a sender
+        // task still holding `inner` then fails at once).
+        self.inner.abort_connections();
     }
 }
 
 #[async_trait]
 impl Replica for RedisReplica {
     fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
     async fn read(&self, key: &str) -> Result<ReadReply, ReplicaError> {
-        self.check_key(key)?;
-        self.retrying(|| Box::pin(self.read_once(key))).await
+        self.inner.read_record(key).await
     }
 
     async fn merge(
@@ -449,11 +504,11 @@ impl Replica for RedisReplica {
         mode: MergeMode,
         now_ms: u64,
     ) -> Result<MergeReply, ReplicaError> {
-        self.merge_record(key, delta, mode, now_ms).await
+        self.inner.merge_queued(key, delta, mode, now_ms).await
     }
 
     async fn read_many(&self, keys: &[String]) -> Vec<Result<ReadReply, ReplicaError>> {
-        self.read_batch(keys).await
+        self.inner.read_batch(keys).await
     }
 
     async fn merge_many(
@@ -461,27 +516,27 @@ impl Replica for RedisReplica {
         items: &[(String, std::sync::Arc<Record>)],
         now_ms: u64,
     ) -> Vec<Result<MergeReply, ReplicaError>> {
-        self.merge_batch(items, now_ms).await
+        self.inner.merge_batch(items, now_ms).await
     }
 
     async fn scan(&self, cursor: &str, count: usize) -> Result<ScanPage, ReplicaError> {
-        self.scan_page(cursor, count).await
+        self.inner.scan_page(cursor, count).await
     }
 
     async fn ping(&self) -> Result<Epoch, ReplicaError> {
-        self.ping_epoch().await
+        self.inner.ping_epoch().await
     }
 
     async fn mark_epoch_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
-        self.mark_complete(epoch_id).await
+        self.inner.mark_complete(epoch_id).await
     }
 
     async fn acquire_lease(&self, owner: u64, ttl: Duration) -> Result<bool, ReplicaError> {
-        self.acquire(owner, ttl).await
+        self.inner.acquire(owner, ttl).await
     }
 
     async fn release_lease(&self, owner: u64) -> Result<(), ReplicaError> {
-        self.release(owner).await
+        self.inner.release(owner).await
     }
 
     /// Deletes every key under the prefix (SCAN + UNLINK in batches of
@@ -489,6 +544,6 @@ impl Replica for RedisReplica {
     /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
     /// shared.
     async fn wipe(&self) -> Result<(), ReplicaError> {
-        self.wipe_all().await
+        self.inner.wipe_all().await
     }
 }

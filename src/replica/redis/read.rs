@@ -7,14 +7,14 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Resp3Frame};
 
 use super::wire::{self, blob, short_key};
-use super::{RedisReplica, Via, FIELD_STAMP_SUMMARY, UNTIL_FLAG, WRITE_EPOCH_FIELD};
+use super::{Inner, Via, FIELD_STAMP_SUMMARY, UNTIL_FLAG, WRITE_EPOCH_FIELD};
 use crate::codec;
 use crate::error::ReplicaError;
 use crate::record::Record;
 use crate::replica::{Epoch, ReadReply};
 use crate::stamp::Stamp;
 
-impl RedisReplica {
+impl Inner {
     /// One [`Replica::read`] (made once more when the connection dropped
     /// under it, see `reconnect.rs`).
     pub(super) async fn read_once(&self, key: &str) -> Result<ReadReply, ReplicaError> {

@@ -32,14 +32,14 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike};
 
-use super::RedisReplica;
+use super::Inner;
 use crate::error::ReplicaError;
 
 /// Longest single wait on fred's connection notification before the state
 /// is read again (its notification can be missed between the two).
 const POLL: Duration = Duration::from_millis(5);
 
-/// How often [`RedisReplica::wait_reconnected`] looks for the new
+/// How often [`Inner::wait_reconnected`] looks for the new
 /// connection.
 const RECONNECT_POLL: Duration = Duration::from_millis(1);
 
@@ -56,7 +56,7 @@ pub(super) fn is_dropped_connection(error: &fred::error::Error) -> bool {
         .any(|text| error.details().starts_with(text))
 }
 
-impl RedisReplica {
+impl Inner {
     /// Waits up to `reconnect_wait` for `client` to be connected; true if
     /// it is.
     pub(super) async fn wait_connected(&self, client: &Client) -> bool {

@@ -4,11 +4,11 @@
 use fred::prelude::*;
 
 use super::wire::{glob_escape, split_cursor};
-use super::{RedisReplica, SCAN_COUNT_MAX, WIPE_BATCH};
+use super::{Inner, SCAN_COUNT_MAX, WIPE_BATCH};
 use crate::error::ReplicaError;
 use crate::replica::ScanPage;
 
-impl RedisReplica {
+impl Inner {
     pub(super) async fn scan_page(
         &self,
         cursor: &str,

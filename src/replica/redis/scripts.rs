@@ -1,18 +1,21 @@
 //! The Lua script calls (`EVALSHA` under the deadline, run id filled in,
 //! reloaded on `NOSCRIPT`, made again after a dropped connection) and the
-//! merge of one record.
+//! merge call (one or more records, see `queue.rs`).
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
+use fred::bytes::Bytes;
+
+use super::batch::for_each_key;
 use super::wire::{self, delta_args, delta_for_wire, epoch_candidate};
-use super::{run_id_placeholder, RedisReplica, Via, EXPIRY_MARGIN_ARG, MERGE_RUN_ID_SLOT};
+use super::{run_id_placeholder, Inner, Via, EXPIRY_MARGIN_ARG, MERGE_RUN_ID_SLOT};
 use crate::error::ReplicaError;
 use crate::record::Record;
 use crate::replica::{MergeMode, MergeReply, MergeStatus};
 use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
 
-impl RedisReplica {
+impl Inner {
     /// Runs a script under the deadline and maps its errors. `request`
     /// makes the keys and arguments; `args[run_id_slot]` is a placeholder
     /// for the run id, filled in here outside Cluster mode (`None`: the
@@ -88,25 +91,14 @@ impl RedisReplica {
         Ok((reply, via))
     }
 
-    /// The script keys: the record key, then the epoch and run keys
-    /// (standalone and Sentinel only; see the module docs on Cluster mode).
-    pub(super) fn script_keys(&self, key: &str) -> Vec<Key> {
-        let mut keys = Vec::with_capacity(3);
-        keys.push(Key::from(self.redis_key(key)));
-        if !self.clustered {
-            keys.push(self.epoch_fred_key.clone());
-            keys.push(self.run_fred_key.clone());
-        }
-        keys
-    }
-
-    pub(super) async fn merge_record(
+    /// Checks and encodes one merge for [`merge_call`](Self::merge_call).
+    pub(super) fn encode_merge(
         &self,
         key: &str,
         delta: &Record,
         mode: MergeMode,
         now_ms: u64,
-    ) -> Result<MergeReply, ReplicaError> {
+    ) -> Result<WireMerge, ReplicaError> {
         self.check_key(key)?;
         let delta = delta_for_wire(delta);
         if let Err(detail) = delta.check_shape() {
@@ -115,42 +107,108 @@ impl RedisReplica {
                 source: None,
             });
         }
-        let mode = match mode {
-            MergeMode::Upsert => "u",
-            MergeMode::Create => "c",
-        };
-        let now = encode_ms(now_ms.min(PHYSICAL_MAX));
-        let candidate = epoch_candidate();
         let pairs = delta_args(&delta);
+        let redis_key = self.redis_key(key);
+        let size = redis_key.len() + pairs.iter().map(Bytes::len).sum::<usize>();
+        Ok(WireMerge {
+            key: key.to_owned(),
+            redis_key: Key::from(redis_key),
+            mode: match mode {
+                MergeMode::Upsert => "u",
+                MergeMode::Create => "c",
+            },
+            now: encode_ms(now_ms.min(PHYSICAL_MAX)),
+            pairs,
+            size,
+        })
+    }
+
+    /// Merges every record of `merges` in one script call (one epoch read):
+    /// each gets its own reply or error, as if merged alone. A call that
+    /// fails as a whole fails every record with the same error.
+    pub(super) async fn merge_call(
+        &self,
+        merges: &[WireMerge],
+    ) -> Vec<Result<MergeReply, ReplicaError>> {
+        assert!(!merges.is_empty(), "a merge call carries a record");
+        assert!(
+            !self.clustered || merges.len() == 1,
+            "one record per call in Cluster mode (one slot)"
+        );
+        let candidate = epoch_candidate();
         let request = || {
-            let mut args = Vec::with_capacity(5 + pairs.len());
-            args.push(Value::from_static_str(mode));
-            args.push(Value::from(now.as_str()));
+            let mut keys = Vec::with_capacity(merges.len() + 2);
+            keys.extend(merges.iter().map(|merge| merge.redis_key.clone()));
+            if !self.clustered {
+                keys.push(self.epoch_fred_key.clone());
+                keys.push(self.run_fred_key.clone());
+            }
+            let items = merges
+                .iter()
+                .map(|merge| merge.pairs.len() + 3)
+                .sum::<usize>();
+            let mut args = Vec::with_capacity(4 + items);
+            args.push(Value::from(merges.len().to_string()));
             args.push(Value::from(candidate.as_str()));
             args.push(Value::from_static_str(EXPIRY_MARGIN_ARG));
             args.push(run_id_placeholder());
-            args.extend(pairs.iter().cloned().map(Value::Bytes));
-            (self.script_keys(key), args)
+            for merge in merges {
+                args.push(Value::from_static_str(merge.mode));
+                args.push(Value::from(merge.now.as_str()));
+                args.push(Value::from(merge.pairs.len().to_string()));
+                args.extend(merge.pairs.iter().cloned().map(Value::Bytes));
+            }
+            (keys, args)
         };
-        let (reply, via) = self
+        let key = (merges.len() == 1).then(|| merges[0].key.as_str());
+        let called = self
             .eval(
                 "merge",
                 &self.merge_script,
                 request,
                 Some(MERGE_RUN_ID_SLOT),
-                Some(key),
+                key,
             )
-            .await?;
-        let Value::Array(items) = reply else {
-            return Err(self.malformed("merge"));
+            .await;
+        self.merge_calls.note(merges.len());
+        let (reply, via) = match called {
+            Ok(answer) => answer,
+            Err(error) => return for_each_key(merges.len(), &error),
         };
-        let [status, epoch, held] = items.as_slice() else {
-            return Err(self.malformed("merge"));
+        let items = match reply {
+            Value::Array(items) if items.len() == 3 * merges.len() => items,
+            _ => return for_each_key(merges.len(), &self.malformed("merge")),
         };
+        let mut replies = Vec::with_capacity(merges.len());
+        for (merge, answer) in merges.iter().zip(items.chunks_exact(3)) {
+            let [status, epoch, held] = answer else {
+                unreachable!("chunks of three")
+            };
+            replies.push(self.merge_reply(&merge.key, status, epoch, held, via).await);
+        }
+        replies
+    }
+
+    /// One record's reply in a merge call's answer.
+    async fn merge_reply(
+        &self,
+        key: &str,
+        status: &Value,
+        epoch: &Value,
+        held: &Value,
+        via: Option<Via>,
+    ) -> Result<MergeReply, ReplicaError> {
         let status = match status.as_bytes() {
             Some(b"applied") => MergeStatus::Applied,
             Some(b"gone") => MergeStatus::Gone,
             Some(b"exists") => MergeStatus::Exists,
+            Some(b"error") => {
+                // This record refused (CORRUPT, a bad delta), as its own
+                // error reply would be.
+                let text = epoch.as_str().map(|t| t.into_owned()).unwrap_or_default();
+                let error = fred::error::Error::new(fred::error::ErrorKind::Unknown, text);
+                return Err(self.map_command_error("merge", key, error));
+            }
             _ => return Err(self.malformed("merge")),
         };
         let held_max = match held.as_bytes() {
@@ -165,4 +223,18 @@ impl RedisReplica {
             held_max,
         })
     }
+}
+
+/// One merge, checked and encoded, as a merge call sends it.
+pub(super) struct WireMerge {
+    /// The logical key (for logs).
+    pub(super) key: String,
+    redis_key: Key,
+    mode: &'static str,
+    /// `now`, 12 hex.
+    now: String,
+    /// The delta's hash pairs.
+    pairs: Vec<Bytes>,
+    /// Bytes of the key and the pairs: what a batch is bounded by.
+    pub(super) size: usize,
 }
