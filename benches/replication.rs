@@ -42,7 +42,8 @@
 //! workload and table, e.g. Dynomite or another Redis-compatible server (its
 //! server CPU is not measured: `-`); every client has `TCP_NODELAY` on, as
 //! the library's replica does; `QS_BENCH_PROFILE=update:quorum-r1:64`
-//! runs one case for 10 s for a profiler.
+//! runs one case for 10 s for a profiler; `QS_BENCH_KEEP_CALLGRIND=1`
+//! keeps the servers' callgrind dumps of `--instructions`.
 
 mod common;
 use common::{client, RedisServer};
@@ -1185,7 +1186,13 @@ async fn instructions() {
         rows.push((*name, row));
     }
     drop(callgrind);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("QS_BENCH_KEEP_CALLGRIND").is_some() {
+        // One dump per server per phase, in the order of the table: for
+        // `callgrind_annotate`.
+        println!("callgrind dumps kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!(
         "\nserver instructions (Ir) per operation, summed over the 3 servers, \
          {ops} ops per phase at concurrency {INSTRUCTION_CONCURRENCY}, idle {:.0} Ir/s subtracted",
