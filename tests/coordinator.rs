@@ -7,11 +7,13 @@
 //! past the W-th fastest replica; hedged reads; read-repair; wiped replicas
 //! never make a record read as "not found"; deletes never come back; two
 //! coordinators' concurrent updates of different fields both survive; bad
-//! input is refused before any replica is contacted.
+//! input is refused before any replica is contacted; readiness follows
+//! replicas going down and coming back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use quorum_sessions::coordinator::{NotReadyReason, Readiness};
 use quorum_sessions::replica::faulty::{FaultHandle, FaultyReplica};
 use quorum_sessions::replica::memory::InMemoryReplica;
 use quorum_sessions::replica::Replica;
@@ -592,4 +594,32 @@ async fn per_call_quorums_are_applied_and_validated() {
     }
     let record = c.read("s:{all}").await.unwrap().expect("found");
     assert_eq!(record.get("y"), None, "a refused write wrote nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_follows_two_of_three_replicas_going_down_and_coming_back() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    assert_eq!(c.readiness(), Readiness::Ready);
+    cluster.handles[1].down();
+    cluster.handles[2].down();
+    // Health moves on failed requests: `down_after_failures` (3) writes.
+    for i in 0..3 {
+        let written = c
+            .write(&format!("s:{{r{i}}}"), create(c).set("a", "1"))
+            .await;
+        assert!(matches!(written, Err(Error::QuorumNotReached { .. })));
+    }
+    let Readiness::NotReady(not_ready) = c.readiness() else {
+        panic!("2 of 3 down with W = 2 is not ready");
+    };
+    assert_eq!(not_ready.reason, NotReadyReason::WriteQuorumUnreachable);
+    assert_eq!(not_ready.down, ["r1", "r2"]);
+    assert_eq!((not_ready.reachable, not_ready.write_quorum), (1, 2));
+
+    cluster.handles[1].heal();
+    cluster.handles[2].heal();
+    // The background probes find them back (backoff from 100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.readiness(), Readiness::Ready);
 }

@@ -11,7 +11,7 @@
 //! ([`Coordinator::initialize`], [`Coordinator::accept_data_loss`]),
 //! `background.rs` (probes, hint replay, when anti-entropy starts),
 //! `anti_entropy.rs` ([`Coordinator::anti_entropy`]), `builder.rs`,
-//! `stats.rs`. How recovery works and why it is safe: `docs/design.md` and
+//! `stats.rs`, `readiness.rs` ([`Coordinator::readiness`]). How recovery works and why it is safe: `docs/design.md` and
 //! the numbered claims of `docs/epochs.md` in the repository.
 
 use std::sync::atomic::AtomicU64;
@@ -35,11 +35,13 @@ pub(crate) mod bootstrap;
 mod builder;
 mod read;
 mod read_repair;
+mod readiness;
 mod stats;
 mod write;
 
 pub use builder::CoordinatorBuilder;
 pub use read::ReadOptions;
+pub use readiness::{NotReady, NotReadyReason, Readiness};
 pub use stats::{CoordinatorStats, ReplicaState};
 pub use write::{WriteAck, WriteOptions};
 
