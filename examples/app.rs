@@ -135,7 +135,7 @@ async fn main() {
     };
     let store = SessionStore::new(coordinator, config).expect("valid session configuration");
     let state = routes::AppState {
-        store,
+        store: store.clone(),
         csrf: Csrf::new(&csrf_secret()).expect("32 bytes"),
         users: Arc::new(routes::demo_users()),
         secure_cookies: !options.insecure_cookies,
@@ -146,9 +146,38 @@ async fn main() {
     tracing::info!(addr = %options.addr, memory = options.memory, "listening");
     let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .expect("server error");
+    // The server took its last request: let the writes past W land and the
+    // hints reach their replicas, so the others have less to repair.
+    let report = store.coordinator().shutdown(SHUTDOWN_DEADLINE).await;
+    tracing::info!(?report, "stopped");
+}
+
+/// How long the coordinator's shutdown may take (inside a typical
+/// orchestrator's 30 s grace period, after the HTTP server's drain).
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ctrl-C, or SIGTERM (what an orchestrator sends) on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no SIGTERM handler: ctrl-c only");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: draining requests");
 }

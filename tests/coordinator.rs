@@ -8,7 +8,8 @@
 //! never make a record read as "not found"; deletes never come back; two
 //! coordinators' concurrent updates of different fields both survive; bad
 //! input is refused before any replica is contacted; readiness follows
-//! replicas going down and coming back.
+//! replicas going down and coming back; shutdown waits for the writes past W
+//! and reports what a hung replica left.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -622,4 +623,54 @@ async fn readiness_follows_two_of_three_replicas_going_down_and_coming_back() {
     // The background probes find them back (backoff from 100 ms).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.readiness(), Readiness::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_a_slow_replicas_background_write_then_refuses_new_work() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[2].delay(Duration::from_millis(100));
+    let ack = c.write("s:{slow}", create(c).set("a", "1")).await.unwrap();
+    assert_eq!(ack.acked, 2, "answered at W, the slow merge still running");
+
+    let started = Instant::now();
+    let report = c.shutdown(Duration::from_secs(1)).await;
+    assert!(report.is_complete(), "{report:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(95),
+        "did not wait: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(110),
+        "waited past the slow merge: {waited:?}"
+    );
+    let held = cluster.nodes[2].inner().read("s:{slow}").await.unwrap();
+    assert!(
+        held.record.is_some(),
+        "the write past W landed before shutdown returned"
+    );
+
+    let write = c.write("s:{new}", create(c).set("a", "1")).await;
+    assert!(matches!(write, Err(Error::ShuttingDown)), "{write:?}");
+    let read = c.read("s:{slow}").await;
+    assert!(matches!(read, Err(Error::ShuttingDown)), "{read:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_reports_the_write_and_then_the_hint_a_hung_replica_left() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[2].hang();
+    c.write("s:{hung}", create(c).set("a", "1")).await.unwrap();
+
+    // Before `request_timeout` (200 ms) the merge on the hung replica runs.
+    let report = c.shutdown(Duration::from_millis(50)).await;
+    assert_eq!(report.background_writes_left, 1, "{report:?}");
+    assert_eq!(report.hints_left, 0, "{report:?}");
+    // Later it timed out and became a hint, which the replica never takes.
+    let report = c.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.background_writes_left, 0, "{report:?}");
+    assert_eq!(report.hints_left, 1, "{report:?}");
+    assert!(!report.anti_entropy_running);
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::stats::bump;
 use super::Coordinator;
@@ -64,6 +64,9 @@ impl Coordinator {
     /// complete then; the lease expires after
     /// [`AntiEntropyConfig::lease_ttl`](crate::AntiEntropyConfig)).
     pub async fn anti_entropy(&self) -> Option<AntiEntropyReport> {
+        if self.is_closing() {
+            return None;
+        }
         let running = &self.inner.anti_entropy_running;
         if running.swap(true, Ordering::AcqRel) {
             return None;
@@ -161,6 +164,11 @@ impl Coordinator {
             self.finish_page(&mut page_pass, page).await;
             if pass.is_participant(index) {
                 pass.on_page(index, next_cursor);
+            }
+            if self.is_closing() {
+                // `Coordinator::shutdown`: the lease is released by the caller.
+                info!("anti-entropy pass stopped: the coordinator shuts down");
+                return None;
             }
             if !config.pause_between_pages.is_zero() {
                 tokio::time::sleep(config.pause_between_pages).await;

@@ -25,11 +25,19 @@ impl Coordinator {
             .health
             .probe_interval_min
             .min(self.inner.config.handoff_interval);
+        let stopped = self.inner.lifecycle.stopped();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick.max(Duration::from_millis(1)));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(stopped);
             loop {
-                interval.tick().await;
+                // Ends at `Coordinator::shutdown` (between ticks: a tick
+                // under way finishes, and shutdown waits for its writes).
+                tokio::select! {
+                    biased;
+                    () = &mut stopped => return,
+                    _ = interval.tick() => {}
+                }
                 // Ends when the last coordinator handle is dropped.
                 let Some(inner) = weak.upgrade() else { return };
                 let coordinator = Coordinator { inner };

@@ -11,7 +11,8 @@
 //! ([`Coordinator::initialize`], [`Coordinator::accept_data_loss`]),
 //! `background.rs` (probes, hint replay, when anti-entropy starts),
 //! `anti_entropy.rs` ([`Coordinator::anti_entropy`]), `builder.rs`,
-//! `stats.rs`, `readiness.rs` ([`Coordinator::readiness`]). How recovery works and why it is safe: `docs/design.md` and
+//! `stats.rs`, `readiness.rs` ([`Coordinator::readiness`]), `shutdown.rs`
+//! ([`Coordinator::shutdown`]). How recovery works and why it is safe: `docs/design.md` and
 //! the numbered claims of `docs/epochs.md` in the repository.
 
 use std::sync::atomic::AtomicU64;
@@ -36,12 +37,14 @@ mod builder;
 mod read;
 mod read_repair;
 mod readiness;
+mod shutdown;
 mod stats;
 mod write;
 
 pub use builder::CoordinatorBuilder;
 pub use read::ReadOptions;
 pub use readiness::{NotReady, NotReadyReason, Readiness};
+pub use shutdown::ShutdownReport;
 pub use stats::{CoordinatorStats, ReplicaState};
 pub use write::{WriteAck, WriteOptions};
 
@@ -85,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) anti_entropy_not_before_ms: AtomicU64,
     /// Monotonic ms of the next scheduled pass (with an `interval`).
     pub(crate) anti_entropy_next_scheduled_ms: AtomicU64,
+    /// Shutdown flag and writes in flight.
+    pub(crate) lifecycle: shutdown::Lifecycle,
 }
 
 /// Replicates records over N replicas with quorum writes and reads. Cheap to

@@ -53,7 +53,8 @@ impl Coordinator {
     ///
     /// [`Error::Unavailable`] when too few replicas answered, or when the
     /// misses that came back do not prove the record absent (never read
-    /// this as "not found"); [`Error::Invalid`] for a malformed key.
+    /// this as "not found"); [`Error::Invalid`] for a malformed key;
+    /// [`Error::ShuttingDown`] after [`Coordinator::shutdown`] began.
     pub async fn read(&self, key: &str) -> Result<Option<Record>> {
         self.read_with(key, ReadOptions::default()).await
     }
@@ -70,6 +71,7 @@ impl Coordinator {
     /// ([`InvalidInput::Quorum`]) unless
     /// `1 ≤ R ≤ N`.
     pub async fn read_with(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
+        self.check_open()?;
         self.check_key(key)?;
         let (configured, n) = (self.inner.config.read_quorum, self.replica_count());
         let read_quorum = match options.read_quorum {

@@ -16,6 +16,7 @@ use crate::record::Record;
 use crate::replica::{MergeMode, MergeReply, MergeStatus};
 use crate::stamp::Stamp;
 
+use super::shutdown::WriteGuard;
 use super::stats::bump;
 use super::{Coordinator, Redacted};
 
@@ -66,7 +67,8 @@ enum Written {
 
 /// Requests that run to completion even when nobody waits for them any more:
 /// whatever is left when this is dropped is driven by one spawned task.
-struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>)
+/// The guard counts them as in flight for [`Coordinator::shutdown`].
+struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>, Option<WriteGuard>)
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send;
@@ -92,6 +94,7 @@ impl Coordinator {
     /// # Errors
     ///
     /// - [`Error::Invalid`] before any replica is contacted;
+    /// - [`Error::ShuttingDown`] after [`Coordinator::shutdown`] began;
     /// - [`Error::QuorumNotReached`] when W can no longer be reached. The
     ///   write may still have reached some replicas and may surface later (as
     ///   in Dynamo); retrying the same mutation is safe;
@@ -135,6 +138,7 @@ impl Coordinator {
         mutation: Mutation,
         options: WriteOptions,
     ) -> Result<WriteAck> {
+        self.check_open()?;
         let now_ms = self.now_ms();
         self.check_key(key)?;
         let write_quorum = self.write_quorum_of(options)?;
@@ -222,7 +226,10 @@ impl Coordinator {
         let now_ms = self.now_ms();
         let mut outcome = WriteOutcome::Pending;
         let key: Arc<str> = Arc::from(key);
-        let mut merges = FinishInBackground(Vec::with_capacity(n));
+        let mut merges = FinishInBackground(
+            Vec::with_capacity(n),
+            Some(self.inner.lifecycle.write_started()),
+        );
         for index in 0..n {
             if self.lock().health.is_down(index) {
                 self.queue_hint(index, &key, &delta, now_ms);
@@ -386,6 +393,7 @@ where
 {
     fn drop(&mut self) {
         let rest: Vec<_> = self.0.drain(..).flatten().collect();
+        let guard = self.1.take();
         if rest.is_empty() {
             return;
         }
@@ -393,6 +401,7 @@ where
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let task = async move {
                 futures::future::join_all(rest).await;
+                drop(guard);
             };
             runtime.spawn(task.in_current_span());
         }
