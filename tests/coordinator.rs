@@ -651,6 +651,10 @@ async fn shutdown_waits_for_a_slow_replicas_background_write_then_refuses_new_wo
         "the write past W landed before shutdown returned"
     );
 
+    let Readiness::NotReady(not_ready) = c.readiness() else {
+        panic!("a coordinator shut down is not ready");
+    };
+    assert_eq!(not_ready.reason, NotReadyReason::ShuttingDown);
     let write = c.write("s:{new}", create(c).set("a", "1")).await;
     assert!(matches!(write, Err(Error::ShuttingDown)), "{write:?}");
     let read = c.read("s:{slow}").await;

@@ -53,6 +53,8 @@ pub struct NotReady {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum NotReadyReason {
+    /// [`Coordinator::shutdown`] began: reads and writes are refused.
+    ShuttingDown,
     /// More replicas lost data than anti-entropy can refill: reads stay
     /// unavailable until an operator calls
     /// [`Coordinator::accept_data_loss`] (README, "Operating it").
@@ -90,6 +92,7 @@ impl Coordinator {
     /// # });
     /// ```
     pub fn readiness(&self) -> Readiness {
+        let closing = self.is_closing();
         let operator_needed = self.data_loss().1;
         let config = self.config();
         let n = self.replica_count();
@@ -99,6 +102,7 @@ impl Coordinator {
             config.write_quorum,
             read_quorum,
             operator_needed,
+            closing,
         )
     }
 }
@@ -109,6 +113,7 @@ fn decide(
     write_quorum: usize,
     read_quorum: usize,
     operator_needed: bool,
+    closing: bool,
 ) -> Readiness {
     let names = |keep: fn(&ReplicaState) -> bool| -> Vec<String> {
         states
@@ -127,7 +132,9 @@ fn decide(
         .filter(|s| s.health != Health::Down && s.readable)
         .count();
     assert!(readable <= reachable, "a readable replica is reachable");
-    let reason = if operator_needed {
+    let reason = if closing {
+        NotReadyReason::ShuttingDown
+    } else if operator_needed {
         NotReadyReason::OperatorNeeded
     } else if reachable < write_quorum {
         NotReadyReason::WriteQuorumUnreachable
@@ -209,7 +216,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &(health, readable))| state(&format!("r{i}"), health, readable))
                 .collect();
-            let got = decide(&states, 2, 2, operator_needed);
+            let got = decide(&states, 2, 2, operator_needed, false);
             match (expected, got) {
                 (None, Readiness::Ready) => {}
                 (Some(reason), Readiness::NotReady(not_ready)) => {
@@ -227,12 +234,16 @@ mod tests {
             state("b", Health::Up, false),
             state("c", Health::Down, false),
         ];
-        let Readiness::NotReady(not_ready) = decide(&states, 2, 2, false) else {
+        let Readiness::NotReady(not_ready) = decide(&states, 2, 2, false, false) else {
             panic!("one readable replica of a read quorum of 2");
         };
         assert_eq!(not_ready.reason, NotReadyReason::ReadQuorumUnreadable);
         assert_eq!(not_ready.down, ["c"]);
         assert_eq!(not_ready.refilling, ["b"]);
         assert_eq!((not_ready.reachable, not_ready.readable), (2, 1));
+        let Readiness::NotReady(closing) = decide(&states, 2, 2, false, true) else {
+            panic!("shutting down is never ready");
+        };
+        assert_eq!(closing.reason, NotReadyReason::ShuttingDown);
     }
 }

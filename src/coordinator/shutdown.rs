@@ -106,7 +106,8 @@ impl Lifecycle {
 
 impl Coordinator {
     /// Stops this coordinator within `deadline`: new reads and writes fail
-    /// with [`Error::ShuttingDown`]; then it waits for the writes still
+    /// with [`Error::ShuttingDown`] and [`Coordinator::readiness`] says
+    /// [`ShuttingDown`](super::NotReadyReason::ShuttingDown); then it waits for the writes still
     /// running (those answered at W finish on the other replicas in the
     /// background), replays the hints of the replicas that are not Down,
     /// stops the background task and lets a running anti-entropy pass stop
