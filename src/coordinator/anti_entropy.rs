@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::metrics;
 use super::stats::bump;
 use super::Coordinator;
 use crate::core::anti_entropy::{AntiEntropyPass, PassStats};
@@ -77,6 +78,7 @@ impl Coordinator {
             // have been applied after its request timed out.
             self.release_lease().await;
             bump(&self.inner.counters.anti_entropy_lease_refused);
+            metrics::counter(metrics::LEASE_REFUSALS, 1);
             debug!("anti-entropy lease held elsewhere: no pass");
             // Passes started by this coordinator wait a third of a lease
             // before asking again (on-demand calls do not wait).
@@ -176,6 +178,7 @@ impl Coordinator {
             if lease_renewed.elapsed() >= lease_ttl / 3 {
                 if !self.hold_lease().await {
                     bump(&self.inner.counters.anti_entropy_lease_refused);
+                    metrics::counter(metrics::LEASE_REFUSALS, 1);
                     warn!("anti-entropy lease lost: the pass stops");
                     return None;
                 }
@@ -203,6 +206,15 @@ impl Coordinator {
             self.lock().hints.clear_anti_entropy(index);
         }
         bump(&self.inner.counters.anti_entropy_passes);
+        metrics::counter(metrics::ANTI_ENTROPY_PASSES, 1);
+        metrics::counter(
+            metrics::ANTI_ENTROPY_KEYS_COMPARED,
+            outcome.stats.keys_compared,
+        );
+        metrics::counter(
+            metrics::ANTI_ENTROPY_KEYS_REPAIRED,
+            outcome.stats.keys_repaired,
+        );
         self.inner
             .counters
             .anti_entropy_records_sent

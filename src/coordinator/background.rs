@@ -90,12 +90,13 @@ impl Coordinator {
     pub async fn replay_hints(&self) {
         let now_ms = self.now_ms();
         for index in 0..self.replica_count() {
-            let batch = {
+            let (batch, before) = {
                 let mut state = self.lock();
                 if state.health.health(index) == Health::Down || state.hints.is_empty(index) {
                     continue;
                 }
-                state.hints.take_batch(index, now_ms)
+                let before = state.hints.stats(index);
+                (state.hints.take_batch(index, now_ms), before)
             };
             if batch.is_empty() {
                 continue;
@@ -113,9 +114,12 @@ impl Coordinator {
                 }
             }
             failed.extend(batch);
+            let mut state = self.lock();
+            let restored = failed.len() as u64;
             if !failed.is_empty() {
-                self.lock().hints.restore(index, failed, now_ms);
+                state.hints.restore(index, failed, now_ms);
             }
+            self.hint_metrics(&state, index, before, restored);
         }
     }
 

@@ -12,7 +12,8 @@
 //! `background.rs` (probes, hint replay, when anti-entropy starts),
 //! `anti_entropy.rs` ([`Coordinator::anti_entropy`]), `builder.rs`,
 //! `stats.rs`, `readiness.rs` ([`Coordinator::readiness`]), `shutdown.rs`
-//! ([`Coordinator::shutdown`]). How recovery works and why it is safe: `docs/design.md` and
+//! ([`Coordinator::shutdown`]), `metrics.rs` (feature `metrics`: names in
+//! `docs/metrics.md`). How recovery works and why it is safe: `docs/design.md` and
 //! the numbered claims of `docs/epochs.md` in the repository.
 
 use std::sync::atomic::AtomicU64;
@@ -34,6 +35,7 @@ pub(crate) mod anti_entropy;
 mod background;
 pub(crate) mod bootstrap;
 mod builder;
+mod metrics;
 mod read;
 mod read_repair;
 mod readiness;
@@ -181,10 +183,12 @@ impl Coordinator {
         request: impl std::future::Future<Output = Result<T, ReplicaError>>,
     ) -> Result<T, ReplicaError> {
         let timeout = self.inner.config.request_timeout;
+        let sent = metrics::start();
         let result = match tokio::time::timeout(timeout, request).await {
             Ok(result) => result,
             Err(_) => Err(ReplicaError::Timeout { after: timeout }),
         };
+        metrics::replica_request(self.inner.replicas[index].name(), sent);
         self.note_health(index, result.as_ref().map(|_| ()));
         result
     }
@@ -193,19 +197,24 @@ impl Coordinator {
     /// tracker and the failure counter.
     pub(crate) fn note_health(&self, index: ReplicaIndex, result: Result<(), &ReplicaError>) {
         let now_ms = self.monotonic_ms();
+        let replica = self.inner.replicas[index].name();
         let mut state = self.lock();
         match result {
-            Ok(()) => state.health.on_success(index),
-            Err(error) if error.is_health_failure() => {
-                bump(&self.inner.counters.replica_failures);
-                if state.health.on_failure(index, now_ms) {
-                    warn!(
-                        replica = self.inner.replicas[index].name(),
-                        "replica marked down"
-                    );
+            Ok(()) => {
+                let was_down = state.health.is_down(index);
+                state.health.on_success(index);
+                if was_down {
+                    metrics::health_transition(replica, "up");
                 }
             }
-            Err(_) => bump(&self.inner.counters.replica_failures),
+            Err(error) => {
+                bump(&self.inner.counters.replica_failures);
+                metrics::replica_counter(metrics::REPLICA_FAILURES, replica, 1);
+                if error.is_health_failure() && state.health.on_failure(index, now_ms) {
+                    metrics::health_transition(replica, "down");
+                    warn!(replica, "replica marked down");
+                }
+            }
         }
     }
 
@@ -214,6 +223,11 @@ impl Coordinator {
         match change {
             EpochChange::Changed => {
                 bump(&self.inner.counters.epochs_changed);
+                metrics::replica_counter(
+                    metrics::EPOCH_CHANGES,
+                    self.inner.replicas[index].name(),
+                    1,
+                );
                 warn!(
                     replica = self.inner.replicas[index].name(),
                     "replica epoch changed: write-only until refilled"
@@ -231,6 +245,7 @@ impl Coordinator {
     pub(crate) fn observe_stamp(&self, stamp: Stamp) {
         let now_ms = self.now_ms();
         if let Err(skew) = self.lock().clock.observe(stamp, now_ms) {
+            metrics::counter(metrics::CLOCK_SKEW_REFUSALS, 1);
             warn!(
                 ahead_ms = skew.ahead_ms,
                 "stamp refused: too far ahead of the local clock"

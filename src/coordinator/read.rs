@@ -71,6 +71,13 @@ impl Coordinator {
     /// ([`InvalidInput::Quorum`]) unless
     /// `1 ≤ R ≤ N`.
     pub async fn read_with(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
+        let started = super::metrics::start();
+        let result = self.read_unmetered(key, options).await;
+        super::metrics::operation("read", result.as_ref().map(Option::as_ref), started);
+        result
+    }
+
+    async fn read_unmetered(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
         self.check_open()?;
         self.check_key(key)?;
         let (configured, n) = (self.inner.config.read_quorum, self.replica_count());

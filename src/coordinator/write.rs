@@ -138,6 +138,18 @@ impl Coordinator {
         mutation: Mutation,
         options: WriteOptions,
     ) -> Result<WriteAck> {
+        let started = super::metrics::start();
+        let result = self.write_unmetered(key, mutation, options).await;
+        super::metrics::operation("write", result.as_ref().map(Some), started);
+        result
+    }
+
+    async fn write_unmetered(
+        &self,
+        key: &str,
+        mutation: Mutation,
+        options: WriteOptions,
+    ) -> Result<WriteAck> {
         self.check_open()?;
         let now_ms = self.now_ms();
         self.check_key(key)?;
@@ -174,6 +186,7 @@ impl Coordinator {
             let stamp = {
                 let mut state = self.lock();
                 if let Err(skew) = state.clock.observe(above, now_ms) {
+                    super::metrics::counter(super::metrics::CLOCK_SKEW_REFUSALS, 1);
                     warn!(
                         ahead_ms = skew.ahead_ms,
                         "a replica holds a stamp too far ahead: not followed"
@@ -343,7 +356,13 @@ impl Coordinator {
     /// Queues a missed write for replay (hinted handoff). Overflow drops the
     /// oldest hint and marks the replica for anti-entropy.
     pub(crate) fn queue_hint(&self, index: ReplicaIndex, key: &str, delta: &Record, now_ms: u64) {
-        let push = self.lock().hints.push(index, key, delta, now_ms);
+        let push = {
+            let mut state = self.lock();
+            let before = state.hints.stats(index);
+            let push = state.hints.push(index, key, delta, now_ms);
+            self.hint_metrics(&state, index, before, 0);
+            push
+        };
         if matches!(
             push,
             HintPush::QueuedDroppingOldest { .. } | HintPush::TooLarge
