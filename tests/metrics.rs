@@ -5,7 +5,8 @@
 //! acknowledged write moves the operation counter and the latency
 //! histograms; a replica going down moves its failure, health-transition
 //! and hint metrics, and coming back moves them again (hints replayed,
-//! none pending); no label holds a key.
+//! none pending); a replica restarting empty moves the epoch and
+//! anti-entropy metrics; no label holds a key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,23 @@ fn value<'a>(
     })
 }
 
+/// Names are ours, labels are the documented ones, and no value is a key.
+fn assert_labels_hold_no_key(snapshot: &Snapshot) {
+    for (name, labels, _) in snapshot {
+        assert!(name.starts_with("quorum_sessions_"), "{name}");
+        for (key, value) in labels {
+            assert!(
+                ["replica", "op", "outcome", "to"].contains(&key.as_str()),
+                "{key}"
+            );
+            assert!(
+                !value.contains("s:"),
+                "a key in a label: {name} {key}={value}"
+            );
+        }
+    }
+}
+
 fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
     match value(snapshot, name, labels) {
         Some(DebugValue::Counter(count)) => *count,
@@ -92,6 +110,7 @@ async fn scenario(recorder: &DebuggingRecorder) {
 
     c.write("s:{m0}", create()).await.unwrap();
     let s = snapshot(recorder);
+    assert_labels_hold_no_key(&s);
     let ops = "quorum_sessions_operations_total";
     assert_eq!(
         counter(&s, ops, &[("op", "write"), ("outcome", "acknowledged")]),
@@ -113,6 +132,7 @@ async fn scenario(recorder: &DebuggingRecorder) {
     }
     c.read("s:{m1}").await.unwrap().expect("found");
     let s = snapshot(recorder);
+    assert_labels_hold_no_key(&s);
     let r2 = [("replica", "r2")];
     assert_eq!(
         counter(&s, ops, &[("op", "write"), ("outcome", "acknowledged")]),
@@ -136,6 +156,7 @@ async fn scenario(recorder: &DebuggingRecorder) {
     handles[2].heal();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = snapshot(recorder);
+    assert_labels_hold_no_key(&s);
     assert_eq!(
         counter(&s, transitions, &[("replica", "r2"), ("to", "up")]),
         1
@@ -145,17 +166,19 @@ async fn scenario(recorder: &DebuggingRecorder) {
         value(&s, "quorum_sessions_hints_pending", &r2),
         Some(&DebugValue::Gauge(0.0.into()))
     );
-    for (name, labels, _) in &s {
-        assert!(name.starts_with("quorum_sessions_"), "{name}");
-        for (key, value) in labels {
-            assert!(
-                ["replica", "op", "outcome", "to"].contains(&key.as_str()),
-                "{key}"
-            );
-            assert!(
-                !value.contains("s:"),
-                "a key in a label: {name} {key}={value}"
-            );
-        }
-    }
+    // r1 restarts empty: a new epoch, then a pass refills it.
+    let nodes: Vec<_> = c.replicas().to_vec();
+    nodes[1].wipe().await.unwrap();
+    c.write("s:{m4}", create()).await.unwrap();
+    c.anti_entropy().await.expect("no other pass");
+    let s = snapshot(recorder);
+    let r1 = [("replica", "r1")];
+    assert_eq!(counter(&s, "quorum_sessions_epoch_changes_total", &r1), 1);
+    assert_eq!(
+        counter(&s, "quorum_sessions_anti_entropy_passes_total", &[]),
+        1
+    );
+    assert!(counter(&s, "quorum_sessions_anti_entropy_keys_compared_total", &[]) >= 5);
+    assert!(counter(&s, "quorum_sessions_anti_entropy_keys_repaired_total", &[]) >= 4);
+    assert_labels_hold_no_key(&s);
 }
