@@ -6,6 +6,9 @@
 //! cargo run --example app -- --memory --insecure-cookies   # plain-HTTP localhost only
 //! ```
 //!
+//! `cargo run --example app --features metrics -- --memory` also fills
+//! `GET /metrics` (Prometheus text) with the library's metrics.
+//!
 //! Options: `--addr HOST:PORT` (default `127.0.0.1:3000`), `--memory`,
 //! `--insecure-cookies` (drops `Secure` from the cookie so a browser sends
 //! it over plain HTTP; refused unless the address is loopback). The CSRF
@@ -119,6 +122,7 @@ async fn main() {
     if options.insecure_cookies {
         tracing::warn!("--insecure-cookies: the session cookie is sent over plain HTTP (localhost development only)");
     }
+    let prometheus = prometheus();
     let replicas = match replicas(options.memory).await {
         Ok(replicas) => replicas,
         Err(message) => {
@@ -135,7 +139,7 @@ async fn main() {
     };
     let store = SessionStore::new(coordinator, config).expect("valid session configuration");
     let state = routes::AppState {
-        store,
+        store: store.clone(),
         csrf: Csrf::new(&csrf_secret()).expect("32 bytes"),
         users: Arc::new(routes::demo_users()),
         secure_cookies: !options.insecure_cookies,
@@ -144,11 +148,65 @@ async fn main() {
         .await
         .unwrap_or_else(|error| panic!("cannot listen on {}: {error}", options.addr));
     tracing::info!(addr = %options.addr, memory = options.memory, "listening");
-    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = routes::router(state)
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { prometheus.render() }),
+        )
+        .into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .expect("server error");
+    // The server took its last request: let the writes past W land and the
+    // hints reach their replicas, so the others have less to repair.
+    let report = store.coordinator().shutdown(SHUTDOWN_DEADLINE).await;
+    tracing::info!(?report, "stopped");
+}
+
+/// The Prometheus exporter behind `GET /metrics`. The library's metrics
+/// (docs/metrics.md) need its feature: `--features metrics`; without it the
+/// page is empty.
+fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only metrics recorder of the process");
+    // Without its HTTP listener the exporter leaves upkeep (draining the
+    // histograms' buckets) to the application.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    handle
+}
+
+/// How long the coordinator's shutdown may take (inside a typical
+/// orchestrator's 30 s grace period, after the HTTP server's drain).
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ctrl-C, or SIGTERM (what an orchestrator sends) on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no SIGTERM handler: ctrl-c only");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: draining requests");
 }

@@ -168,6 +168,11 @@ pub enum Error {
     /// A conditional create found another record under the same key.
     #[error("a record already exists under this key")]
     Collision,
+    /// [`Coordinator::shutdown`](crate::Coordinator::shutdown) began: this
+    /// coordinator takes no new work. Map it to 503 (another app server
+    /// answers).
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
     /// The input was refused before any replica was contacted.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),

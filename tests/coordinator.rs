@@ -7,11 +7,14 @@
 //! past the W-th fastest replica; hedged reads; read-repair; wiped replicas
 //! never make a record read as "not found"; deletes never come back; two
 //! coordinators' concurrent updates of different fields both survive; bad
-//! input is refused before any replica is contacted.
+//! input is refused before any replica is contacted; readiness follows
+//! replicas going down and coming back; shutdown waits for the writes past W
+//! and reports what a hung replica left.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use quorum_sessions::coordinator::{NotReadyReason, Readiness};
 use quorum_sessions::replica::faulty::{FaultHandle, FaultyReplica};
 use quorum_sessions::replica::memory::InMemoryReplica;
 use quorum_sessions::replica::Replica;
@@ -592,4 +595,86 @@ async fn per_call_quorums_are_applied_and_validated() {
     }
     let record = c.read("s:{all}").await.unwrap().expect("found");
     assert_eq!(record.get("y"), None, "a refused write wrote nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_follows_two_of_three_replicas_going_down_and_coming_back() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    assert_eq!(c.readiness(), Readiness::Ready);
+    cluster.handles[1].down();
+    cluster.handles[2].down();
+    // Health moves on failed requests: `down_after_failures` (3) writes.
+    for i in 0..3 {
+        let written = c
+            .write(&format!("s:{{r{i}}}"), create(c).set("a", "1"))
+            .await;
+        assert!(matches!(written, Err(Error::QuorumNotReached { .. })));
+    }
+    let Readiness::NotReady(not_ready) = c.readiness() else {
+        panic!("2 of 3 down with W = 2 is not ready");
+    };
+    assert_eq!(not_ready.reason, NotReadyReason::WriteQuorumUnreachable);
+    assert_eq!(not_ready.down, ["r1", "r2"]);
+    assert_eq!((not_ready.reachable, not_ready.write_quorum), (1, 2));
+
+    cluster.handles[1].heal();
+    cluster.handles[2].heal();
+    // The background probes find them back (backoff from 100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.readiness(), Readiness::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_a_slow_replicas_background_write_then_refuses_new_work() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[2].delay(Duration::from_millis(100));
+    let ack = c.write("s:{slow}", create(c).set("a", "1")).await.unwrap();
+    assert_eq!(ack.acked, 2, "answered at W, the slow merge still running");
+
+    let started = Instant::now();
+    let report = c.shutdown(Duration::from_secs(1)).await;
+    assert!(report.is_complete(), "{report:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(95),
+        "did not wait: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(110),
+        "waited past the slow merge: {waited:?}"
+    );
+    let held = cluster.nodes[2].inner().read("s:{slow}").await.unwrap();
+    assert!(
+        held.record.is_some(),
+        "the write past W landed before shutdown returned"
+    );
+
+    let Readiness::NotReady(not_ready) = c.readiness() else {
+        panic!("a coordinator shut down is not ready");
+    };
+    assert_eq!(not_ready.reason, NotReadyReason::ShuttingDown);
+    let write = c.write("s:{new}", create(c).set("a", "1")).await;
+    assert!(matches!(write, Err(Error::ShuttingDown)), "{write:?}");
+    let read = c.read("s:{slow}").await;
+    assert!(matches!(read, Err(Error::ShuttingDown)), "{read:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_reports_the_write_and_then_the_hint_a_hung_replica_left() {
+    let cluster = cluster(3, config(2, 2)).await;
+    let c = &cluster.coordinator;
+    cluster.handles[2].hang();
+    c.write("s:{hung}", create(c).set("a", "1")).await.unwrap();
+
+    // Before `request_timeout` (200 ms) the merge on the hung replica runs.
+    let report = c.shutdown(Duration::from_millis(50)).await;
+    assert_eq!(report.background_writes_left, 1, "{report:?}");
+    assert_eq!(report.hints_left, 0, "{report:?}");
+    // Later it timed out and became a hint, which the replica never takes.
+    let report = c.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.background_writes_left, 0, "{report:?}");
+    assert_eq!(report.hints_left, 1, "{report:?}");
+    assert!(!report.anti_entropy_running);
 }

@@ -2,7 +2,8 @@
 //! a replica that missed writes level; anti-entropy refills a wiped replica
 //! and marks it complete; a replica restored from an old snapshot never
 //! brings deleted records back; a hint queue overflow is counted and
-//! anti-entropy still converges. The same scenarios on real Redis are in
+//! anti-entropy still converges; shutdown stops a pass and releases its
+//! lease. The same scenarios on real Redis are in
 //! `tests/recovery.rs`.
 
 use std::sync::Arc;
@@ -290,4 +291,39 @@ async fn a_rejoin_is_refilled_at_once_even_with_a_schedule() {
         c.replica_states()[1]
     );
     assert_identical(&nodes);
+}
+
+/// `Coordinator::shutdown` stops a pass under way at its next page: the
+/// pass ends without marking anything complete and gives the lease back,
+/// so another app server's pass can run at once.
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_an_anti_entropy_pass_and_releases_its_lease() {
+    let mut config = manual();
+    config.anti_entropy.scan_batch = 10;
+    config.anti_entropy.pause_between_pages = Duration::from_millis(50);
+    let (c, nodes, handles) = cluster(config).await;
+    write_many(&c, 200, "a").await;
+    handles[1].wipe().await.unwrap();
+    write_many(&c, 10, "b").await; // the coordinator sees the new epoch
+    let pass = tokio::spawn({
+        let c = c.clone();
+        async move { c.anti_entropy().await }
+    });
+    tokio::time::sleep(Duration::from_millis(120)).await; // a few pages in
+
+    let report = c.shutdown(Duration::from_secs(1)).await;
+    assert!(!report.anti_entropy_running, "{report:?}");
+    assert!(pass.await.unwrap().is_none(), "the pass stopped early");
+    assert!(
+        !c.replica_states()[1].readable,
+        "a stopped pass refills nothing"
+    );
+    let (other, ttl) = (7, Duration::from_secs(10));
+    for node in &nodes {
+        assert!(
+            node.acquire_lease(other, ttl).await.unwrap(),
+            "lease released"
+        );
+    }
+    assert!(c.anti_entropy().await.is_none(), "no pass after shutdown");
 }

@@ -8,7 +8,8 @@
 //! with a live session rotates the id and carries the cart; a stolen cookie
 //! presented by another user agent destroys the session; admin routes need
 //! the admin role and never show a usable session id; replicas unreachable
-//! below quorum give 503, never "not logged in"; logout and logout-all end
+//! below quorum give 503, never "not logged in", and turn `/health/ready`
+//! to 503 naming them (200 again once they are back); logout and logout-all end
 //! the sessions.
 
 mod session_support;
@@ -350,12 +351,25 @@ async fn the_example_app_end_to_end_over_http() {
     assert_eq!(unavailable.status, 503, "{}", unavailable.raw_body);
     assert_eq!(unavailable.header("retry-after"), Some("1"));
     assert_eq!(client.login("alice", "demo123", None).await.status, 503);
+    // Readiness follows once the failures marked them Down (3 each).
+    assert_eq!(
+        client.send("GET", "/health/live", &[], None).await.status,
+        200
+    );
+    rotated.get("/profile").await;
+    let ready = client.send("GET", "/health/ready", &[], None).await;
+    assert_eq!(ready.status, 503, "{}", ready.raw_body);
+    assert_eq!(ready.body["status"], "not_ready");
+    assert_eq!(ready.body["reason"], "write_quorum_unreachable");
+    assert_eq!(ready.body["down"], json!(["r0", "r1"]));
     cluster.handles[0].heal();
     cluster.handles[1].heal();
     cluster.store.coordinator().probe_due_replicas().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     cluster.store.coordinator().probe_due_replicas().await;
     assert_eq!(rotated.get("/profile").await.status, 200);
+    let ready = client.send("GET", "/health/ready", &[], None).await;
+    assert_eq!(ready.status, 200, "{}", ready.raw_body);
 
     // Logout everywhere, then logout.
     let second = browser(&client, "alice", "demo123", None).await;

@@ -14,6 +14,8 @@
 //! | `DELETE /cart/clear` | |
 //! | `GET /admin/sessions` | `?cursor=&limit=`, role `admin` |
 //! | `GET /admin/analytics` | role `admin` |
+//! | `GET /health/live` | 200 while the process serves (restart it if not) |
+//! | `GET /health/ready` | 200, or 503 with the reason as JSON: too few replicas reachable or refilled (send traffic elsewhere) |
 //!
 //! Security: the cookie is `HttpOnly; SameSite=Lax; Secure` (Secure can be
 //! switched off for plain-HTTP localhost only); every mutating route but
@@ -33,6 +35,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use quorum_sessions::coordinator::Readiness;
 use quorum_sessions::session::{
     AdminCursor, ClientInfo, Csrf, NewSession, Session, SessionError, SessionId, SessionStore,
 };
@@ -108,6 +111,8 @@ pub fn router(state: AppState) -> Router {
         .route("/cart/clear", delete(cart_clear))
         .route("/admin/sessions", get(admin_sessions))
         .route("/admin/analytics", get(admin_analytics))
+        .route("/health/live", get(|| async { StatusCode::OK }))
+        .route("/health/ready", get(ready))
         .with_state(state)
 }
 
@@ -574,4 +579,14 @@ async fn admin_analytics(
         "newest_session_age_ms": stats.newest_age_ms,
         "keys_scanned": stats.keys_scanned,
     })))
+}
+
+/// 503 when the store cannot reach or read its quorums: a load balancer
+/// sends traffic elsewhere, but the process is not restarted (a Redis down
+/// is not cured by that).
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.readiness() {
+        Readiness::Ready => Json(json!({"status": "ready"})).into_response(),
+        not_ready => (StatusCode::SERVICE_UNAVAILABLE, Json(not_ready)).into_response(),
+    }
 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::metrics;
 use super::stats::bump;
 use super::Coordinator;
 use crate::core::anti_entropy::{AntiEntropyPass, PassStats};
@@ -64,6 +65,9 @@ impl Coordinator {
     /// complete then; the lease expires after
     /// [`AntiEntropyConfig::lease_ttl`](crate::AntiEntropyConfig)).
     pub async fn anti_entropy(&self) -> Option<AntiEntropyReport> {
+        if self.is_closing() {
+            return None;
+        }
         let running = &self.inner.anti_entropy_running;
         if running.swap(true, Ordering::AcqRel) {
             return None;
@@ -74,6 +78,7 @@ impl Coordinator {
             // have been applied after its request timed out.
             self.release_lease().await;
             bump(&self.inner.counters.anti_entropy_lease_refused);
+            metrics::counter(metrics::LEASE_REFUSALS, 1);
             debug!("anti-entropy lease held elsewhere: no pass");
             // Passes started by this coordinator wait a third of a lease
             // before asking again (on-demand calls do not wait).
@@ -162,12 +167,18 @@ impl Coordinator {
             if pass.is_participant(index) {
                 pass.on_page(index, next_cursor);
             }
+            if self.is_closing() {
+                // `Coordinator::shutdown`: the lease is released by the caller.
+                info!("anti-entropy pass stopped: the coordinator shuts down");
+                return None;
+            }
             if !config.pause_between_pages.is_zero() {
                 tokio::time::sleep(config.pause_between_pages).await;
             }
             if lease_renewed.elapsed() >= lease_ttl / 3 {
                 if !self.hold_lease().await {
                     bump(&self.inner.counters.anti_entropy_lease_refused);
+                    metrics::counter(metrics::LEASE_REFUSALS, 1);
                     warn!("anti-entropy lease lost: the pass stops");
                     return None;
                 }
@@ -195,6 +206,15 @@ impl Coordinator {
             self.lock().hints.clear_anti_entropy(index);
         }
         bump(&self.inner.counters.anti_entropy_passes);
+        metrics::counter(metrics::ANTI_ENTROPY_PASSES, 1);
+        metrics::counter(
+            metrics::ANTI_ENTROPY_KEYS_COMPARED,
+            outcome.stats.keys_compared,
+        );
+        metrics::counter(
+            metrics::ANTI_ENTROPY_KEYS_REPAIRED,
+            outcome.stats.keys_repaired,
+        );
         self.inner
             .counters
             .anti_entropy_records_sent

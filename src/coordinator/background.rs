@@ -25,11 +25,19 @@ impl Coordinator {
             .health
             .probe_interval_min
             .min(self.inner.config.handoff_interval);
+        let stopped = self.inner.lifecycle.stopped();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick.max(Duration::from_millis(1)));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(stopped);
             loop {
-                interval.tick().await;
+                // Ends at `Coordinator::shutdown` (between ticks: a tick
+                // under way finishes, and shutdown waits for its writes).
+                tokio::select! {
+                    biased;
+                    () = &mut stopped => return,
+                    _ = interval.tick() => {}
+                }
                 // Ends when the last coordinator handle is dropped.
                 let Some(inner) = weak.upgrade() else { return };
                 let coordinator = Coordinator { inner };
@@ -82,12 +90,13 @@ impl Coordinator {
     pub async fn replay_hints(&self) {
         let now_ms = self.now_ms();
         for index in 0..self.replica_count() {
-            let batch = {
+            let (batch, before) = {
                 let mut state = self.lock();
                 if state.health.health(index) == Health::Down || state.hints.is_empty(index) {
                     continue;
                 }
-                state.hints.take_batch(index, now_ms)
+                let before = state.hints.stats(index);
+                (state.hints.take_batch(index, now_ms), before)
             };
             if batch.is_empty() {
                 continue;
@@ -105,9 +114,12 @@ impl Coordinator {
                 }
             }
             failed.extend(batch);
+            let mut state = self.lock();
+            let restored = failed.len() as u64;
             if !failed.is_empty() {
-                self.lock().hints.restore(index, failed, now_ms);
+                state.hints.restore(index, failed, now_ms);
             }
+            self.hint_metrics(&state, index, before, restored);
         }
     }
 

@@ -120,6 +120,7 @@ impl CoordinatorBuilder {
                 lease_owner: self.lease_owner.unwrap_or_else(rand::random),
                 anti_entropy_not_before_ms: AtomicU64::new(0),
                 anti_entropy_next_scheduled_ms: AtomicU64::new(0),
+                lifecycle: Default::default(),
             }),
         })
     }

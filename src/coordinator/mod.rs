@@ -11,7 +11,9 @@
 //! ([`Coordinator::initialize`], [`Coordinator::accept_data_loss`]),
 //! `background.rs` (probes, hint replay, when anti-entropy starts),
 //! `anti_entropy.rs` ([`Coordinator::anti_entropy`]), `builder.rs`,
-//! `stats.rs`. How recovery works and why it is safe: `docs/design.md` and
+//! `stats.rs`, `readiness.rs` ([`Coordinator::readiness`]), `shutdown.rs`
+//! ([`Coordinator::shutdown`]), `metrics.rs` (feature `metrics`: names in
+//! `docs/metrics.md`). How recovery works and why it is safe: `docs/design.md` and
 //! the numbered claims of `docs/epochs.md` in the repository.
 
 use std::sync::atomic::AtomicU64;
@@ -33,13 +35,18 @@ pub(crate) mod anti_entropy;
 mod background;
 pub(crate) mod bootstrap;
 mod builder;
+mod metrics;
 mod read;
 mod read_repair;
+mod readiness;
+mod shutdown;
 mod stats;
 mod write;
 
 pub use builder::CoordinatorBuilder;
 pub use read::ReadOptions;
+pub use readiness::{NotReady, NotReadyReason, Readiness};
+pub use shutdown::ShutdownReport;
 pub use stats::{CoordinatorStats, ReplicaState};
 pub use write::{WriteAck, WriteOptions};
 
@@ -83,6 +90,8 @@ pub(crate) struct Inner {
     pub(crate) anti_entropy_not_before_ms: AtomicU64,
     /// Monotonic ms of the next scheduled pass (with an `interval`).
     pub(crate) anti_entropy_next_scheduled_ms: AtomicU64,
+    /// Shutdown flag and writes in flight.
+    pub(crate) lifecycle: shutdown::Lifecycle,
 }
 
 /// Replicates records over N replicas with quorum writes and reads. Cheap to
@@ -174,10 +183,12 @@ impl Coordinator {
         request: impl std::future::Future<Output = Result<T, ReplicaError>>,
     ) -> Result<T, ReplicaError> {
         let timeout = self.inner.config.request_timeout;
+        let sent = metrics::start();
         let result = match tokio::time::timeout(timeout, request).await {
             Ok(result) => result,
             Err(_) => Err(ReplicaError::Timeout { after: timeout }),
         };
+        metrics::replica_request(self.inner.replicas[index].name(), sent);
         self.note_health(index, result.as_ref().map(|_| ()));
         result
     }
@@ -186,19 +197,24 @@ impl Coordinator {
     /// tracker and the failure counter.
     pub(crate) fn note_health(&self, index: ReplicaIndex, result: Result<(), &ReplicaError>) {
         let now_ms = self.monotonic_ms();
+        let replica = self.inner.replicas[index].name();
         let mut state = self.lock();
         match result {
-            Ok(()) => state.health.on_success(index),
-            Err(error) if error.is_health_failure() => {
-                bump(&self.inner.counters.replica_failures);
-                if state.health.on_failure(index, now_ms) {
-                    warn!(
-                        replica = self.inner.replicas[index].name(),
-                        "replica marked down"
-                    );
+            Ok(()) => {
+                let was_down = state.health.is_down(index);
+                state.health.on_success(index);
+                if was_down {
+                    metrics::health_transition(replica, "up");
                 }
             }
-            Err(_) => bump(&self.inner.counters.replica_failures),
+            Err(error) => {
+                bump(&self.inner.counters.replica_failures);
+                metrics::replica_counter(metrics::REPLICA_FAILURES, replica, 1);
+                if error.is_health_failure() && state.health.on_failure(index, now_ms) {
+                    metrics::health_transition(replica, "down");
+                    warn!(replica, "replica marked down");
+                }
+            }
         }
     }
 
@@ -207,6 +223,11 @@ impl Coordinator {
         match change {
             EpochChange::Changed => {
                 bump(&self.inner.counters.epochs_changed);
+                metrics::replica_counter(
+                    metrics::EPOCH_CHANGES,
+                    self.inner.replicas[index].name(),
+                    1,
+                );
                 warn!(
                     replica = self.inner.replicas[index].name(),
                     "replica epoch changed: write-only until refilled"
@@ -224,6 +245,7 @@ impl Coordinator {
     pub(crate) fn observe_stamp(&self, stamp: Stamp) {
         let now_ms = self.now_ms();
         if let Err(skew) = self.lock().clock.observe(stamp, now_ms) {
+            metrics::counter(metrics::CLOCK_SKEW_REFUSALS, 1);
             warn!(
                 ahead_ms = skew.ahead_ms,
                 "stamp refused: too far ahead of the local clock"

@@ -53,7 +53,8 @@ impl Coordinator {
     ///
     /// [`Error::Unavailable`] when too few replicas answered, or when the
     /// misses that came back do not prove the record absent (never read
-    /// this as "not found"); [`Error::Invalid`] for a malformed key.
+    /// this as "not found"); [`Error::Invalid`] for a malformed key;
+    /// [`Error::ShuttingDown`] after [`Coordinator::shutdown`] began.
     pub async fn read(&self, key: &str) -> Result<Option<Record>> {
         self.read_with(key, ReadOptions::default()).await
     }
@@ -70,6 +71,14 @@ impl Coordinator {
     /// ([`InvalidInput::Quorum`]) unless
     /// `1 ≤ R ≤ N`.
     pub async fn read_with(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
+        let started = super::metrics::start();
+        let result = self.read_unmetered(key, options).await;
+        super::metrics::operation("read", result.as_ref().map(Option::as_ref), started);
+        result
+    }
+
+    async fn read_unmetered(&self, key: &str, options: ReadOptions) -> Result<Option<Record>> {
+        self.check_open()?;
         self.check_key(key)?;
         let (configured, n) = (self.inner.config.read_quorum, self.replica_count());
         let read_quorum = match options.read_quorum {

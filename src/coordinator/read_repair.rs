@@ -182,6 +182,7 @@ impl Coordinator {
         now_ms: u64,
     ) -> impl Future<Output = (ReplicaIndex, bool)> + Send + 'static {
         bump(&self.inner.counters.read_repairs);
+        super::metrics::counter(super::metrics::READ_REPAIRS, 1);
         let (this, key) = (self.clone(), key.to_owned());
         async move {
             let result = this

@@ -16,6 +16,7 @@ use crate::record::Record;
 use crate::replica::{MergeMode, MergeReply, MergeStatus};
 use crate::stamp::Stamp;
 
+use super::shutdown::WriteGuard;
 use super::stats::bump;
 use super::{Coordinator, Redacted};
 
@@ -66,7 +67,8 @@ enum Written {
 
 /// Requests that run to completion even when nobody waits for them any more:
 /// whatever is left when this is dropped is driven by one spawned task.
-struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>)
+/// The guard counts them as in flight for [`Coordinator::shutdown`].
+struct FinishInBackground<F>(Vec<Option<std::pin::Pin<Box<F>>>>, Option<WriteGuard>)
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send;
@@ -92,6 +94,7 @@ impl Coordinator {
     /// # Errors
     ///
     /// - [`Error::Invalid`] before any replica is contacted;
+    /// - [`Error::ShuttingDown`] after [`Coordinator::shutdown`] began;
     /// - [`Error::QuorumNotReached`] when W can no longer be reached. The
     ///   write may still have reached some replicas and may surface later (as
     ///   in Dynamo); retrying the same mutation is safe;
@@ -135,6 +138,19 @@ impl Coordinator {
         mutation: Mutation,
         options: WriteOptions,
     ) -> Result<WriteAck> {
+        let started = super::metrics::start();
+        let result = self.write_unmetered(key, mutation, options).await;
+        super::metrics::operation("write", result.as_ref().map(Some), started);
+        result
+    }
+
+    async fn write_unmetered(
+        &self,
+        key: &str,
+        mutation: Mutation,
+        options: WriteOptions,
+    ) -> Result<WriteAck> {
+        self.check_open()?;
         let now_ms = self.now_ms();
         self.check_key(key)?;
         let write_quorum = self.write_quorum_of(options)?;
@@ -170,6 +186,7 @@ impl Coordinator {
             let stamp = {
                 let mut state = self.lock();
                 if let Err(skew) = state.clock.observe(above, now_ms) {
+                    super::metrics::counter(super::metrics::CLOCK_SKEW_REFUSALS, 1);
                     warn!(
                         ahead_ms = skew.ahead_ms,
                         "a replica holds a stamp too far ahead: not followed"
@@ -222,7 +239,10 @@ impl Coordinator {
         let now_ms = self.now_ms();
         let mut outcome = WriteOutcome::Pending;
         let key: Arc<str> = Arc::from(key);
-        let mut merges = FinishInBackground(Vec::with_capacity(n));
+        let mut merges = FinishInBackground(
+            Vec::with_capacity(n),
+            Some(self.inner.lifecycle.write_started()),
+        );
         for index in 0..n {
             if self.lock().health.is_down(index) {
                 self.queue_hint(index, &key, &delta, now_ms);
@@ -336,7 +356,13 @@ impl Coordinator {
     /// Queues a missed write for replay (hinted handoff). Overflow drops the
     /// oldest hint and marks the replica for anti-entropy.
     pub(crate) fn queue_hint(&self, index: ReplicaIndex, key: &str, delta: &Record, now_ms: u64) {
-        let push = self.lock().hints.push(index, key, delta, now_ms);
+        let push = {
+            let mut state = self.lock();
+            let before = state.hints.stats(index);
+            let push = state.hints.push(index, key, delta, now_ms);
+            self.hint_metrics(&state, index, before, 0);
+            push
+        };
         if matches!(
             push,
             HintPush::QueuedDroppingOldest { .. } | HintPush::TooLarge
@@ -386,6 +412,7 @@ where
 {
     fn drop(&mut self) {
         let rest: Vec<_> = self.0.drain(..).flatten().collect();
+        let guard = self.1.take();
         if rest.is_empty() {
             return;
         }
@@ -393,6 +420,7 @@ where
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let task = async move {
                 futures::future::join_all(rest).await;
+                drop(guard);
             };
             runtime.spawn(task.in_current_span());
         }

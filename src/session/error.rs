@@ -94,7 +94,9 @@ impl SessionError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            SessionError::Store(Error::Unavailable { .. } | Error::QuorumNotReached { .. })
+            SessionError::Store(
+                Error::Unavailable { .. } | Error::QuorumNotReached { .. } | Error::ShuttingDown
+            )
         )
     }
 }

@@ -119,6 +119,12 @@ impl SessionStore {
         &self.inner.coordinator
     }
 
+    /// The coordinator's [`Readiness`](crate::coordinator::Readiness): for
+    /// a `/health/ready` endpoint. See [`Coordinator::readiness`].
+    pub fn readiness(&self) -> crate::coordinator::Readiness {
+        self.inner.coordinator.readiness()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
