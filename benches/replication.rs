@@ -694,7 +694,16 @@ async fn slow_replica(servers: &[RedisServer], clients: &[Client], scale: f64) -
     // and hedges after the cap (`hedge_delay`, 50 ms) until one replica
     // has answered 32 reads.
     for system in &list {
-        run_round(&[], system, Workload::Read, 1, 200, 0, &mut Measure::default()).await;
+        run_round(
+            &[],
+            system,
+            Workload::Read,
+            1,
+            200,
+            0,
+            &mut Measure::default(),
+        )
+        .await;
     }
     let mut cases = Vec::new();
     for concurrency in [1, 2, 4, 8] {

@@ -274,7 +274,9 @@ mod tests {
     fn hex_digits_are_lowercase_hex_only() {
         assert_eq!(parse_hex(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
         for byte in 0..=255u8 {
-            let expected = (byte as char).to_digit(16).filter(|_| !byte.is_ascii_uppercase());
+            let expected = (byte as char)
+                .to_digit(16)
+                .filter(|_| !byte.is_ascii_uppercase());
             assert_eq!(parse_hex(&[byte]), expected.map(u64::from), "byte {byte}");
         }
         assert_eq!(parse_hex(b""), None);
