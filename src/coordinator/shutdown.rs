@@ -75,7 +75,9 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     pub(crate) fn write_started(&self) -> WriteGuard {
-        self.writes_in_flight.count.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with `closing` (a store-load pair on both sides): a write
+        // counted after shutdown read the count sees `closing`.
+        self.writes_in_flight.count.fetch_add(1, Ordering::SeqCst);
         WriteGuard(self.writes_in_flight.clone())
     }
 
@@ -96,7 +98,7 @@ impl Lifecycle {
             // Registered before the count is read, so a last write ending in
             // between still wakes this.
             notified.as_mut().enable();
-            if writes.count.load(Ordering::Acquire) == 0 {
+            if writes.count.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -135,7 +137,7 @@ impl Coordinator {
     /// ```
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let lifecycle = &self.inner.lifecycle;
-        lifecycle.closing.store(true, Ordering::Release);
+        lifecycle.closing.store(true, Ordering::SeqCst);
         lifecycle.stop.send_replace(true);
         let until = Instant::now() + deadline;
         let _ = tokio::time::timeout_at(until, lifecycle.writes_idle()).await;
@@ -156,7 +158,7 @@ impl Coordinator {
 
     /// [`Error::ShuttingDown`] once [`shutdown`](Self::shutdown) began.
     pub(crate) fn check_open(&self) -> Result<(), Error> {
-        if self.inner.lifecycle.closing.load(Ordering::Acquire) {
+        if self.inner.lifecycle.closing.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
         Ok(())

@@ -150,6 +150,9 @@ impl Coordinator {
         mutation: Mutation,
         options: WriteOptions,
     ) -> Result<WriteAck> {
+        // Counted before the check: a write that got past it is one
+        // shutdown waits for (the background rest takes its own guard).
+        let _in_flight = self.inner.lifecycle.write_started();
         self.check_open()?;
         let now_ms = self.now_ms();
         self.check_key(key)?;
