@@ -40,10 +40,13 @@
 --
 -- An entry is `stamp(32) kind(1) until(12, kinds V and D) bytes(kinds v, V)`.
 -- The entries of one write share their stamp, so the first 33 bytes of an
--- entry (its "head") repeat: each distinct head is checked and decoded once
--- per call into { physical, logical, writer, stamp, kind } (48, 32 and 48
--- bits: exact in doubles, so comparing the numbers is comparing the bytes),
--- or false. A 32-byte key holds a tombstone or origin stamp the same way.
+-- entry (its "head") repeat: each distinct head is checked once per call
+-- into { stamp, kind, physical, logical, writer }, or false. The numbers
+-- (48, 32 and 48 bits: exact in doubles, so comparing them is comparing the
+-- bytes) are decoded only when two different stamps are compared, most
+-- often the physical part alone. A 32-byte key (a tombstone, origin or
+-- summary stamp) maps to the same table as the first head with that stamp:
+-- only the stamp of such a key is used, never its kind.
 local heads = {}
 
 local function decode_head(head)
@@ -52,8 +55,13 @@ local function decode_head(head)
   local kind = string.byte(head, 33)
   if hex_end and hex_end >= 32
       and (kind == nil or kind == 118 or kind == 100 or kind == 86 or kind == 68) then
-    info = { tonumber(string.sub(head, 1, 12), 16), tonumber(string.sub(head, 13, 20), 16),
-      tonumber(string.sub(head, 21, 32), 16), string.sub(head, 1, 32), kind }
+    if kind == nil then
+      info = { head, nil, false, false, false }
+    else
+      local stamp = string.sub(head, 1, 32)
+      info = { stamp, kind, false, false, false }
+      if heads[stamp] == nil then heads[stamp] = info end
+    end
   end
   heads[head] = info
   return info
@@ -63,11 +71,34 @@ end
 local function later(a, b)
   if b == nil then return a ~= nil end
   if a == nil or a == b then return false end
-  local x, y = a[1], b[1]
+  local sa, sb = a[1], b[1]
+  if sa == sb then return false end
+  local x, y = a[3], b[3]
+  if not x then x = tonumber(string.sub(sa, 1, 12), 16); a[3] = x end
+  if not y then y = tonumber(string.sub(sb, 1, 12), 16); b[3] = y end
   if x ~= y then return x > y end
-  x, y = a[2], b[2]
+  x, y = a[4], b[4]
+  if not x then x = tonumber(string.sub(sa, 13, 20), 16); a[4] = x end
+  if not y then y = tonumber(string.sub(sb, 13, 20), 16); b[4] = y end
   if x ~= y then return x > y end
-  return a[3] > b[3]
+  x, y = a[5], b[5]
+  if not x then x = tonumber(string.sub(sa, 21, 32), 16); a[5] = x end
+  if not y then y = tonumber(string.sub(sb, 21, 32), 16); b[5] = y end
+  return x > y
+end
+
+-- is_hex with a memo: metadata values repeat within a call (the delta's
+-- expiry and cap are most often the stored ones; the write epoch is the
+-- epoch read).
+local hexes = {}
+local function hex(s, n)
+  if #s ~= n then return false end
+  local ok = hexes[s]
+  if ok == nil then
+    ok = string.find(s, '^[0-9a-f]+$') ~= nil
+    hexes[s] = ok
+  end
+  return ok
 end
 
 -- Checks one field: its name (`f:` then non-empty UTF-8 without control
@@ -104,19 +135,20 @@ local function check_field(name, value, known)
     end
     if not ok then return nil, 'a field has a bad name' end
   end
+  -- The length first: a 32-byte head would find a stamp's table.
+  if #value < 33 then return nil, 'an entry is shorter than 33 bytes' end
   local head = string.sub(value, 1, 33)
   local info = heads[head]
   if info == nil then info = decode_head(head) end
-  if not info or info[5] == nil then
-    if #value < 33 then return nil, 'an entry is shorter than 33 bytes' end
+  if not info then
     local _, hex_end = string.find(value, '^[0-9a-f]+')
     if not hex_end or hex_end < 32 then return nil, 'an entry has a bad stamp' end
     return nil, 'an entry has an unknown kind'
   end
-  local kind = info[5]
+  local kind = info[2]
   if kind == 100 and #value ~= 33 then return nil, 'a removed entry holds bytes' end
   if kind == 86 or kind == 68 then
-    if #value < 45 or not is_hex(string.sub(value, 34, 45), 12) then
+    if #value < 45 or not hex(string.sub(value, 34, 45), 12) then
       return nil, 'an entry has a bad until'
     end
     if kind == 68 and #value ~= 45 then return nil, 'a removed entry holds bytes' end
@@ -130,10 +162,10 @@ local function check_meta(rec, name, value)
     if value ~= '1' then return 'unknown format version' end
     rec.v = value
   elseif name == 'm:e' then
-    if not is_hex(value, 12) then return 'bad expiry' end
+    if not hex(value, 12) then return 'bad expiry' end
     rec.e = value
   elseif name == 'm:c' then
-    if not is_hex(value, 12) then return 'bad lifetime cap' end
+    if not hex(value, 12) then return 'bad lifetime cap' end
     rec.c = value
   elseif name == 'm:t' or name == 'm:o' then
     local info = false
@@ -150,7 +182,7 @@ local function check_meta(rec, name, value)
     if value ~= '1' then return 'bad partial flag' end
     rec.p = true
   elseif name == 'm:ep' then
-    if not is_hex(value, 16) then return 'bad write epoch' end
+    if not hex(value, 16) then return 'bad write epoch' end
     rec.ep = value
   elseif name == 'm:h' then
     if value ~= '-' then
@@ -179,9 +211,10 @@ end
 -- win are listed in `winners` (name, entry, name, entry, ...), the merge of
 -- the usual case. Returns nil and a reason on error.
 local function parse(flat, first, last, stored)
-  local f, s, winners, n = {}, {}, {}, 0
+  local f, s, winners, n
+  if stored then winners, n = {}, 0 else f, s = {}, {} end
   local rec = { f = f, s = s, winners = winners, untils = false }
-  local count, best = 0, nil
+  local count, best, wbest = 0, nil, nil
   local stored_f, stored_s
   if stored then stored_f, stored_s = stored.f, stored.s end
   for i = first, last, 2 do
@@ -193,7 +226,7 @@ local function parse(flat, first, last, stored)
       if stored then mine = stored_f[name] end
       local info, err = check_field(name, value, mine ~= nil)
       if not info then return nil, err end
-      local kind = info[5]
+      local kind = info[2]
       if kind == 86 or kind == 68 then rec.untils = true end
       count = count + 1
       if not stored then
@@ -202,6 +235,7 @@ local function parse(flat, first, last, stored)
         if best ~= info and later(info, best) then best = info end
       elseif mine == nil then
         winners[n + 1], winners[n + 2], n = name, value, n + 2
+        if later(info, wbest) then wbest = info end
       elseif mine ~= value then
         -- The larger stamp wins, then on equal stamps the larger rest of
         -- the stored form, byte by byte.
@@ -209,6 +243,7 @@ local function parse(flat, first, last, stored)
         if later(info, theirs) or (not later(theirs, info)
             and bytes_cmp(string.sub(value, 33), string.sub(mine, 33)) > 0) then
           winners[n + 1], winners[n + 2], n = name, value, n + 2
+          if later(info, wbest) then wbest = info end
         end
       end
     else
@@ -224,7 +259,7 @@ local function parse(flat, first, last, stored)
   rec.exists = first <= last
   if rec.exists and not (rec.v and rec.e and rec.c) then return nil, 'missing record metadata' end
   if rec.t and count > 0 then return nil, 'a tombstone holds fields' end
-  rec.fbest = best
+  rec.fbest, rec.wbest = best, wbest
   if rec.t and later(heads[rec.t], best) then best = heads[rec.t] end
   if rec.o and later(heads[rec.o], best) then best = heads[rec.o] end
   rec.best = best
@@ -236,7 +271,7 @@ end
 -- and the other one is taken.
 local function pick(a, b, larger, ms)
   if a == nil then return b end
-  if b == nil then return a end
+  if b == nil or a == b then return a end
   local b_beyond
   if ms then
     local x, y = tonumber(a, 16), tonumber(b, 16)
@@ -259,22 +294,28 @@ if count == nil or count < 1 or count % 1 ~= 0 or (#KEYS ~= count and #KEYS ~= c
     or margin > 86400000 or not valid_run_id(run_key, run_id) then
   return redis.error_reply('ERR quorum-sessions merge: bad arguments')
 end
--- Where each record's arguments are, { mode, now_ms, first, last }: all
--- checked before the first record is written.
+-- Where each record's arguments are, places[4r-3 .. 4r] = mode, now_ms,
+-- first, last: all checked before the first record is written.
 local places, at = {}, 5
-for r = 1, count do
+for r = 4, 4 * count, 4 do
   local mode, now, n = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
-  if (mode ~= 'u' and mode ~= 'c') or now == nil or not is_hex(now, 12) or n == nil or n < 0
+  if (mode ~= 'u' and mode ~= 'c') or now == nil or not hex(now, 12) or n == nil or n < 0
       or n % 1 ~= 0 or at + 2 + n > #ARGV then
     return redis.error_reply('ERR quorum-sessions merge: bad arguments')
   end
-  places[r] = { mode, tonumber(now, 16), at + 3, at + 2 + n }
+  places[r - 3], places[r - 2], places[r - 1], places[r] = mode, tonumber(now, 16), at + 3, at + 2 + n
   at = at + 3 + n
 end
 if at ~= #ARGV + 1 then return redis.error_reply('ERR quorum-sessions merge: bad arguments') end
 
 local epoch, epoch_err = epoch_read(epoch_key, run_key, run_id)
 if epoch_err then return redis.error_reply(epoch_err) end
+-- The write epoch of `epoch` (its 16 hex digits, checked by epoch_read).
+local ep16, ep_of = nil, nil
+if epoch and epoch ~= '' then
+  ep16, ep_of = string.sub(epoch, 1, 16), epoch
+  hexes[ep16] = true
+end
 
 local function not_a_hash(key)
   return 'CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'
@@ -284,6 +325,8 @@ end
 -- when the whole hash must be read (see the header). A delta with a
 -- tombstone or an `until` goes the whole way at once.
 local META = { 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }
+-- No fields: never written to.
+local NONE = {}
 local function read_fast(key, first, last)
   local names, n = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }, 11
   for i = first, last, 2 do
@@ -305,20 +348,14 @@ local function read_fast(key, first, last)
   -- No format version: no record of ours, or no key at all.
   if not got[1] then
     if redis.call('EXISTS', key) == 1 then return nil end
-    return { exists = false, f = {}, s = {}, winners = {}, untils = false }
+    return { exists = false, f = NONE, s = NONE }
   end
   -- A tombstone, an until or no summary: the whole hash.
   if got[4] or got[9] or not got[8] then return nil end
-  local rec = { exists = true, f = {}, s = {}, winners = {}, untils = false }
-  for i = 1, 8 do
-    local value = got[i]
-    if value then
-      local err = check_meta(rec, META[i], value)
-      if err then return 'CORRUPT ' .. err end
-    end
-  end
-  if not (rec.e and rec.c) then return 'CORRUPT missing record metadata' end
-  local f, s = rec.f, rec.s
+  local f, s = {}, {}
+  local rec = { exists = true, f = f, s = s }
+  -- The fields before the metadata: `m:h` is most often the stamp of one
+  -- of them, already checked then.
   for i = 12, n do
     local value = got[i - 2]
     if value then
@@ -329,6 +366,14 @@ local function read_fast(key, first, last)
       s[name] = info
     end
   end
+  for i = 1, 8 do
+    local value = got[i]
+    if value then
+      local err = check_meta(rec, META[i], value)
+      if err then return 'CORRUPT ' .. err end
+    end
+  end
+  if not (rec.e and rec.c) then return 'CORRUPT missing record metadata' end
   if rec.h ~= '-' then rec.fbest = heads[rec.h] end
   local best = rec.fbest
   if rec.o and later(heads[rec.o], best) then best = heads[rec.o] end
@@ -355,7 +400,7 @@ local function merge_one(key, mode, now_ms, first, last)
     return nil, 'ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty')
   end
   local held = ''
-  if stored.best then held = stored.best[4] end
+  if stored.best then held = stored.best[1] end
 
   -- apply_merge: a conditional create of another record, or a live delta on a
   -- tombstone, writes nothing.
@@ -369,26 +414,26 @@ local function merge_one(key, mode, now_ms, first, last)
   end
 
   -- The merged metadata, then what to write: `set` (name, value, ...) and `del`.
-  local merged = { v = '1' }
+  local mt, me, mc, mo, mp
   if stored.exists then
-    merged.t = pick(stored.t, delta.t, true, false)
-    merged.e = pick(stored.e, delta.e, true, true)
-    merged.c = pick(stored.c, delta.c, false, true)
-    merged.o = pick(stored.o, delta.o, false, false)
-    merged.p = stored.p and delta.p
+    mt = pick(stored.t, delta.t, true, false)
+    me = pick(stored.e, delta.e, true, true)
+    mc = pick(stored.c, delta.c, false, true)
+    mo = pick(stored.o, delta.o, false, false)
+    mp = stored.p and delta.p
   else
-    merged.t, merged.e, merged.c, merged.o, merged.p = delta.t, delta.e, delta.c, delta.o, delta.p
+    mt, me, mc, mo, mp = delta.t, delta.e, delta.c, delta.o, delta.p
   end
   local stored_f = stored.f
   local set, del = delta.winners, {}
   local fields_after = nil
-  if merged.t or stored.untils or delta.untils then
+  if mt or stored.untils or delta.untils then
     -- Record::normalize: a tombstone keeps no fields and is never partial;
     -- entries with an until (kinds V and D) before now are dropped. The
     -- merged fields are the stored ones and the winners, less those dropped.
     local fields = {}
-    if merged.t then
-      merged.p = nil
+    if mt then
+      mp = nil
     else
       for name, value in pairs(stored_f) do fields[name] = value end
       for i = 1, #set, 2 do fields[set[i]] = set[i + 1] end
@@ -424,29 +469,33 @@ local function merge_one(key, mode, now_ms, first, last)
       local kind = string.byte(value, 33)
       if kind == 86 or kind == 68 then untils = true end
     end
-  else
-    for i = 2, #set, 2 do
-      local info = heads[string.sub(set[i], 1, 33)]
-      if later(info, fbest) then fbest = info end
-    end
+  elseif later(delta.wbest, fbest) then
+    fbest = delta.wbest
   end
   local h, u = '-', nil
-  if fbest then h = fbest[4] end
+  if fbest then h = fbest[1] end
   if untils then u = '1' end
   local p, stored_p = nil, nil
-  if merged.p then p = '1' end
+  if mp then p = '1' end
   if stored.p then stored_p = '1' end
-  local meta = { 'm:v', merged.v, stored.v, 'm:e', merged.e, stored.e, 'm:c', merged.c, stored.c,
-    'm:t', merged.t, stored.t, 'm:o', merged.o, stored.o, 'm:p', p, stored_p,
-    'm:h', h, stored.h, 'm:u', u, stored.u }
-  for i = 1, 24, 3 do
-    local name, value, before = meta[i], meta[i + 1], meta[i + 2]
-    if value == nil then
-      if before ~= nil then del[#del + 1] = name end
-    elseif before ~= value then
-      set[#set + 1] = name
-      set[#set + 1] = value
-    end
+  -- Each metadata item that changes: set, or deleted when it goes (inline:
+  -- no table or call per item).
+  local ns, nd = #set, #del
+  if stored.v ~= '1' then set[ns + 1], set[ns + 2], ns = 'm:v', '1', ns + 2 end
+  if me ~= stored.e then set[ns + 1], set[ns + 2], ns = 'm:e', me, ns + 2 end
+  if mc ~= stored.c then set[ns + 1], set[ns + 2], ns = 'm:c', mc, ns + 2 end
+  if mt ~= stored.t then
+    if mt == nil then del[nd + 1], nd = 'm:t', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:t', mt, ns + 2 end
+  end
+  if mo ~= stored.o then
+    if mo == nil then del[nd + 1], nd = 'm:o', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:o', mo, ns + 2 end
+  end
+  if p ~= stored_p then
+    if p == nil then del[nd + 1], nd = 'm:p', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:p', p, ns + 2 end
+  end
+  if h ~= stored.h then set[ns + 1], set[ns + 2], ns = 'm:h', h, ns + 2 end
+  if u ~= stored.u then
+    if u == nil then del[nd + 1], nd = 'm:u', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:u', u, ns + 2 end
   end
 
   -- Everything is validated and decided: writes start here.
@@ -455,23 +504,25 @@ local function merge_one(key, mode, now_ms, first, last)
   -- record holding m:ep = E was written while E stood; see "Reads" in
   -- the module docs of replica::redis). Not in Cluster mode (no epoch).
   if epoch ~= '' then
-    local ep = string.sub(epoch, 1, 16)
-    if stored.ep ~= ep then
-      set[#set + 1] = 'm:ep'
-      set[#set + 1] = ep
-    end
+    if epoch ~= ep_of then ep16, ep_of = string.sub(epoch, 1, 16), epoch end
+    if stored.ep ~= ep16 then set[ns + 1], set[ns + 2], ns = 'm:ep', ep16, ns + 2 end
   end
   -- 12 hex digits are at most 2^48: exact in a double.
-  local effective = tonumber(pick(merged.e, merged.c, false, true), 16)
+  local effective = tonumber(me, 16)
+  if mc ~= me then
+    local cap = tonumber(mc, 16)
+    if cap < effective then effective = cap end
+  end
   if effective <= now_ms then
     -- Record::is_expired: the record is dead; nothing is kept.
     redis.call('DEL', key)
   else
     -- In chunks: unpack has a C-stack limit.
-    for i = 1, #del, 500 do redis.call('HDEL', key, unpack(del, i, math.min(i + 499, #del))) end
-    for i = 1, #set, 1000 do redis.call('HSET', key, unpack(set, i, math.min(i + 999, #set))) end
-    -- '%d' prints an integer.
-    redis.call('PEXPIREAT', key, string.format('%d', effective + margin))
+    for i = 1, nd, 500 do redis.call('HDEL', key, unpack(del, i, math.min(i + 499, nd))) end
+    for i = 1, ns, 1000 do redis.call('HSET', key, unpack(set, i, math.min(i + 999, ns))) end
+    -- A number argument is sent as '%.17g': an integer below 2^53 prints
+    -- exactly, with no exponent.
+    redis.call('PEXPIREAT', key, effective + margin)
   end
   return 'applied', held
 end
@@ -479,8 +530,8 @@ end
 -- One reply per record; one record's error leaves the others be.
 local out, n = {}, 0
 for r = 1, count do
-  local place = places[r]
-  local status, held = merge_one(KEYS[r], place[1], place[2], place[3], place[4])
+  local p = 4 * r
+  local status, held = merge_one(KEYS[r], places[p - 3], places[p - 2], places[p - 1], places[p])
   if status then
     out[n + 1], out[n + 2], out[n + 3] = status, epoch, held
   else
