@@ -38,6 +38,8 @@
 -- than plain Lua operations: the code below is written to need few of them
 -- (one pass over each side, no table per delta field, a memo per call).
 --
+local byte, sub, find = string.byte, string.sub, string.find
+
 -- An entry is `stamp(32) kind(1) until(12, kinds V and D) bytes(kinds v, V)`.
 -- The entries of one write share their stamp, so the first 33 bytes of an
 -- entry (its "head") repeat: each distinct head is checked once per call
@@ -51,14 +53,14 @@ local heads = {}
 
 local function decode_head(head)
   local info = false
-  local _, hex_end = string.find(head, '^[0-9a-f]+')
-  local kind = string.byte(head, 33)
+  local _, hex_end = find(head, '^[0-9a-f]+')
+  local kind = byte(head, 33)
   if hex_end and hex_end >= 32
       and (kind == nil or kind == 118 or kind == 100 or kind == 86 or kind == 68) then
     if kind == nil then
       info = { head, nil, false, false, false }
     else
-      local stamp = string.sub(head, 1, 32)
+      local stamp = sub(head, 1, 32)
       info = { stamp, kind, false, false, false }
       if heads[stamp] == nil then heads[stamp] = info end
     end
@@ -74,16 +76,16 @@ local function later(a, b)
   local sa, sb = a[1], b[1]
   if sa == sb then return false end
   local x, y = a[3], b[3]
-  if not x then x = tonumber(string.sub(sa, 1, 12), 16); a[3] = x end
-  if not y then y = tonumber(string.sub(sb, 1, 12), 16); b[3] = y end
+  if not x then x = tonumber(sub(sa, 1, 12), 16); a[3] = x end
+  if not y then y = tonumber(sub(sb, 1, 12), 16); b[3] = y end
   if x ~= y then return x > y end
   x, y = a[4], b[4]
-  if not x then x = tonumber(string.sub(sa, 13, 20), 16); a[4] = x end
-  if not y then y = tonumber(string.sub(sb, 13, 20), 16); b[4] = y end
+  if not x then x = tonumber(sub(sa, 13, 20), 16); a[4] = x end
+  if not y then y = tonumber(sub(sb, 13, 20), 16); b[4] = y end
   if x ~= y then return x > y end
   x, y = a[5], b[5]
-  if not x then x = tonumber(string.sub(sa, 21, 32), 16); a[5] = x end
-  if not y then y = tonumber(string.sub(sb, 21, 32), 16); b[5] = y end
+  if not x then x = tonumber(sub(sa, 21, 32), 16); a[5] = x end
+  if not y then y = tonumber(sub(sb, 21, 32), 16); b[5] = y end
   return x > y
 end
 
@@ -95,7 +97,7 @@ local function hex(s, n)
   if #s ~= n then return false end
   local ok = hexes[s]
   if ok == nil then
-    ok = string.find(s, '^[0-9a-f]+$') ~= nil
+    ok = find(s, '^[0-9a-f]+$') ~= nil
     hexes[s] = ok
   end
   return ok
@@ -107,10 +109,10 @@ end
 -- `known`, and its entry. Returns the decoded head, or nil and the error.
 -- Kinds 'd', 'V' and 'D' get their tail checked (a 'v' entry holds any bytes).
 local function check_field(name, value, known)
-  if not known and not string.find(name, '^f:[\32-\126]+$') then
+  if not known and not find(name, '^f:[\32-\126]+$') then
     local n, i, ok = #name, 3, #name >= 3
     while ok and i <= n do
-      local c = string.byte(name, i)
+      local c = byte(name, i)
       if c < 0x80 then
         ok = c >= 0x20 and c ~= 0x7f
         i = i + 1
@@ -123,7 +125,7 @@ local function check_field(name, value, known)
         if ok then
           local cp = c - base
           for j = i + 1, i + len - 1 do
-            local b = string.byte(name, j)
+            local b = byte(name, j)
             if b < 0x80 or b > 0xbf then ok = false end
             cp = cp * 64 + (b - 0x80)
           end
@@ -137,18 +139,18 @@ local function check_field(name, value, known)
   end
   -- The length first: a 32-byte head would find a stamp's table.
   if #value < 33 then return nil, 'an entry is shorter than 33 bytes' end
-  local head = string.sub(value, 1, 33)
+  local head = sub(value, 1, 33)
   local info = heads[head]
   if info == nil then info = decode_head(head) end
   if not info then
-    local _, hex_end = string.find(value, '^[0-9a-f]+')
+    local _, hex_end = find(value, '^[0-9a-f]+')
     if not hex_end or hex_end < 32 then return nil, 'an entry has a bad stamp' end
     return nil, 'an entry has an unknown kind'
   end
   local kind = info[2]
   if kind == 100 and #value ~= 33 then return nil, 'a removed entry holds bytes' end
   if kind == 86 or kind == 68 then
-    if #value < 45 or not hex(string.sub(value, 34, 45), 12) then
+    if #value < 45 or not hex(sub(value, 34, 45), 12) then
       return nil, 'an entry has a bad until'
     end
     if kind == 68 and #value ~= 45 then return nil, 'a removed entry holds bytes' end
@@ -215,15 +217,20 @@ local function parse(flat, first, last, stored)
   if stored then winners, n = {}, 0 else f, s = {}, {} end
   local rec = { f = f, s = s, winners = winners, untils = false }
   local count, best, wbest = 0, nil, nil
-  local stored_f, stored_s
-  if stored then stored_f, stored_s = stored.f, stored.s end
+  local stored_f, stored_s, got, k
+  if stored then stored_f, stored_s, got, k = stored.f, stored.s, stored.got, 9 end
   for i = first, last, 2 do
     local name, value = flat[i], flat[i + 1]
     if i == last then return nil, 'odd number of hash items' end
-    local byte1, byte2 = string.byte(name, 1, 2)
+    local byte1, byte2 = byte(name, 1, 2)
     if byte1 == 102 and byte2 == 58 then -- 'f:'
       local mine
-      if stored then mine = stored_f[name] end
+      if got then
+        k = k + 1
+        mine = got[k] or nil
+      elseif stored then
+        mine = stored_f[name]
+      end
       local info, err = check_field(name, value, mine ~= nil)
       if not info then return nil, err end
       local kind = info[2]
@@ -239,9 +246,10 @@ local function parse(flat, first, last, stored)
       elseif mine ~= value then
         -- The larger stamp wins, then on equal stamps the larger rest of
         -- the stored form, byte by byte.
-        local theirs = stored_s[name]
+        local theirs
+        if got then theirs = heads[sub(mine, 1, 33)] else theirs = stored_s[name] end
         if later(info, theirs) or (not later(theirs, info)
-            and bytes_cmp(string.sub(value, 33), string.sub(mine, 33)) > 0) then
+            and bytes_cmp(sub(value, 33), sub(mine, 33)) > 0) then
           winners[n + 1], winners[n + 2], n = name, value, n + 2
           if later(info, wbest) then wbest = info end
         end
@@ -285,8 +293,9 @@ local function pick(a, b, larger, ms)
   return a
 end
 
-local count, candidate, run_id = tonumber(ARGV[1]), ARGV[2], ARGV[4]
-local margin = tonumber(ARGV[3])
+local argv = ARGV
+local count, candidate, run_id = tonumber(argv[1]), argv[2], argv[4]
+local margin = tonumber(argv[3])
 local epoch_key, run_key
 if count ~= nil then epoch_key, run_key = KEYS[count + 1], KEYS[count + 2] end
 if count == nil or count < 1 or count % 1 ~= 0 or (#KEYS ~= count and #KEYS ~= count + 2)
@@ -296,24 +305,24 @@ if count == nil or count < 1 or count % 1 ~= 0 or (#KEYS ~= count and #KEYS ~= c
 end
 -- Where each record's arguments are, places[4r-3 .. 4r] = mode, now_ms,
 -- first, last: all checked before the first record is written.
-local places, at = {}, 5
+local places, at, nargv = { nil, nil, nil, nil }, 5, #argv
 for r = 4, 4 * count, 4 do
-  local mode, now, n = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  local mode, now, n = argv[at], argv[at + 1], tonumber(argv[at + 2])
   if (mode ~= 'u' and mode ~= 'c') or now == nil or not hex(now, 12) or n == nil or n < 0
-      or n % 1 ~= 0 or at + 2 + n > #ARGV then
+      or n % 1 ~= 0 or at + 2 + n > nargv then
     return redis.error_reply('ERR quorum-sessions merge: bad arguments')
   end
   places[r - 3], places[r - 2], places[r - 1], places[r] = mode, tonumber(now, 16), at + 3, at + 2 + n
   at = at + 3 + n
 end
-if at ~= #ARGV + 1 then return redis.error_reply('ERR quorum-sessions merge: bad arguments') end
+if at ~= nargv + 1 then return redis.error_reply('ERR quorum-sessions merge: bad arguments') end
 
 local epoch, epoch_err = epoch_read(epoch_key, run_key, run_id)
 if epoch_err then return redis.error_reply(epoch_err) end
 -- The write epoch of `epoch` (its 16 hex digits, checked by epoch_read).
 local ep16, ep_of = nil, nil
 if epoch and epoch ~= '' then
-  ep16, ep_of = string.sub(epoch, 1, 16), epoch
+  ep16, ep_of = sub(epoch, 1, 16), epoch
   hexes[ep16] = true
 end
 
@@ -324,18 +333,18 @@ end
 -- The fast path's read: the metadata and the delta's own fields, or nil
 -- when the whole hash must be read (see the header). A delta with a
 -- tombstone or an `until` goes the whole way at once.
-local META = { 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }
--- No fields: never written to.
-local NONE = {}
+local NONE = {} -- no fields: never written to
 local function read_fast(key, first, last)
-  local names, n = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u' }, 11
+  -- Room for two delta fields in the constructor (no resize).
+  local names, n = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u',
+    nil, nil }, 11
   for i = first, last, 2 do
-    local name, value = ARGV[i], nil
-    if i < last then value = ARGV[i + 1] end
+    local name, value = argv[i], nil
+    if i < last then value = argv[i + 1] end
     if name == 'm:t' then return nil end
-    local byte1, byte2 = string.byte(name, 1, 2)
+    local byte1, byte2 = byte(name, 1, 2)
     if byte1 == 102 and byte2 == 58 and value ~= nil then -- 'f:'
-      local kind = string.byte(value, 33)
+      local kind = byte(value, 33)
       if kind == 86 or kind == 68 then return nil end -- 'V', 'D': an until
       -- unpack has a C-stack limit (about 8,000 values).
       if n >= 4000 then return nil end
@@ -343,42 +352,52 @@ local function read_fast(key, first, last)
       names[n] = name
     end
   end
-  local got = redis.pcall(unpack(names))
+  local got = redis.pcall(unpack(names, 1, n))
   if got.err then return 'wrongtype' end
+  local v, e, c, o, p, ep, h = got[1], got[2], got[3], got[5], got[6], got[7], got[8]
   -- No format version: no record of ours, or no key at all.
-  if not got[1] then
+  if not v then
     if redis.call('EXISTS', key) == 1 then return nil end
     return { exists = false, f = NONE, s = NONE }
   end
   -- A tombstone, an until or no summary: the whole hash.
-  if got[4] or got[9] or not got[8] then return nil end
-  local f, s = {}, {}
-  local rec = { exists = true, f = f, s = s }
+  if got[4] or got[9] or not h then return nil end
   -- The fields before the metadata: `m:h` is most often the stamp of one
   -- of them, already checked then.
   for i = 12, n do
     local value = got[i - 2]
     if value then
-      local name = names[i]
-      local info, err = check_field(name, value, false)
-      if not info then return 'CORRUPT ' .. err end
-      f[name] = value
-      s[name] = info
-    end
-  end
-  for i = 1, 8 do
-    local value = got[i]
-    if value then
-      local err = check_meta(rec, META[i], value)
+      local _, err = check_field(names[i], value, false)
       if err then return 'CORRUPT ' .. err end
     end
   end
-  if not (rec.e and rec.c) then return 'CORRUPT missing record metadata' end
-  if rec.h ~= '-' then rec.fbest = heads[rec.h] end
-  local best = rec.fbest
-  if rec.o and later(heads[rec.o], best) then best = heads[rec.o] end
-  rec.best = best
-  return rec
+  -- The metadata by position, as check_meta checks it.
+  if v ~= '1' then return 'CORRUPT unknown format version' end
+  if not e then return 'CORRUPT missing record metadata' end
+  if not hex(e, 12) then return 'CORRUPT bad expiry' end
+  if not c then return 'CORRUPT missing record metadata' end
+  if not hex(c, 12) then return 'CORRUPT bad lifetime cap' end
+  local best = nil
+  if o then
+    if #o == 32 then best = heads[o]; if best == nil then best = decode_head(o) end end
+    if not best then return 'CORRUPT bad origin' end
+  end
+  if p then
+    if p ~= '1' then return 'CORRUPT bad partial flag' end
+    p = true
+  end
+  if ep and not hex(ep, 16) then return 'CORRUPT bad write epoch' end
+  local fbest = nil
+  if h ~= '-' then
+    if #h == 32 then fbest = heads[h]; if fbest == nil then fbest = decode_head(h) end end
+    if not fbest then return 'CORRUPT bad field stamp summary' end
+  end
+  if later(fbest, best) then best = fbest end
+  -- No field tables: parse finds the stored copy of the delta's k-th field
+  -- at got[9 + k]. `f` is used only where a field may drop, never here.
+  -- A missing item is false in `got`: nil here, as parse leaves it.
+  return { exists = true, got = got, f = false, v = v, e = e, c = c, o = o or nil, p = p or nil,
+    ep = ep or nil, h = h, fbest = fbest, best = best }
 end
 
 -- Merges the delta ARGV[first..last] into the record `key`: the status and
@@ -395,7 +414,7 @@ local function merge_one(key, mode, now_ms, first, last)
     stored, stored_err = parse(flat, 1, #flat, nil)
     if stored_err then return nil, 'CORRUPT ' .. stored_err end
   end
-  local delta, delta_err = parse(ARGV, first, last, stored)
+  local delta, delta_err = parse(argv, first, last, stored)
   if delta_err or not delta.exists then
     return nil, 'ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty')
   end
@@ -438,8 +457,8 @@ local function merge_one(key, mode, now_ms, first, last)
       for name, value in pairs(stored_f) do fields[name] = value end
       for i = 1, #set, 2 do fields[set[i]] = set[i + 1] end
       for name, value in pairs(fields) do
-        local kind = string.byte(value, 33)
-        if (kind == 86 or kind == 68) and tonumber(string.sub(value, 34, 45), 16) < now_ms then
+        local kind = byte(value, 33)
+        if (kind == 86 or kind == 68) and tonumber(sub(value, 34, 45), 16) < now_ms then
           fields[name] = nil -- 86 'V', 68 'D'; clearing during pairs() is allowed
         end
       end
@@ -464,9 +483,9 @@ local function merge_one(key, mode, now_ms, first, last)
   if fields_after then
     fbest = nil
     for _, value in pairs(fields_after) do
-      local info = heads[string.sub(value, 1, 33)]
+      local info = heads[sub(value, 1, 33)]
       if later(info, fbest) then fbest = info end
-      local kind = string.byte(value, 33)
+      local kind = byte(value, 33)
       if kind == 86 or kind == 68 then untils = true end
     end
   elseif later(delta.wbest, fbest) then
@@ -504,7 +523,7 @@ local function merge_one(key, mode, now_ms, first, last)
   -- record holding m:ep = E was written while E stood; see "Reads" in
   -- the module docs of replica::redis). Not in Cluster mode (no epoch).
   if epoch ~= '' then
-    if epoch ~= ep_of then ep16, ep_of = string.sub(epoch, 1, 16), epoch end
+    if epoch ~= ep_of then ep16, ep_of = sub(epoch, 1, 16), epoch end
     if stored.ep ~= ep16 then set[ns + 1], set[ns + 2], ns = 'm:ep', ep16, ns + 2 end
   end
   -- 12 hex digits are at most 2^48: exact in a double.
