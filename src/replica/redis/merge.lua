@@ -215,14 +215,22 @@ end
 local function parse(flat, first, last, stored)
   local f, s, winners, n
   if stored then winners, n = {}, 0 else f, s = {}, {} end
-  local rec = { f = f, s = s, winners = winners, untils = false }
+  -- The keys always set in the constructor: one allocation, no resize.
+  local rec
+  if stored then
+    rec = { winners = winners, exists = nil, v = nil, e = nil, c = nil, fbest = nil, wbest = nil,
+      best = nil }
+  else
+    rec = { f = f, s = s, exists = nil, v = nil, e = nil, c = nil, fbest = nil, best = nil }
+  end
   local count, best, wbest = 0, nil, nil
   local stored_f, stored_s, got, k
   if stored then stored_f, stored_s, got, k = stored.f, stored.s, stored.got, 9 end
   for i = first, last, 2 do
     local name, value = flat[i], flat[i + 1]
     if i == last then return nil, 'odd number of hash items' end
-    local byte1, byte2 = byte(name, 1, 2)
+    local byte1, byte2 = 0, 0
+    if name ~= 'm:v' and name ~= 'm:e' and name ~= 'm:c' then byte1, byte2 = byte(name, 1, 2) end
     if byte1 == 102 and byte2 == 58 then -- 'f:'
       local mine
       if got then
@@ -342,7 +350,9 @@ local function read_fast(key, first, last)
     local name, value = argv[i], nil
     if i < last then value = argv[i + 1] end
     if name == 'm:t' then return nil end
-    local byte1, byte2 = byte(name, 1, 2)
+    local byte1, byte2 = 0, 0
+    -- The usual metadata first: no C call for them.
+    if name ~= 'm:v' and name ~= 'm:e' and name ~= 'm:c' then byte1, byte2 = byte(name, 1, 2) end
     if byte1 == 102 and byte2 == 58 and value ~= nil then -- 'f:'
       local kind = byte(value, 33)
       if kind == 86 or kind == 68 then return nil end -- 'V', 'D': an until
