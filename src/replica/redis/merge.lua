@@ -334,9 +334,6 @@ if epoch and epoch ~= '' then
   hexes[ep16] = true
 end
 
-local function not_a_hash(key)
-  return 'CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'
-end
 
 -- The fast path's read: the metadata and the delta's own fields, or nil
 -- when the whole hash must be read (see the header). A delta with a
@@ -415,15 +412,20 @@ end
 -- writes one.
 local function merge_one(key, mode, now_ms, first, last)
   local stored = read_fast(key, first, last)
-  if stored == 'wrongtype' then return nil, not_a_hash(key) end
-  if type(stored) == 'string' then return nil, stored end
+  local wrongtype = stored == 'wrongtype'
   if stored == nil then
     local flat = redis.pcall('HGETALL', key)
-    if flat.err then return nil, not_a_hash(key) end
-    local stored_err
-    stored, stored_err = parse(flat, 1, #flat, nil)
-    if stored_err then return nil, 'CORRUPT ' .. stored_err end
+    wrongtype = flat.err ~= nil
+    if not wrongtype then
+      local stored_err
+      stored, stored_err = parse(flat, 1, #flat, nil)
+      if stored_err then return nil, 'CORRUPT ' .. stored_err end
+    end
   end
+  if wrongtype then
+    return nil, 'CORRUPT the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash'
+  end
+  if type(stored) == 'string' then return nil, stored end
   local delta, delta_err = parse(argv, first, last, stored)
   if delta_err or not delta.exists then
     return nil, 'ERR quorum-sessions merge: bad delta: ' .. (delta_err or 'empty')
@@ -445,10 +447,12 @@ local function merge_one(key, mode, now_ms, first, last)
   -- The merged metadata, then what to write: `set` (name, value, ...) and `del`.
   local mt, me, mc, mo, mp
   if stored.exists then
-    mt = pick(stored.t, delta.t, true, false)
-    me = pick(stored.e, delta.e, true, true)
-    mc = pick(stored.c, delta.c, false, true)
-    mo = pick(stored.o, delta.o, false, false)
+    -- Most often the delta's are the stored ones: no call then.
+    mt, me, mc, mo = stored.t, stored.e, stored.c, stored.o
+    if delta.t ~= mt then mt = pick(mt, delta.t, true, false) end
+    if delta.e ~= me then me = pick(me, delta.e, true, true) end
+    if delta.c ~= mc then mc = pick(mc, delta.c, false, true) end
+    if delta.o ~= mo then mo = pick(mo, delta.o, false, false) end
     mp = stored.p and delta.p
   else
     mt, me, mc, mo, mp = delta.t, delta.e, delta.c, delta.o, delta.p
