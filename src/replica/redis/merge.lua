@@ -239,9 +239,16 @@ local function parse(flat, first, last, stored)
       elseif stored then
         mine = stored_f[name]
       end
-      local info, err = check_field(name, value, mine ~= nil)
-      if not info then return nil, err end
-      local kind = info[2]
+      local info, kind
+      if mine == value then
+        -- Byte for byte the stored entry, checked with it: only its kind.
+        kind = byte(value, 33)
+      else
+        local err
+        info, err = check_field(name, value, mine ~= nil)
+        if not info then return nil, err end
+        kind = info[2]
+      end
       if kind == 86 or kind == 68 then rec.untils = true end
       count = count + 1
       if not stored then
