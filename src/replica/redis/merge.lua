@@ -347,9 +347,9 @@ end
 -- tombstone or an `until` goes the whole way at once.
 local NONE = {} -- no fields: never written to
 local function read_fast(key, first, last)
-  -- Room for two delta fields in the constructor (no resize).
-  local names, n = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u',
-    nil, nil }, 11
+  -- The delta's field names: the first two in locals (the usual delta
+  -- names one or two: no table, no unpack), `names` from the third on.
+  local n, n1, n2, names = 11, nil, nil, nil
   for i = first, last, 2 do
     local name, value = argv[i], nil
     if i < last then value = argv[i + 1] end
@@ -363,10 +363,28 @@ local function read_fast(key, first, last)
       -- unpack has a C-stack limit (about 8,000 values).
       if n >= 4000 then return nil end
       n = n + 1
-      names[n] = name
+      if n == 12 then
+        n1 = name
+      elseif n == 13 then
+        n2 = name
+      else
+        if n == 14 then
+          names = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u', n1, n2 }
+        end
+        names[n] = name
+      end
     end
   end
-  local got = redis.pcall(unpack(names, 1, n))
+  local got
+  if names then
+    got = redis.pcall(unpack(names, 1, n))
+  elseif n == 13 then
+    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u', n1, n2)
+  elseif n == 12 then
+    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u', n1)
+  else
+    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u')
+  end
   if got.err then return 'wrongtype' end
   local v, e, c, o, p, ep, h = got[1], got[2], got[3], got[5], got[6], got[7], got[8]
   -- No format version: no record of ours, or no key at all.
@@ -381,7 +399,9 @@ local function read_fast(key, first, last)
   for i = 12, n do
     local value = got[i - 2]
     if value then
-      local _, err = check_field(names[i], value, false)
+      local name
+      if names then name = names[i] elseif i == 12 then name = n1 else name = n2 end
+      local _, err = check_field(name, value, false)
       if err then return 'CORRUPT ' .. err end
     end
   end
@@ -560,9 +580,9 @@ local function merge_one(key, mode, now_ms, first, last)
     -- In chunks: unpack has a C-stack limit.
     for i = 1, nd, 500 do redis.call('HDEL', key, unpack(del, i, math.min(i + 499, nd))) end
     for i = 1, ns, 1000 do redis.call('HSET', key, unpack(set, i, math.min(i + 999, ns))) end
-    -- A number argument is sent as '%.17g': an integer below 2^53 prints
-    -- exactly, with no exponent.
-    redis.call('PEXPIREAT', key, effective + margin)
+    -- '%d' prints an integer (a number argument would be printed with
+    -- '%.17g' by Redis, which costs more than string.format).
+    redis.call('PEXPIREAT', key, string.format('%d', effective + margin))
   end
   return 'applied', held
 end
