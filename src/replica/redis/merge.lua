@@ -214,7 +214,12 @@ end
 -- the usual case. Returns nil and a reason on error.
 local function parse(flat, first, last, stored)
   local f, s, winners, n
-  if stored then winners, n = {}, 0 else f, s = {}, {} end
+  if stored then
+    -- Room for two winners and the summary without a resize.
+    winners, n = { nil, nil, nil, nil, nil, nil, nil, nil }, 0
+  else
+    f, s = {}, {}
+  end
   -- The keys always set in the constructor: one allocation, no resize.
   local rec
   if stored then
