@@ -344,7 +344,8 @@ for r = 4, 4 * count, 4 do
       or n % 1 ~= 0 or at + 2 + n > nargv then
     return redis.error_reply('ERR quorum-sessions merge: bad arguments')
   end
-  places[r - 3], places[r - 2], places[r - 1], places[r] = mode, tonumber(now, 16), at + 3, at + 2 + n
+  places[r - 3], places[r - 2] = mode, tonumber(now, 16)
+  places[r - 1], places[r] = at + 3, at + 2 + n
   at = at + 3 + n
 end
 if at ~= nargv + 1 then return redis.error_reply('ERR quorum-sessions merge: bad arguments') end
@@ -386,7 +387,8 @@ local function read_fast(key, first, last)
         n2 = name
       else
         if n == 14 then
-          names = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u', n1, n2 }
+          names = { 'HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u',
+            n1, n2 }
         end
         names[n] = name
       end
@@ -396,9 +398,11 @@ local function read_fast(key, first, last)
   if names then
     got = redis.pcall(unpack(names, 1, n))
   elseif n == 13 then
-    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u', n1, n2)
+    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u',
+      n1, n2)
   elseif n == 12 then
-    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u', n1)
+    got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u',
+      n1)
   else
     got = redis.pcall('HMGET', key, 'm:v', 'm:e', 'm:c', 'm:t', 'm:o', 'm:p', 'm:ep', 'm:h', 'm:u')
   end
@@ -480,11 +484,11 @@ local function merge_one(key, mode, now_ms, first, last)
   -- apply_merge: a conditional create of another record, or a live delta on a
   -- tombstone, writes nothing.
   if stored.exists and mode == 'c' and stored.o ~= delta.o then
-    epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+    if not epoch then epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id) end
     return 'exists', held
   end
   if stored.t and not delta.t then
-    epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+    if not epoch then epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id) end
     return 'gone', held
   end
 
@@ -502,7 +506,7 @@ local function merge_one(key, mode, now_ms, first, last)
     mt, me, mc, mo, mp = delta.t, delta.e, delta.c, delta.o, delta.p
   end
   local stored_f = stored.f
-  local set, del = delta.winners, {}
+  local set, del = delta.winners, nil -- del: made when needed
   local fields_after = nil
   if mt or stored.untils or delta.untils then
     -- Record::normalize: a tombstone keeps no fields and is never partial;
@@ -530,7 +534,10 @@ local function merge_one(key, mode, now_ms, first, last)
       end
     end
     for name in pairs(stored_f) do
-      if fields[name] == nil then del[#del + 1] = name end
+      if fields[name] == nil then
+        del = del or {}
+        del[#del + 1] = name
+      end
     end
   end
   -- The summaries of the merged record: its largest field stamp, and
@@ -557,26 +564,47 @@ local function merge_one(key, mode, now_ms, first, last)
   if stored.p then stored_p = '1' end
   -- Each metadata item that changes: set, or deleted when it goes (inline:
   -- no table or call per item).
-  local ns, nd = #set, #del
+  local ns, nd = #set, 0
+  if del then nd = #del end
   if stored.v ~= '1' then set[ns + 1], set[ns + 2], ns = 'm:v', '1', ns + 2 end
   if me ~= stored.e then set[ns + 1], set[ns + 2], ns = 'm:e', me, ns + 2 end
   if mc ~= stored.c then set[ns + 1], set[ns + 2], ns = 'm:c', mc, ns + 2 end
   if mt ~= stored.t then
-    if mt == nil then del[nd + 1], nd = 'm:t', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:t', mt, ns + 2 end
+    if mt == nil then
+      del = del or {}
+      del[nd + 1], nd = 'm:t', nd + 1
+    else
+      set[ns + 1], set[ns + 2], ns = 'm:t', mt, ns + 2
+    end
   end
   if mo ~= stored.o then
-    if mo == nil then del[nd + 1], nd = 'm:o', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:o', mo, ns + 2 end
+    if mo == nil then
+      del = del or {}
+      del[nd + 1], nd = 'm:o', nd + 1
+    else
+      set[ns + 1], set[ns + 2], ns = 'm:o', mo, ns + 2
+    end
   end
   if p ~= stored_p then
-    if p == nil then del[nd + 1], nd = 'm:p', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:p', p, ns + 2 end
+    if p == nil then
+      del = del or {}
+      del[nd + 1], nd = 'm:p', nd + 1
+    else
+      set[ns + 1], set[ns + 2], ns = 'm:p', p, ns + 2
+    end
   end
   if h ~= stored.h then set[ns + 1], set[ns + 2], ns = 'm:h', h, ns + 2 end
   if u ~= stored.u then
-    if u == nil then del[nd + 1], nd = 'm:u', nd + 1 else set[ns + 1], set[ns + 2], ns = 'm:u', u, ns + 2 end
+    if u == nil then
+      del = del or {}
+      del[nd + 1], nd = 'm:u', nd + 1
+    else
+      set[ns + 1], set[ns + 2], ns = 'm:u', u, ns + 2
+    end
   end
 
   -- Everything is validated and decided: writes start here.
-  epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id)
+  if not epoch then epoch = epoch_ensure(epoch_key, run_key, epoch, candidate, run_id) end
   -- m:ep: the epoch this write happened in, read in this same script (so a
   -- record holding m:ep = E was written while E stood; see "Reads" in
   -- the module docs of replica::redis). Not in Cluster mode (no epoch).
