@@ -480,9 +480,12 @@ async fn a_hint_queue_overflow_is_counted_and_anti_entropy_converges() {
     );
     let dropped = stats.hints_dropped;
     assert!(stats.hints_pending <= 50, "queue bounded: {stats:?}");
-    assert_eq!(
-        dropped,
-        400 - stats.hints_pending,
+    // Each hint is pending, dropped, or handed out for replay: a replay
+    // tried while the node was still Suspect fails and is either back in
+    // the queue or still waiting for its deadline when the stats are read.
+    let handed_out = stats.hints_replayed;
+    assert!(
+        dropped <= 400 - stats.hints_pending && dropped + handed_out >= 400 - stats.hints_pending,
         "overflow counted: {stats:?}"
     );
     assert!(c.replica_states()[0].needs_anti_entropy);
