@@ -495,9 +495,9 @@ async fn one_foreign_record_in_a_merge_call_leaves_the_others_merged() {
 }
 
 /// At low load nothing waits: each sequential merge is its own call of one
-/// record, sent at once. Timed against merges that skip the queue
-/// (`merge_batch_max_keys = 1`), in alternating rounds: a queue that held a
-/// lone merge back (a timer) would add its wait to every one.
+/// record, dispatched at once by its caller (counted: `sent_at_once`). The
+/// time against merges that skip the queue (`merge_batch_max_keys = 1`),
+/// in alternating rounds, is printed, not asserted.
 #[tokio::test]
 async fn sequential_merges_go_one_per_call_without_waiting() {
     const ROUNDS: usize = 4;
@@ -533,13 +533,14 @@ async fn sequential_merges_go_one_per_call_without_waiting() {
     assert_eq!(stats.calls, merges, "{stats:?}");
     assert_eq!(stats.records, merges, "{stats:?}");
     assert_eq!(stats.multi_record_calls, 0, "{stats:?}");
+    // Each lone merge found a call slot free and its own call left at
+    // once, from its caller: nothing waited for a call in flight.
+    assert_eq!(stats.sent_at_once, merges, "{stats:?}");
     assert_eq!(direct.merge_call_stats().calls, merges);
+    // A figure, not a check (the machine is shared): what the queue costs
+    // a lone merge.
     let [direct_time, batched_time] = elapsed;
     eprintln!("{merges} sequential merges: direct {direct_time:?}, queued {batched_time:?}");
-    assert!(
-        batched_time <= direct_time * 2 + Duration::from_millis(100),
-        "the queue delays lone merges: {batched_time:?} against {direct_time:?}"
-    );
 }
 
 #[tokio::test]

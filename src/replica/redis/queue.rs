@@ -65,6 +65,9 @@ pub struct MergeCallStats {
     pub largest_call: u64,
     /// Merges refused because [`MERGE_QUEUE_MAX`] merges already waited.
     pub refused_queue_full: u64,
+    /// Merges that found a call slot free and left at once (the rest
+    /// waited for a call in flight to end).
+    pub sent_at_once: u64,
 }
 
 /// See [`MergeCallStats`].
@@ -75,6 +78,7 @@ pub(super) struct MergeCalls {
     multi_record_calls: AtomicU64,
     largest_call: AtomicU64,
     refused_queue_full: AtomicU64,
+    pub(super) sent_at_once: AtomicU64,
 }
 
 impl MergeCalls {
@@ -96,6 +100,7 @@ impl MergeCalls {
             multi_record_calls: self.multi_record_calls.load(Ordering::Relaxed),
             largest_call: self.largest_call.load(Ordering::Relaxed),
             refused_queue_full: self.refused_queue_full.load(Ordering::Relaxed),
+            sent_at_once: self.sent_at_once.load(Ordering::Relaxed),
         }
     }
 }
@@ -240,6 +245,9 @@ impl Inner {
             }
         };
         if let Some(batch) = batch {
+            self.merge_calls
+                .sent_at_once
+                .fetch_add(1, Ordering::Relaxed);
             tokio::spawn(self.clone().send_merges(batch));
         }
         match tokio::time::timeout_at(deadline, answer).await {
