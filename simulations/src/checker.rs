@@ -267,6 +267,11 @@ impl Checker {
         Checker::default()
     }
 
+    /// Whether reads are judged for monotonicity.
+    pub fn judges_monotonic_reads(&self) -> bool {
+        !self.monotonic_not_promised
+    }
+
     /// An empty history for a cluster whose read-repair is not blocking:
     /// monotonic reads are not promised there, so not judged.
     pub fn without_monotonic_reads() -> Checker {

@@ -199,8 +199,7 @@ impl Report {
             _ => None,
         };
         Report {
-            monotonic_judged: config.cluster.read_repair
-                == quorum_sessions::config::ReadRepair::Blocking,
+            monotonic_judged: checker.judges_monotonic_reads(),
             seed: config.seed,
             n: config.replicas,
             w: config.write_quorum(),

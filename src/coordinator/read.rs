@@ -104,15 +104,10 @@ impl Coordinator {
             let states: Vec<(Health, bool)> = (0..self.replica_count())
                 .map(|i| (state.health.health(i), state.epochs.is_readable(i)))
                 .collect();
-            let hedge_after = match (config.hedge_delay, config.hedge_percentile) {
-                (Some(cap), Some(quantile)) => Some(crate::core::latency::hedge_delay(
-                    state.latency.iter_mut(),
-                    quantile,
-                    cap,
-                )),
-                (cap, None) => cap,
-                (None, Some(_)) => None,
-            };
+            let hedge_after = config.hedge_delay.map(|cap| match config.hedge_percentile {
+                Some(q) => crate::core::latency::hedge_delay(state.latency.iter_mut(), q, cap),
+                None => cap,
+            });
             (read_order(key, &states, config.read_order), hedge_after)
         };
         let misses_needed = config.misses_for_absence(self.replica_count());
