@@ -117,10 +117,11 @@ pub mod testing;
 /// [`Coordinator::anti_entropy`]); its documentation tells how they work.
 pub mod recovery {
     pub use crate::coordinator::anti_entropy::{
-        AntiEntropyReport, BATCH_KEYS, BATCH_TIMEOUT_FACTOR, PENDING_REPAIR_BATCHES_MAX,
-        SEEN_KEYS_MAX,
+        AntiEntropyOptions, AntiEntropyReport, ProgressFn, BATCH_KEYS, BATCH_TIMEOUT_FACTOR,
+        PENDING_REPAIR_BATCHES_MAX, SEEN_KEYS_MAX,
     };
     pub use crate::coordinator::bootstrap::BOOTSTRAP_SCAN_PAGES_MAX;
+    pub use crate::core::anti_entropy::PassStats;
 }
 
 pub use config::{
@@ -135,7 +136,7 @@ pub use error::{
 };
 pub use mutation::Mutation;
 pub use record::{FieldEntry, Record};
-pub use recovery::AntiEntropyReport;
+pub use recovery::{AntiEntropyOptions, AntiEntropyReport};
 pub use session::{
     NewSession, Session, SessionConfig, SessionError, SessionId, SessionStore, SessionStoreBuilder,
 };

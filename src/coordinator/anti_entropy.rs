@@ -35,6 +35,37 @@ pub struct AntiEntropyReport {
     pub marked_complete: Vec<String>,
     /// Wall time of the pass.
     pub elapsed: Duration,
+    /// Records sent to each replica (or, in a dry run, that would have
+    /// been), by replica name, in replica order; replicas sent nothing are
+    /// left out.
+    pub sent_to: Vec<(String, u64)>,
+    /// A dry run ([`AntiEntropyOptions::dry_run`]): nothing was written.
+    pub dry_run: bool,
+}
+
+/// How [`Coordinator::anti_entropy_with`] runs a pass.
+#[derive(Clone, Default)]
+pub struct AntiEntropyOptions {
+    /// Compare only: nothing is sent and nothing is marked complete; the
+    /// report's counters and [`AntiEntropyReport::sent_to`] tell what the
+    /// pass would have sent. The lease is taken as for a real pass (a dry
+    /// run does not overlap another server's pass).
+    pub dry_run: bool,
+    /// Called after each scanned page with the counters so far (e.g. an
+    /// admin tool's progress bar). Runs on the pass's task: keep it short.
+    pub progress: Option<ProgressFn>,
+}
+
+/// A progress callback of [`AntiEntropyOptions`].
+pub type ProgressFn = Arc<dyn Fn(&PassStats) + Send + Sync>;
+
+impl std::fmt::Debug for AntiEntropyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AntiEntropyOptions")
+            .field("dry_run", &self.dry_run)
+            .field("progress", &self.progress.as_ref().map(|_| "Fn"))
+            .finish()
+    }
 }
 
 impl AntiEntropyReport {
@@ -65,6 +96,15 @@ impl Coordinator {
     /// complete then; the lease expires after
     /// [`AntiEntropyConfig::lease_ttl`](crate::AntiEntropyConfig)).
     pub async fn anti_entropy(&self) -> Option<AntiEntropyReport> {
+        self.anti_entropy_with(AntiEntropyOptions::default()).await
+    }
+
+    /// As [`anti_entropy`](Self::anti_entropy), with options: a dry run
+    /// (compare, report, write nothing) and a progress callback.
+    pub async fn anti_entropy_with(
+        &self,
+        options: AntiEntropyOptions,
+    ) -> Option<AntiEntropyReport> {
         if self.is_closing() {
             return None;
         }
@@ -89,7 +129,7 @@ impl Coordinator {
             return None;
         }
         // Released however the pass ended (a lost renewal included).
-        let report = self.anti_entropy_leased().await;
+        let report = self.anti_entropy_leased(&options).await;
         self.release_lease().await;
         report
     }
@@ -117,7 +157,7 @@ impl Coordinator {
     }
 
     /// The pass itself, while the lease is held; `None` if it was lost.
-    async fn anti_entropy_leased(&self) -> Option<AntiEntropyReport> {
+    async fn anti_entropy_leased(&self, options: &AntiEntropyOptions) -> Option<AntiEntropyReport> {
         let started = Instant::now();
         let lease_ttl = self.config().anti_entropy.lease_ttl;
         let mut lease_renewed = Instant::now();
@@ -126,6 +166,7 @@ impl Coordinator {
         let config = self.config().anti_entropy.clone();
         let mut seen = SeenKeys::new(self.replica_count());
         let mut pending = PendingRepairs::default();
+        let mut sent = vec![0u64; self.replica_count()];
         // Incomplete replicas (being refilled) are not read: they hold
         // nothing, or what this pass sends them (see `start_page`).
         let readable: Vec<bool> = epochs
@@ -162,10 +203,15 @@ impl Coordinator {
                 pass: &mut pass,
                 seen: &mut seen,
                 pending: &mut pending,
+                sent: &mut sent,
+                dry_run: options.dry_run,
             };
             self.finish_page(&mut page_pass, page).await;
             if pass.is_participant(index) {
                 pass.on_page(index, next_cursor);
+            }
+            if let Some(progress) = &options.progress {
+                progress(&pass.stats());
             }
             if self.is_closing() {
                 // `Coordinator::shutdown`: the lease is released by the caller.
@@ -189,6 +235,22 @@ impl Coordinator {
         self.collect_repairs(&mut pass, &mut pending, 0).await;
         self.confirm_sources(&mut pass).await;
         let outcome = pass.finish();
+        let sent_to = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, &count)| count > 0)
+            .map(|(index, &count)| (self.inner.replicas[index].name().to_owned(), count))
+            .collect();
+        if options.dry_run {
+            return Some(AntiEntropyReport {
+                stats: outcome.stats,
+                covered: self.names(&outcome.covered),
+                marked_complete: Vec::new(),
+                elapsed: started.elapsed(),
+                sent_to,
+                dry_run: true,
+            });
+        }
         let mut marked_complete = Vec::new();
         for (index, epoch_id) in outcome.mark_complete {
             let replica = self.inner.replicas[index].clone();
@@ -219,17 +281,21 @@ impl Coordinator {
             .counters
             .anti_entropy_records_sent
             .fetch_add(outcome.stats.records_sent, Ordering::Relaxed);
-        let covered = outcome
-            .covered
-            .iter()
-            .map(|&i| self.inner.replicas[i].name().to_owned())
-            .collect();
         Some(AntiEntropyReport {
             stats: outcome.stats,
-            covered,
+            covered: self.names(&outcome.covered),
             marked_complete,
             elapsed: started.elapsed(),
+            sent_to,
+            dry_run: false,
         })
+    }
+
+    fn names(&self, indexes: &[ReplicaIndex]) -> Vec<String> {
+        indexes
+            .iter()
+            .map(|&i| self.inner.replicas[i].name().to_owned())
+            .collect()
     }
 
     /// Pings every source of the pass again once the scans and repairs are
@@ -377,6 +443,12 @@ impl Coordinator {
                     repairs[target].push((key.clone(), merged.clone()));
                 }
             }
+        }
+        for (count, items) in page.sent.iter_mut().zip(&repairs) {
+            *count += items.len() as u64;
+        }
+        if page.dry_run {
+            return;
         }
         self.start_repairs(page.pending, repairs, now_ms);
         self.collect_repairs(page.pass, page.pending, PENDING_REPAIR_BATCHES_MAX)
@@ -630,4 +702,7 @@ struct PagePass<'a> {
     seen: &'a mut SeenKeys,
     /// Repairs of earlier pages still being written.
     pending: &'a mut PendingRepairs,
+    /// Records sent (or, in a dry run, to send) per replica.
+    sent: &'a mut [u64],
+    dry_run: bool,
 }

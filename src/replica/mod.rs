@@ -79,6 +79,24 @@ pub struct ScanPage {
     pub next_cursor: Option<String>,
 }
 
+/// What [`Replica::describe`] tells of a replica's server; `None` where the
+/// replica does not know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicaInfo {
+    /// Keys in the server's database (all of them, not only this library's;
+    /// summed over the primaries of a Redis Cluster).
+    pub keys: Option<u64>,
+    /// Memory the server uses, in bytes (summed over a cluster's primaries).
+    pub used_memory_bytes: Option<u64>,
+    /// Its memory limit in bytes (`0`: none).
+    pub max_memory_bytes: Option<u64>,
+    /// Its `maxmemory-policy` (only `noeviction` is safe).
+    pub eviction_policy: Option<String>,
+    /// Server version.
+    pub version: Option<String>,
+}
+
 /// One independent store. Implementations must apply [`apply_merge`]'s rules
 /// atomically per key.
 #[async_trait]
@@ -153,6 +171,13 @@ pub trait Replica: Send + Sync + std::fmt::Debug + 'static {
             .iter()
             .map(|(key, delta)| self.merge(key, delta, MergeMode::Upsert, now_ms));
         futures::future::join_all(merges).await
+    }
+
+    /// What an operator wants to see of the server behind this replica
+    /// (the admin CLI's `status`): keys, memory, eviction policy. Nothing
+    /// here feeds a decision. The default knows nothing.
+    async fn describe(&self) -> Result<ReplicaInfo, ReplicaError> {
+        Ok(ReplicaInfo::default())
     }
 
     /// Deletes everything this replica stores, epoch included (tests and

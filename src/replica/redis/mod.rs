@@ -201,6 +201,7 @@ mod batch;
 mod config;
 mod confirmed;
 mod connect;
+mod describe;
 mod dump;
 mod identity;
 mod lease;
@@ -232,7 +233,7 @@ pub use queue::{
     MERGE_CALLS_IN_FLIGHT, MERGE_QUEUE_MAX,
 };
 
-use super::{Epoch, MergeMode, MergeReply, ReadReply, Replica, ScanPage};
+use super::{Epoch, MergeMode, MergeReply, ReadReply, Replica, ReplicaInfo, ScanPage};
 use crate::error::ReplicaError;
 use crate::record::Record;
 use confirmed::ConfirmedEpoch;
@@ -543,6 +544,10 @@ impl Replica for RedisReplica {
     /// [`WIPE_BATCH`]) and the epoch key, which goes first and last so the
     /// next request starts a new epoch. Never `FLUSHDB`: the Redis may be
     /// shared.
+    async fn describe(&self) -> Result<ReplicaInfo, ReplicaError> {
+        self.inner.describe().await
+    }
+
     async fn wipe(&self) -> Result<(), ReplicaError> {
         self.inner.wipe_all().await
     }

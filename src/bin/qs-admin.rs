@@ -1,0 +1,495 @@
+//! `qs-admin`: the operator's tool for a quorum-sessions cluster, over the
+//! same Redis URLs as the application (`--redis`, repeated, or the variable
+//! `QS_REDIS_URLS`).
+//!
+//! - `status`: each replica's health, epoch (complete or refilling), keys,
+//!   memory and eviction policy, and whether reads and writes are served.
+//! - `inspect <session-id>`: the record on every replica side by side, the
+//!   merged view, and what differs (values hidden unless `--show-values`).
+//! - `repair [--dry-run]`: one anti-entropy pass with a progress line and a
+//!   report (a dry run compares and writes nothing).
+//! - `accept-data-loss`: the operator's decision when more replicas lost
+//!   their data than anti-entropy can refill (reads answer 503 until then).
+//!
+//! Built with the `cli` feature: `cargo run --features cli --bin qs-admin --
+//! status`. Exit status: 0 when the command did what it says, 1 on an error,
+//! 2 when `status` finds the cluster not ready (scriptable).
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use quorum_sessions::coordinator::{NotReadyReason, Readiness};
+use quorum_sessions::recovery::PassStats;
+use quorum_sessions::session::keys::session_key;
+use quorum_sessions::{
+    AntiEntropyOptions, ClusterConfig, Coordinator, ReadRepair, Record, SessionId, SessionStore,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qs-admin",
+    version,
+    about = "Operate a quorum-sessions cluster"
+)]
+struct Cli {
+    /// A replica's Redis URL, in the application's order (repeat the flag);
+    /// default: the URLs in the variable named by --redis-env.
+    #[arg(long = "redis", value_name = "URL", global = true)]
+    redis: Vec<String>,
+    /// The variable holding the URLs (separated by commas or spaces) when
+    /// no --redis is given.
+    #[arg(long, default_value = "QS_REDIS_URLS", global = true)]
+    redis_env: String,
+    /// W, as the application sets it (default: a majority).
+    #[arg(short = 'w', long, global = true)]
+    write_quorum: Option<usize>,
+    /// R, as the application sets it (default: a majority).
+    #[arg(short = 'r', long, global = true)]
+    read_quorum: Option<usize>,
+    /// Per-request deadline, in milliseconds.
+    #[arg(long, default_value_t = 2_000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Each replica's health, epoch, keys, memory and eviction policy.
+    Status,
+    /// One session's record on every replica, merged, and what differs.
+    Inspect {
+        /// The session id (32 hex characters, as in the cookie).
+        session_id: String,
+        /// Print the values too (they are session data: hidden by default).
+        #[arg(long)]
+        show_values: bool,
+    },
+    /// One anti-entropy pass: compare every key, repair what differs.
+    Repair {
+        /// Compare and report only: nothing is written.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Mark replicas that lost their data complete, when too many did for
+    /// anti-entropy to refill them (the data they lost stays lost).
+    AcceptDataLoss {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("qs-admin: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let coordinator = connect(&cli).await?;
+    let code = match cli.command {
+        Command::Status => status(&coordinator).await,
+        Command::Inspect {
+            ref session_id,
+            show_values,
+        } => inspect(&coordinator, session_id, show_values).await?,
+        Command::Repair { dry_run } => repair(&coordinator, dry_run).await?,
+        Command::AcceptDataLoss { yes } => accept_data_loss(&coordinator, yes).await?,
+    };
+    coordinator.shutdown(Duration::from_secs(5)).await;
+    Ok(code)
+}
+
+/// A coordinator over the application's replicas that starts no repair by
+/// itself and reads without repairing: only `repair` and
+/// `accept-data-loss` write.
+async fn connect(cli: &Cli) -> Result<Coordinator, Failure> {
+    let mut config = ClusterConfig {
+        request_timeout: Duration::from_millis(cli.timeout_ms),
+        read_repair: ReadRepair::Off,
+        ..ClusterConfig::default()
+    };
+    config.anti_entropy.on_rejoin = false;
+    config.anti_entropy.interval = None;
+    let builder = SessionStore::builder().cluster_config(config);
+    let builder = if cli.redis.is_empty() {
+        builder.redis_from_env(&cli.redis_env)
+    } else {
+        builder.redis(&cli.redis)
+    };
+    let builder = match (cli.write_quorum, cli.read_quorum) {
+        (None, None) => builder,
+        (w, r) => {
+            let n = if cli.redis.is_empty() {
+                std::env::var(&cli.redis_env)
+                    .unwrap_or_default()
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|url| !url.is_empty())
+                    .count()
+            } else {
+                cli.redis.len()
+            };
+            builder.quorum(w.unwrap_or(n / 2 + 1), r.unwrap_or(n / 2 + 1))
+        }
+    };
+    Ok(builder.connect_coordinator().await?)
+}
+
+async fn status(coordinator: &Coordinator) -> ExitCode {
+    let states = coordinator.replica_states();
+    let infos =
+        futures::future::join_all(coordinator.replicas().iter().map(|r| r.describe())).await;
+    let config = coordinator.config();
+    println!(
+        "{} replicas, W = {}, R = {}",
+        coordinator.replica_count(),
+        config.write_quorum,
+        config.read_quorum
+    );
+    println!(
+        "{:<24} {:<9} {:<20} {:<10} {:>10} {:>12}  eviction",
+        "replica", "health", "epoch", "data", "keys", "memory"
+    );
+    for (state, info) in states.iter().zip(infos) {
+        let (epoch, data) = match state.epoch {
+            Some(epoch) if epoch.complete => (format!("{:016x}", epoch.id), "complete"),
+            Some(epoch) => (format!("{:016x}", epoch.id), "refilling"),
+            None => ("-".to_owned(), "unknown"),
+        };
+        let (keys, memory, policy) = match info {
+            Ok(info) => (
+                info.keys.map_or("-".to_owned(), |k| k.to_string()),
+                info.used_memory_bytes.map_or("-".to_owned(), bytes),
+                match info.eviction_policy.as_deref() {
+                    Some("noeviction") => "noeviction".to_owned(),
+                    Some(other) => format!("{other} (UNSAFE: may evict sessions)"),
+                    None => "-".to_owned(),
+                },
+            ),
+            Err(error) => ("-".to_owned(), "-".to_owned(), format!("({error})")),
+        };
+        println!(
+            "{:<24} {:<9} {:<20} {:<10} {:>10} {:>12}  {}",
+            state.name,
+            format!("{:?}", state.health),
+            epoch,
+            data,
+            keys,
+            memory,
+            policy
+        );
+        if state.pending_hints > 0 {
+            println!("{:<24} {} hinted writes waiting", "", state.pending_hints);
+        }
+    }
+    match coordinator.readiness() {
+        Readiness::Ready => {
+            println!("ready: reads and writes are served");
+            ExitCode::SUCCESS
+        }
+        Readiness::NotReady(not_ready) => {
+            println!(
+                "NOT READY: {:?}: {} reachable, {} readable; writes need {}, reads need {} readable",
+                not_ready.reason,
+                not_ready.reachable,
+                not_ready.readable,
+                not_ready.write_quorum,
+                not_ready.read_quorum
+            );
+            if not_ready.reason == NotReadyReason::OperatorNeeded {
+                println!(
+                    "more replicas lost their data than anti-entropy can refill: \
+                     see `qs-admin accept-data-loss`"
+                );
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn inspect(
+    coordinator: &Coordinator,
+    session_id: &str,
+    show_values: bool,
+) -> Result<ExitCode, Failure> {
+    let id = SessionId::parse(session_id.trim())?;
+    let key = session_key(&id);
+    let now_ms = coordinator.now_ms();
+    let replicas = coordinator.replicas();
+    let reads = futures::future::join_all(replicas.iter().map(|r| r.read(&key))).await;
+    let mut merged: Option<Record> = None;
+    let mut copies = Vec::new();
+    println!("session {}", id.redacted());
+    for (replica, reply) in replicas.iter().zip(reads) {
+        match reply {
+            Ok(reply) => {
+                let epoch = if reply.epoch.complete {
+                    "complete"
+                } else {
+                    "refilling: a miss proves nothing"
+                };
+                match &reply.record {
+                    None => println!("  {:<24} no record ({epoch})", replica.name()),
+                    Some(record) => {
+                        println!(
+                            "  {:<24} {} ({epoch})",
+                            replica.name(),
+                            describe_record(record, now_ms)
+                        );
+                        merged = Some(match merged {
+                            None => record.clone(),
+                            Some(acc) => Record::merge(&acc, record, now_ms),
+                        });
+                    }
+                }
+                copies.push((replica.name().to_owned(), reply.record));
+            }
+            Err(error) => println!("  {:<24} unreadable: {error}", replica.name()),
+        }
+    }
+    let Some(merged) = merged else {
+        println!("no replica holds this session");
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!("merged: {}", describe_record(&merged, now_ms));
+    println!(
+        "  {:<28} {:<34} {}",
+        "field",
+        "stamp (ms ago, counter, writer)",
+        copies
+            .iter()
+            .map(|(name, _)| format!("{name:<16}"))
+            .collect::<String>()
+    );
+    let mut differs = 0;
+    for (name, entry) in &merged.fields {
+        let stamp = format!(
+            "{} ms, {}, {:012x}",
+            now_ms.saturating_sub(entry.stamp.physical_ms),
+            entry.stamp.logical,
+            entry.stamp.writer
+        );
+        let mut cells = String::new();
+        let mut same = true;
+        for (_, copy) in &copies {
+            let cell = match copy.as_ref().and_then(|c| c.fields.get(name)) {
+                Some(held) if held == entry => "=".to_owned(),
+                Some(held) if held.stamp < entry.stamp => {
+                    same = false;
+                    "older".to_owned()
+                }
+                Some(_) => {
+                    same = false;
+                    "other".to_owned()
+                }
+                None => {
+                    same = false;
+                    "missing".to_owned()
+                }
+            };
+            cells.push_str(&format!("{cell:<16}"));
+        }
+        differs += usize::from(!same);
+        let value = match &entry.value {
+            None => "removed".to_owned(),
+            Some(value) if show_values => format!("{:?}", String::from_utf8_lossy(value)),
+            Some(value) => format!("{} bytes", value.len()),
+        };
+        println!("  {name:<28} {stamp:<34} {cells}{value}");
+    }
+    if differs == 0 {
+        println!("every replica that holds it agrees on every field");
+    } else {
+        println!(
+            "{differs} field(s) differ: a read at R or `qs-admin repair` brings the copies together"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_record(record: &Record, now_ms: u64) -> String {
+    let state = if record.is_tombstone() {
+        "tombstone (logged out / deleted)".to_owned()
+    } else {
+        format!("{} fields", record.fields.len())
+    };
+    let expiry = record.effective_expiry_ms();
+    let expiry = if expiry <= now_ms {
+        "expired".to_owned()
+    } else {
+        format!("expires in {} s", (expiry - now_ms) / 1000)
+    };
+    format!("{state}, {expiry}, format {}", record.format)
+}
+
+async fn repair(coordinator: &Coordinator, dry_run: bool) -> Result<ExitCode, Failure> {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress_bar = bar.clone();
+    let options = AntiEntropyOptions {
+        dry_run,
+        progress: Some(Arc::new(move |stats: &PassStats| {
+            progress_bar.set_message(format!(
+                "{} pages, {} keys compared, {} differ",
+                stats.pages_scanned, stats.keys_compared, stats.keys_repaired
+            ));
+        })),
+    };
+    let report = coordinator.anti_entropy_with(options).await;
+    bar.finish_and_clear();
+    let Some(report) = report else {
+        return Err("no pass ran: another server holds the anti-entropy lease \
+                    (its pass is running), or a majority of the replicas is unreachable; \
+                    try again later"
+            .into());
+    };
+    let verb = if report.dry_run { "to send" } else { "sent" };
+    println!(
+        "{}: {} keys compared, {} differed, {} records {verb}, {} pages, in {:.1} s ({:.0} keys/s)",
+        if report.dry_run { "dry run" } else { "repair" },
+        report.stats.keys_compared,
+        report.stats.keys_repaired,
+        report.stats.records_sent,
+        report.stats.pages_scanned,
+        report.elapsed.as_secs_f64(),
+        report.keys_per_sec()
+    );
+    for (name, count) in &report.sent_to {
+        println!("  {name}: {count} records {verb}");
+    }
+    println!("covered: {}", report.covered.join(", "));
+    if !report.marked_complete.is_empty() {
+        println!(
+            "refilled and marked complete: {}",
+            report.marked_complete.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn accept_data_loss(coordinator: &Coordinator, yes: bool) -> Result<ExitCode, Failure> {
+    let states = coordinator.replica_states();
+    let lost: Vec<usize> = states
+        .iter()
+        .enumerate()
+        .filter(|(_, state)| state.epoch.is_some_and(|epoch| !epoch.complete))
+        .map(|(index, _)| index)
+        .collect();
+    let unreachable: Vec<&str> = states
+        .iter()
+        .filter(|state| state.epoch.is_none())
+        .map(|state| state.name.as_str())
+        .collect();
+    if !unreachable.is_empty() {
+        return Err(format!(
+            "unreachable: {}; bring every replica back first, so that nothing is decided without it",
+            unreachable.join(", ")
+        )
+        .into());
+    }
+    if lost.is_empty() {
+        println!("every replica is complete: nothing to accept");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Readiness::NotReady(not_ready) = coordinator.readiness() {
+        if not_ready.reason != NotReadyReason::OperatorNeeded {
+            println!(
+                "note: the cluster is not ready for another reason: {:?}",
+                not_ready.reason
+            );
+        }
+    } else {
+        return Err(format!(
+            "{} refilling, but enough replicas are complete for anti-entropy to refill them: \
+             run `qs-admin repair` instead (it loses nothing)",
+            lost.iter()
+                .map(|&i| states[i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+        .into());
+    }
+    println!("These replicas restarted without their data (or from an older snapshot):");
+    for &index in &lost {
+        println!("  {}", states[index].name);
+    }
+    for line in [
+        "Too few replicas kept their data to refill them. Accepting first copies what the",
+        "others hold into them (one repair pass), then marks them complete:",
+        "  - writes acknowledged only by replicas that lost them are lost (sessions",
+        "    created, data saved), and sessions may read older values;",
+        "  - logouts and deletions newer than their snapshot may be undone.",
+        "The alternative is to empty every replica (every user logs in again).",
+    ] {
+        println!("{line}");
+    }
+    if !yes {
+        print!("Type 'accept' to mark them complete: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "accept" {
+            println!("nothing changed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    // What survives anywhere reaches every replica before any is trusted:
+    // marked complete first, two replicas that both lost a session would
+    // answer "not found" for it although a third holds it.
+    let Some(pass) = coordinator.anti_entropy().await else {
+        return Err(
+            "the repair pass could not run (another server holds the anti-entropy \
+                    lease, or a majority is unreachable): nothing marked; try again"
+                .into(),
+        );
+    };
+    println!(
+        "repair pass: {} keys compared, {} records copied",
+        pass.stats.keys_compared, pass.stats.records_sent
+    );
+    if pass.covered.len() != states.len() {
+        return Err(format!(
+            "the repair pass covered only {}: nothing marked; try again",
+            pass.covered.join(", ")
+        )
+        .into());
+    }
+    for index in lost {
+        let name = &states[index].name;
+        match coordinator.accept_data_loss(index).await {
+            Ok(true) => println!("{name}: marked complete"),
+            Ok(false) => println!("{name}: its epoch changed meanwhile; run the command again"),
+            Err(error) => println!("{name}: {error}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
