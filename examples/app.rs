@@ -122,7 +122,7 @@ async fn main() {
     if options.insecure_cookies {
         tracing::warn!("--insecure-cookies: the session cookie is sent over plain HTTP (localhost development only)");
     }
-    let prometheus = prometheus();
+    let prometheus = routes::prometheus();
     let replicas = match replicas(options.memory).await {
         Ok(replicas) => replicas,
         Err(message) => {
@@ -143,17 +143,13 @@ async fn main() {
         csrf: Csrf::new(&csrf_secret()).expect("32 bytes"),
         users: Arc::new(routes::demo_users()),
         secure_cookies: !options.insecure_cookies,
+        metrics: Some(prometheus),
     };
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .unwrap_or_else(|error| panic!("cannot listen on {}: {error}", options.addr));
     tracing::info!(addr = %options.addr, memory = options.memory, "listening");
-    let app = routes::router(state)
-        .route(
-            "/metrics",
-            axum::routing::get(move || async move { prometheus.render() }),
-        )
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -162,26 +158,6 @@ async fn main() {
     // hints reach their replicas, so the others have less to repair.
     let report = store.coordinator().shutdown(SHUTDOWN_DEADLINE).await;
     tracing::info!(?report, "stopped");
-}
-
-/// The Prometheus exporter behind `GET /metrics`. The library's metrics
-/// (docs/metrics.md) need its feature: `--features metrics`; without it the
-/// page is empty.
-fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the only metrics recorder of the process");
-    // Without its HTTP listener the exporter leaves upkeep (draining the
-    // histograms' buckets) to the application.
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            interval.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    handle
 }
 
 /// How long the coordinator's shutdown may take (inside a typical

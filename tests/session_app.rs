@@ -171,6 +171,7 @@ async fn start() -> (Cluster, SocketAddr) {
         csrf: Csrf::new(&[42; 32]).unwrap(),
         users: Arc::new(routes::demo_users()),
         secure_cookies: true,
+        metrics: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

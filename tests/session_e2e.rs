@@ -467,6 +467,7 @@ async fn a_user_stays_logged_in_and_keeps_the_cart_while_redis_nodes_die() {
         csrf: Csrf::new(&rand::random::<[u8; 32]>()).unwrap(),
         users: Arc::new(routes::demo_users()),
         secure_cookies: false,
+        metrics: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

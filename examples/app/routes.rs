@@ -16,6 +16,7 @@
 //! | `GET /admin/analytics` | role `admin` |
 //! | `GET /health/live` | 200 while the process serves (restart it if not) |
 //! | `GET /health/ready` | 200, or 503 with the reason as JSON: too few replicas reachable or refilled (send traffic elsewhere) |
+//! | `GET /metrics` | the library's metrics in Prometheus text (docs/metrics.md; feature `metrics`) |
 //!
 //! Security: the cookie is `HttpOnly; SameSite=Lax; Secure` (Secure can be
 //! switched off for plain-HTTP localhost only); every mutating route but
@@ -96,11 +97,15 @@ pub struct AppState {
     pub users: Arc<BTreeMap<String, DemoUser>>,
     /// Mark the cookie `Secure` (only plain-HTTP localhost turns it off).
     pub secure_cookies: bool,
+    /// The Prometheus exporter behind `GET /metrics` ([`prometheus`]);
+    /// `None`: no such route.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The app.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let metrics = state.metrics.clone();
+    let router = Router::new()
         .route("/login", post(login))
         .route("/profile", get(profile))
         .route("/update-profile", post(update_profile))
@@ -113,7 +118,35 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/analytics", get(admin_analytics))
         .route("/health/live", get(|| async { StatusCode::OK }))
         .route("/health/ready", get(ready))
-        .with_state(state)
+        .with_state(state);
+    match metrics {
+        Some(handle) => router.route("/metrics", get(move || async move { handle.render() })),
+        None => router,
+    }
+}
+
+/// Installs the Prometheus exporter as the process's metrics recorder (the
+/// library's metrics, docs/metrics.md, need its feature `metrics`; without
+/// it the page is empty) and returns the handle `GET /metrics` renders.
+///
+/// # Panics
+///
+/// When the process already has a metrics recorder.
+pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only metrics recorder of the process");
+    // Without its HTTP listener the exporter leaves upkeep (draining the
+    // histograms' buckets) to the application.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    handle
 }
 
 /// Errors as HTTP answers.
