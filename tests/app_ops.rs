@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use quorum_sessions::replica::Replica;
 use quorum_sessions::session::{Csrf, NewSession, SessionConfig};
-use quorum_sessions::{ClusterConfig, Coordinator, SessionStore};
+use quorum_sessions::{Coordinator, SessionStore};
 use support::RedisNodes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -106,14 +106,7 @@ async fn metrics_and_readiness_follow_nodes_leaving_and_returning() {
     for node in nodes.nodes() {
         replicas.push(Arc::new(node.replica().await));
     }
-    let mut config = ClusterConfig {
-        write_quorum: 2,
-        read_quorum: 2,
-        request_timeout: Duration::from_millis(300),
-        hedge_delay: Some(Duration::from_millis(50)),
-        ..ClusterConfig::default()
-    };
-    config.health.probe_interval_max = Duration::from_millis(500);
+    let mut config = support::fault_test_config();
     config.handoff_interval = Duration::from_millis(100);
     let coordinator = Coordinator::connect(config, replicas).await.unwrap();
     let store = SessionStore::new(coordinator, SessionConfig::default()).unwrap();

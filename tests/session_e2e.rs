@@ -48,7 +48,7 @@ use quorum_sessions::replica::redis::RedisReplica;
 use quorum_sessions::replica::Replica;
 use quorum_sessions::session::{keys, Csrf, FingerprintConfig, SessionConfig, SessionId};
 use quorum_sessions::Health;
-use quorum_sessions::{ClusterConfig, Coordinator, SessionStore};
+use quorum_sessions::{Coordinator, SessionStore};
 use serde_json::{json, Value};
 use support::RedisNodes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -438,14 +438,7 @@ async fn a_user_stays_logged_in_and_keeps_the_cart_while_redis_nodes_die() {
     let started = Instant::now();
     let nodes = RedisNodes::start(3).await;
     let redis: Vec<Arc<RedisReplica>> = nodes.replicas().await.into_iter().map(Arc::new).collect();
-    let mut config = ClusterConfig {
-        write_quorum: 2,
-        read_quorum: 2,
-        request_timeout: Duration::from_millis(300),
-        hedge_delay: Some(Duration::from_millis(50)),
-        ..ClusterConfig::default()
-    };
-    config.health.probe_interval_max = Duration::from_millis(500);
+    let config = support::fault_test_config();
     let replicas: Vec<Arc<dyn Replica>> = redis
         .iter()
         .map(|r| r.clone() as Arc<dyn Replica>)

@@ -79,3 +79,18 @@ impl RedisNodes {
         futures::future::join_all(self.nodes.iter().map(RedisNode::replica)).await
     }
 }
+
+/// The coordinator settings of the fault tests: W = R = 2, a 300 ms request
+/// deadline, hedged reads after 50 ms, a Down replica probed at least every
+/// 500 ms, so that a fault shows within a second or two.
+pub fn fault_test_config() -> quorum_sessions::ClusterConfig {
+    let mut config = quorum_sessions::ClusterConfig {
+        write_quorum: 2,
+        read_quorum: 2,
+        request_timeout: std::time::Duration::from_millis(300),
+        hedge_delay: Some(std::time::Duration::from_millis(50)),
+        ..quorum_sessions::ClusterConfig::default()
+    };
+    config.health.probe_interval_max = std::time::Duration::from_millis(500);
+    config
+}
