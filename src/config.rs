@@ -216,6 +216,12 @@ pub struct ClusterConfig {
     pub handoff_interval: Duration,
     /// Anti-entropy passes.
     pub anti_entropy: AntiEntropyConfig,
+    /// Names of replicas this coordinator writes to but never reads, and
+    /// never marks complete after a refill: a replica joining the cluster,
+    /// or leaving it, while app servers roll from one replica list to
+    /// another (`docs/membership.md`). Their acknowledgements count toward
+    /// W as any replica's. Reads need `max(R, N − W + 1)` of the others.
+    pub write_only: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -234,6 +240,7 @@ impl Default for ClusterConfig {
             hints: HintLimits::default(),
             handoff_interval: Duration::from_millis(100),
             anti_entropy: AntiEntropyConfig::default(),
+            write_only: Vec::new(),
         }
     }
 }
@@ -263,6 +270,17 @@ impl ClusterConfig {
             return Err(ConfigError::new(
                 "read_quorum",
                 format!("must be in 1..={n}"),
+            ));
+        }
+        let readable = n.saturating_sub(self.write_only.len());
+        let reads_need = self.read_quorum.max(self.misses_for_absence(n));
+        if reads_need > readable {
+            return Err(ConfigError::new(
+                "write_only",
+                format!(
+                    "leaves {readable} readable replicas of {n}, but reads need {reads_need} \
+                     (max(R, N - W + 1)): raise N or W, or make fewer replicas write-only"
+                ),
             ));
         }
         check_positive("request_timeout", self.request_timeout)?;

@@ -161,7 +161,16 @@ impl Coordinator {
         let started = Instant::now();
         let lease_ttl = self.config().anti_entropy.lease_ttl;
         let mut lease_renewed = Instant::now();
-        let epochs = self.ping_all().await;
+        let mut epochs = self.ping_all().await;
+        // A write-only replica (joining or leaving) is a target, never a
+        // source, and is not marked complete here (`docs/membership.md`).
+        for (index, epoch) in epochs.iter_mut().enumerate() {
+            if self.lock().epochs.is_write_only(index) {
+                if let Some(epoch) = epoch {
+                    epoch.complete = false;
+                }
+            }
+        }
         let mut pass = AntiEntropyPass::new(&epochs, self.config().write_quorum);
         let config = self.config().anti_entropy.clone();
         let mut seen = SeenKeys::new(self.replica_count());
@@ -253,6 +262,9 @@ impl Coordinator {
         }
         let mut marked_complete = Vec::new();
         for (index, epoch_id) in outcome.mark_complete {
+            if self.lock().epochs.is_write_only(index) {
+                continue;
+            }
             let replica = self.inner.replicas[index].clone();
             if let Ok(true) = self
                 .call(index, replica.mark_epoch_complete(epoch_id))

@@ -104,6 +104,9 @@ impl Coordinator {
             return;
         }
         for &(index, epoch) in epochs {
+            if self.lock().epochs.is_write_only(index) {
+                continue; // marked by a coordinator that reads it
+            }
             let replica = self.inner.replicas[index].clone();
             if let Ok(true) = self
                 .call(index, replica.mark_epoch_complete(epoch.id))
@@ -149,7 +152,11 @@ impl Coordinator {
         let n = self.replica_count();
         let state = self.lock();
         let lost: Vec<String> = (0..n)
-            .filter(|&i| state.epochs.current(i).is_some() && !state.epochs.is_readable(i))
+            .filter(|&i| {
+                state.epochs.current(i).is_some()
+                    && !state.epochs.is_readable(i)
+                    && !state.epochs.is_write_only(i)
+            })
             .map(|i| self.inner.replicas[i].name().to_owned())
             .collect();
         let complete = (0..n).filter(|&i| state.epochs.is_readable(i)).count();

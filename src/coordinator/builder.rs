@@ -94,6 +94,24 @@ impl CoordinatorBuilder {
                 format!("duplicate replica name {:?}", pair[0]),
             ));
         }
+        let mut write_only = Vec::new();
+        for name in &self.config.write_only {
+            match self.replicas.iter().position(|r| r.name() == name) {
+                Some(index) if !write_only.contains(&index) => write_only.push(index),
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        "write_only",
+                        format!("{name:?} is listed twice"),
+                    ))
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        "write_only",
+                        format!("{name:?} is not the name of a replica"),
+                    ))
+                }
+            }
+        }
         let writer_id = self
             .writer_id
             .unwrap_or_else(|| rand::random::<u64>() & WRITER_MAX);
@@ -104,7 +122,13 @@ impl CoordinatorBuilder {
         let state = CoreState {
             clock: Hlc::new(writer_id, skew_ms),
             health: HealthTracker::new(n, &self.config.health),
-            epochs: EpochTable::new(n),
+            epochs: {
+                let mut epochs = EpochTable::new(n);
+                for &index in &write_only {
+                    epochs.set_write_only(index);
+                }
+                epochs
+            },
             hints: HintQueues::new(n, self.config.hints.clone()),
             latency: vec![Default::default(); n],
         };

@@ -125,7 +125,8 @@ fn decide(
     let down = names(|s| s.health == Health::Down);
     // A replica never heard from (no epoch) is not refilling: it is Down or
     // about to be.
-    let refilling = names(|s| s.health != Health::Down && !s.readable && s.epoch.is_some());
+    let refilling =
+        names(|s| s.health != Health::Down && !s.readable && !s.write_only && s.epoch.is_some());
     let reachable = states.len() - down.len();
     let readable = states
         .iter()
@@ -168,6 +169,7 @@ mod tests {
                 complete: readable,
             }),
             readable,
+            write_only: false,
             pending_hints: 0,
             needs_anti_entropy: false,
         }

@@ -102,6 +102,9 @@ pub struct ReplicaState {
     /// True when its misses count and it may be read first; false while it
     /// is write-only (new epoch, not yet refilled: "Refilling").
     pub readable: bool,
+    /// Written to but never read by this coordinator
+    /// ([`ClusterConfig::write_only`](crate::ClusterConfig::write_only)).
+    pub write_only: bool,
     /// Hints queued for it.
     pub pending_hints: usize,
     /// Its hint queue dropped hints: only anti-entropy can bring it level.
@@ -121,6 +124,7 @@ impl Coordinator {
                 health: state.health.health(index),
                 epoch: state.epochs.current(index),
                 readable: state.epochs.is_readable(index),
+                write_only: state.epochs.is_write_only(index),
                 pending_hints: state.hints.len(index),
                 needs_anti_entropy: state.hints.needs_anti_entropy(index),
             })

@@ -75,6 +75,11 @@ pub const RETIRED_EPOCHS_MAX: usize = 16;
 #[derive(Clone, Debug)]
 pub struct EpochTable {
     replicas: Vec<ReplicaEpoch>,
+    /// Replicas this coordinator never reads, whatever their epoch: joining
+    /// or leaving the cluster ([`ClusterConfig::write_only`]).
+    ///
+    /// [`ClusterConfig::write_only`]: crate::ClusterConfig::write_only
+    write_only: Vec<bool>,
 }
 
 impl EpochTable {
@@ -82,7 +87,19 @@ impl EpochTable {
     pub fn new(replica_count: usize) -> EpochTable {
         EpochTable {
             replicas: vec![ReplicaEpoch::default(); replica_count],
+            write_only: vec![false; replica_count],
         }
+    }
+
+    /// Makes replica `index` write-only for this coordinator: never
+    /// readable, whatever its epoch (a membership change, `docs/membership.md`).
+    pub fn set_write_only(&mut self, index: ReplicaIndex) {
+        self.write_only[index] = true;
+    }
+
+    /// True for a replica made write-only by [`EpochTable::set_write_only`].
+    pub fn is_write_only(&self, index: ReplicaIndex) -> bool {
+        self.write_only[index]
     }
 
     /// Records the epoch a reply carried. The current epoch's completeness
@@ -134,9 +151,10 @@ impl EpochTable {
         });
     }
 
-    /// True when the replica's misses count and it may be read first.
+    /// True when the replica's misses count and it may be read first: its
+    /// epoch is complete and it is not write-only.
     pub fn is_readable(&self, index: ReplicaIndex) -> bool {
-        self.replicas[index].current.is_some_and(|e| e.complete)
+        !self.write_only[index] && self.replicas[index].current.is_some_and(|e| e.complete)
     }
 
     /// The last epoch seen (late replies aside).
@@ -345,5 +363,22 @@ mod tests {
         // Id 1 was forgotten: it reads as a change.
         assert_eq!(table.observe(0, epoch(1, true)), EpochChange::Changed);
         assert_eq!(table.replicas[0].retired.len(), RETIRED_EPOCHS_MAX);
+    }
+
+    #[test]
+    fn a_write_only_replica_is_never_readable() {
+        let mut table = EpochTable::new(2);
+        table.set_write_only(1);
+        table.observe(0, epoch(1, true));
+        table.observe(1, epoch(2, true));
+        assert!(table.is_readable(0));
+        assert!(!table.is_readable(1), "complete, but write-only");
+        table.mark_complete(1, 2);
+        assert!(!table.is_readable(1), "marked complete, still write-only");
+        assert_eq!(
+            table.current(1),
+            Some(epoch(2, true)),
+            "its epoch is still tracked"
+        );
     }
 }
