@@ -51,6 +51,48 @@ static CLUSTER_COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct LocalCluster {
     nodes: Vec<LocalNode>,
     root: PathBuf,
+    proxies: ProxyRuntime,
+}
+
+/// The proxies' own runtime, on a thread of its own: forwarding is then not
+/// slowed by the workload's tasks (the containers' port forwarding is a
+/// process of its own too), and outlives a scenario that panicked.
+struct ProxyRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyRuntime {
+    fn start() -> io::Result<ProxyRuntime> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("qs-chaos-proxies".to_owned())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+                // Dropping the runtime drops every proxy task.
+            })?;
+        Ok(ProxyRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ProxyRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 struct LocalNode {
@@ -107,13 +149,19 @@ fn signal(pid: u32, signal: &str) -> io::Result<()> {
     }
 }
 
-/// A TCP proxy on a port of its own to 127.0.0.1:`target`.
-async fn start_proxy(target: u16) -> io::Result<Proxy> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// A TCP proxy on a port of its own to 127.0.0.1:`target`, its tasks on
+/// `runtime`.
+fn start_proxy(runtime: &tokio::runtime::Handle, target: u16) -> io::Result<Proxy> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
     let (connected, watch) = watch::channel(true);
     let live = Arc::new(AtomicUsize::new(0));
-    let accept = tokio::spawn(async move {
+    let accept = runtime.spawn(async move {
         loop {
             let Ok((mut client, _)) = listener.accept().await else {
                 // Out of descriptors, say: wait instead of spinning.
@@ -282,6 +330,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             root,
+            proxies: ProxyRuntime::start()?,
         };
         for index in 0..count {
             let dir = cluster.root.join(format!("node-{index}"));
@@ -295,7 +344,7 @@ impl LocalCluster {
                     dir: dir.clone(),
                     port,
                     child: Mutex::new(None),
-                    proxy: start_proxy(port).await?,
+                    proxy: start_proxy(&cluster.proxies.handle, port)?,
                 };
                 match node.launch().await {
                     Ok(()) => {

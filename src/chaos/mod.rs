@@ -136,6 +136,14 @@ impl ScenarioReport {
         }
     }
 
+    /// A report of a scenario that did not run to its end (a step that
+    /// could not run, a panic): its one claim is broken, `why` says where.
+    pub fn did_not_finish(name: &str, why: impl fmt::Display) -> ScenarioReport {
+        let mut report = ScenarioReport::new(name);
+        report.claim("the scenario ran to its end", false, why);
+        report
+    }
+
     /// Fills the counts and latencies from a workload's history and the
     /// checker's verdict.
     fn from_history(name: &str, history: &History, verdict: &Verdict) -> ScenarioReport {
@@ -270,6 +278,11 @@ impl Scenario {
             Scenario::F => "delete while down, node back with old data",
             Scenario::G => "2 orders, different fields",
         }
+    }
+
+    /// `(letter) title`, as the first row of its table would begin.
+    pub fn name(self) -> String {
+        format!("({}) {}", self.letter(), self.title())
     }
 
     /// Runs the scenario on `nodes` (3 fresh, empty nodes) and returns its
