@@ -218,9 +218,10 @@ async fn d_one_node_restarted_empty() {
     );
 }
 
-/// (f) Half the sessions deleted while node 2 is down; it comes back with
-/// its old dump (the sessions, no tombstones): reads from app servers in
-/// both orders never bring a deleted session back, live ones stay.
+/// (f) Half the sessions deleted while node 2 is down, by an app server
+/// that then stops (its hints for node 2 go with it); node 2 comes back
+/// with its old dump (the sessions, no tombstones): reads from app servers
+/// in both orders never bring a deleted session back, live ones stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_delete_while_down_and_the_node_returns_with_old_data() {
     let _serial = SERIAL.lock().await;
