@@ -310,3 +310,49 @@ impl Scenario {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Letters parse both ways, in table order; anything else is refused.
+    #[test]
+    fn scenarios_by_letter() {
+        for scenario in Scenario::ALL {
+            let letter = scenario.letter().to_string();
+            assert_eq!(Scenario::from_letter(&letter), Some(scenario));
+            assert_eq!(
+                Scenario::from_letter(&letter.to_uppercase()),
+                Some(scenario)
+            );
+        }
+        assert_eq!(Scenario::from_letter("h"), None);
+        assert_eq!(Scenario::from_letter("ab"), None);
+        assert_eq!(Scenario::A.name(), "(a) SIGKILL 1 of 3");
+    }
+
+    /// A row has the header's seven columns; failures are exactly the
+    /// claims that did not hold.
+    #[test]
+    fn rows_and_failures() {
+        let mut report = ScenarioReport::new("(x) test");
+        report.operations = 10;
+        report.latency = LatencySummary::of(&[1_000, 2_000, 3_000]);
+        report.claim("held", true, "fine");
+        report.claim("broke", false, "2 lost");
+        let row = report.table_row();
+        assert_eq!(row, "| (x) test | 10 | 0 | 0 | 0 | 0 | 2.0 / 3.0 / 3.0 |\n");
+        let columns = |line: &str| line.matches('|').count();
+        assert_eq!(columns(&row), columns(TABLE_HEADER.lines().next().unwrap()));
+        let failures = report.failures();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].to_string(), "broke: 2 lost");
+        assert_eq!(
+            ScenarioReport::did_not_finish("(y) t", "no coordinator")
+                .failures()
+                .len(),
+            1
+        );
+        assert_eq!(LatencySummary::of(&[]), LatencySummary::default());
+    }
+}
