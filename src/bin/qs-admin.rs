@@ -139,8 +139,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         ref redis_server,
     } = cli.command
     {
+        // Options that would not apply: refused rather than ignored.
         if !cli.redis.is_empty() {
             return Err("chaos starts its own local cluster: it takes no --redis".into());
+        }
+        if cli.write_quorum.is_some() || cli.read_quorum.is_some() {
+            return Err(
+                "chaos runs the test suite's scenarios: W = R = 2 of 3, no -w or -r".into(),
+            );
         }
         return chaos(scenario, redis_server).await;
     }

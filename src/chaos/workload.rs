@@ -33,7 +33,9 @@ pub fn expiry(coordinator: &Coordinator) -> (u64, u64) {
 /// A read: the session, when it began, the fields it returned (None: absent).
 type ReadSeen = (usize, Instant, Option<BTreeMap<String, u64>>);
 
-/// What every client of a workload saw.
+/// What every client of a workload saw. Its lists grow with the operations
+/// made: a scenario runs its workload for seconds (a few tens of thousands
+/// of entries), which bounds them.
 #[derive(Default)]
 pub struct History {
     /// (session, field) → acknowledged (value, acked_at).
