@@ -77,6 +77,7 @@
 //! | [`config`] | configuration, named limits, validation |
 //! | [`session`] | the session layer: `SessionStore`, ids, index, CSRF, admin, tower adapter |
 //! | [`error`] | typed errors |
+//! | `chaos` | tool module (feature `chaos`): the fault scenarios run by the tests and `qs-admin chaos` |
 //!
 //! ```text
 //!  app ─► Coordinator ─┬─► Replica 0 (Redis A)     write: stamp, merge on all, answer at W acks
@@ -111,6 +112,10 @@ pub mod session;
 pub mod stamp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+// A tool, not the store: the fault scenarios shared by the test suite and
+// `qs-admin chaos`.
+#[cfg(feature = "chaos")]
+pub mod chaos;
 
 /// Hinted handoff and anti-entropy: their public names. The drivers live in
 /// the [`coordinator`] module ([`Coordinator::replay_hints`],

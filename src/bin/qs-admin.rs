@@ -10,18 +10,27 @@
 //!   report (a dry run compares and writes nothing).
 //! - `accept-data-loss`: the operator's decision when more replicas lost
 //!   their data than anti-entropy can refill (reads answer 503 until then).
+//! - `chaos [--scenario a,c,...]`: the test suite's fault scenarios (kill,
+//!   2 of 3 down, pause, restart empty, partition, old snapshot, concurrent
+//!   field updates) on a local cluster it starts itself (3 `redis-server`
+//!   processes on 127.0.0.1, never a remote address), with a live progress
+//!   line; prints the fault table and every claim that broke.
 //!
 //! Built with the `cli` feature: `cargo run --features cli --bin qs-admin --
-//! status`. Exit status: 0 when the command did what it says, 1 on an error,
-//! 2 when `status` finds the cluster not ready (scriptable).
+//! status`. Exit status: 0 when the command did what it says, 1 on an error
+//! (and when a `chaos` scenario broke a claim), 2 when `status` finds the
+//! cluster not ready (scriptable).
 
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use quorum_sessions::chaos::local::LocalCluster;
+use quorum_sessions::chaos::{Scenario, ScenarioReport, TABLE_HEADER};
 use quorum_sessions::coordinator::{NotReadyReason, Readiness};
 use quorum_sessions::recovery::PassStats;
 use quorum_sessions::session::keys::session_key;
@@ -82,12 +91,38 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Run the test suite's fault scenarios on a local cluster of 3
+    /// `redis-server` processes (127.0.0.1 only) and print the fault table.
+    Chaos {
+        /// The scenarios, by letter, comma-separated (default: all): a
+        /// SIGKILL, b 2 of 3 down, c pause, d restart empty, e partition,
+        /// f old snapshot after deletes, g concurrent field updates.
+        #[arg(long, value_name = "LETTERS", value_delimiter = ',')]
+        scenario: Vec<String>,
+        /// The redis-server program (a path, or a name looked up in PATH).
+        #[arg(long, value_name = "PATH", default_value = "redis-server")]
+        redis_server: PathBuf,
+    },
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // The scenarios run app servers and their workload on two threads, as
+    // the test suite does; the other commands are sequential.
+    let runtime = match cli.command {
+        Command::Chaos { .. } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => Err(error.into()),
+    };
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("qs-admin: {error}");
@@ -99,6 +134,22 @@ async fn main() -> ExitCode {
 type Failure = Box<dyn std::error::Error>;
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if let Command::Chaos {
+        ref scenario,
+        ref redis_server,
+    } = cli.command
+    {
+        // Options that would not apply: refused rather than ignored.
+        if !cli.redis.is_empty() {
+            return Err("chaos starts its own local cluster: it takes no --redis".into());
+        }
+        if cli.write_quorum.is_some() || cli.read_quorum.is_some() {
+            return Err(
+                "chaos runs the test suite's scenarios: W = R = 2 of 3, no -w or -r".into(),
+            );
+        }
+        return chaos(scenario, redis_server).await;
+    }
     let coordinator = connect(&cli).await?;
     let code = match cli.command {
         Command::Status => status(&coordinator).await,
@@ -108,6 +159,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => inspect(&coordinator, session_id, show_values).await?,
         Command::Repair { dry_run } => repair(&coordinator, dry_run).await?,
         Command::AcceptDataLoss { yes } => accept_data_loss(&coordinator, yes).await?,
+        Command::Chaos { .. } => unreachable!("chaos connects to no cluster"),
     };
     coordinator.shutdown(Duration::from_secs(5)).await;
     Ok(code)
@@ -475,6 +527,105 @@ async fn accept_data_loss(coordinator: &Coordinator, yes: bool) -> Result<ExitCo
             Ok(false) => println!("{name}: its epoch changed meanwhile; run the command again"),
             Err(error) => println!("{name}: {error}"),
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the chosen scenarios one after the other, each on a fresh local
+/// cluster (a scenario assumes empty nodes, and a broken one must not leave
+/// its fault to the next), then prints the table and what broke.
+async fn chaos(letters: &[String], redis_server: &Path) -> Result<ExitCode, Failure> {
+    let mut chosen = Vec::new();
+    for letter in letters {
+        let letter = letter.trim();
+        match Scenario::from_letter(letter) {
+            Some(scenario) => chosen.push(scenario),
+            None => return Err(format!("no scenario {letter:?}: the scenarios are a to g").into()),
+        }
+    }
+    if chosen.is_empty() {
+        chosen = Scenario::ALL.to_vec();
+    }
+    chosen.sort();
+    chosen.dedup();
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut reports: Vec<ScenarioReport> = Vec::new();
+    for scenario in chosen {
+        let name = scenario.name();
+        bar.set_message(format!("{name}: starting 3 redis-server"));
+        let cluster = Arc::new(LocalCluster::start(3, redis_server).await?);
+        // A task of its own: a panic ends the scenario, not the run, and
+        // the cluster is dropped (its processes killed) either way.
+        let mut task = tokio::spawn({
+            let (cluster, bar, name) = (cluster.clone(), bar.clone(), name.clone());
+            async move {
+                let progress = move |message: &str| bar.set_message(format!("{name}: {message}"));
+                scenario.run(cluster.as_ref(), &progress).await
+            }
+        });
+        let outcome = tokio::select! {
+            outcome = &mut task => outcome,
+            _ = tokio::signal::ctrl_c() => {
+                task.abort();
+                let _ = task.await; // its clone of the cluster is dropped
+                drop(cluster);
+                bar.finish_and_clear();
+                return Err("interrupted: the local cluster is stopped".into());
+            }
+        };
+        drop(cluster);
+        let rows = match outcome {
+            Ok(rows) => rows,
+            Err(error) => {
+                let why = match error.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "a panic".to_owned()),
+                    Err(_) => "cancelled".to_owned(),
+                };
+                vec![ScenarioReport::did_not_finish(
+                    &name,
+                    format!("panicked: {why}"),
+                )]
+            }
+        };
+        let broken: usize = rows.iter().map(|row| row.failures().len()).sum();
+        let checked: usize = rows.iter().map(|row| row.claims.len()).sum();
+        bar.suspend(|| {
+            eprintln!(
+                "{name}: {} claims checked, {}",
+                checked,
+                if broken == 0 {
+                    "all held".to_owned()
+                } else {
+                    format!("{broken} broken")
+                }
+            )
+        });
+        reports.extend(rows);
+    }
+    bar.finish_and_clear();
+    print!("{TABLE_HEADER}");
+    for report in &reports {
+        print!("{}", report.table_row());
+    }
+    let mut broken = 0;
+    for report in &reports {
+        for claim in report.failures() {
+            if broken == 0 {
+                println!();
+                println!("broken claims:");
+            }
+            broken += 1;
+            println!("  {}: {claim}", report.name);
+        }
+    }
+    if broken > 0 {
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
