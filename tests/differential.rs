@@ -453,8 +453,9 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
         "seed {seed}: too few prunes/deletions"
     );
     // Both ways through the script ran: HMGET only on the fast path (which
-    // reads the fields a delta names), HGETALL inside scripts only on the
-    // whole-hash path (reads add to it: compare with the merges).
+    // reads the fields a delta names; a format-1 record, without summary,
+    // goes on to the whole hash after it), HGETALL inside scripts only on
+    // the whole-hash path (reads add to it: compare with the merges).
     let stats: String = replica
         .client()
         .info(Some(fred::types::InfoKind::CommandStats))
