@@ -514,10 +514,18 @@ mod tests {
             Option<Vec<usize>>,
             Option<Record>,
         );
+        let mut new_in_format_one = new.clone();
+        new_in_format_one.format = 1;
         let cases: Vec<Case> = vec![
             (
                 "all equal: nothing",
                 vec![(0, Some(new.clone())), (1, Some(new.clone()))],
+                None,
+                None,
+            ),
+            (
+                "the same data in two stored formats: nothing",
+                vec![(0, Some(new.clone())), (1, Some(new_in_format_one))],
                 None,
                 None,
             ),
