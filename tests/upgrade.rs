@@ -18,7 +18,7 @@ use quorum_sessions::replica::{apply_merge, MergeMode, MergeStatus, Replica};
 use quorum_sessions::testing::wall_clock_ms;
 use quorum_sessions::{
     ClusterConfig, Coordinator, FieldEntry, Mutation, Record, ReplicaError, SessionStore, Stamp,
-    StoredFormat,
+    StoredFormat, WriteOptions,
 };
 
 const HOUR_MS: u64 = 3_600_000;
@@ -92,9 +92,9 @@ fn config(node: &support::RedisNode, format: StoredFormat) -> RedisReplicaConfig
 /// (a) and (b): records the previous build wrote on three replicas are
 /// read through a coordinator of this build (built with
 /// `stored_format(V1)`) with their values and stamps, an update merges into
-/// them, and every hash written (the merge's, then an anti-entropy refill's
-/// of a flushed replica) is one the previous build reads: `m:v` = 1, no
-/// summary.
+/// them, and every hash written (the merge's, a new record's, then an
+/// anti-entropy refill's of a flushed replica) is one the previous build
+/// reads: `m:v` = 1, no summary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_build_s_records_are_read_and_merged_and_stay_readable_to_it() {
     let nodes = support::RedisNodes::start(3).await;
@@ -131,8 +131,19 @@ async fn a_previous_build_s_records_are_read_and_merged_and_stay_readable_to_it(
     assert_eq!(read.origin, old.origin);
     assert_eq!(read.format, 1);
 
+    // Acknowledged by every replica: none is still being written below.
     let update = Mutation::update(now + HOUR_MS, now + 2 * HOUR_MS).set("theme", "light");
-    coordinator.write(key, update).await.expect("update");
+    coordinator
+        .write_with(key, update, WriteOptions::all())
+        .await
+        .expect("update");
+    // A session created by this build in V1 is format 1 too.
+    let created = "s:{new-1}";
+    let create = Mutation::create(now + HOUR_MS, now + 2 * HOUR_MS).set("cart", "plums");
+    coordinator
+        .write_with(created, create, WriteOptions::all())
+        .await
+        .expect("create");
     let read = coordinator
         .read(key)
         .await
@@ -144,9 +155,7 @@ async fn a_previous_build_s_records_are_read_and_merged_and_stay_readable_to_it(
     assert_eq!(read.fields["cart"], old.fields["cart"]);
     assert_eq!(read.format, 1);
 
-    // The update was answered at W: the rest finish in the background. The
-    // anti-entropy pass below compares every copy, and once it has run,
-    // every replica holds the update.
+    // Emptied: the anti-entropy pass refills it (`RESTORE` of the record).
     clients[2]
         .client()
         .flushall::<()>(false)
@@ -161,13 +170,15 @@ async fn a_previous_build_s_records_are_read_and_merged_and_stay_readable_to_it(
         "the flushed replica was refilled: {report:?}"
     );
     for replica in &clients {
-        let hash = raw(replica.client(), key).await;
-        assert!(
-            previous_build_reads(&hash),
-            "{}: {:?}",
-            replica.name(),
-            hash.keys()
-        );
+        for key in [key, created] {
+            let hash = raw(replica.client(), key).await;
+            assert!(
+                previous_build_reads(&hash),
+                "{}: {:?}",
+                replica.name(),
+                hash.keys()
+            );
+        }
         let mine = replica.read(key).await.expect("read").record.expect("held");
         assert!(mine.same_data(&read), "{}", replica.name());
     }
