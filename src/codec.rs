@@ -7,17 +7,21 @@
 //! | hash field | content |
 //! | --- | --- |
 //! | `f:<name>` | [`FieldEntry::encode`]: `stamp ‖ kind ‖ until? ‖ bytes` |
-//! | `m:v` | format version, decimal (`1`) |
+//! | `m:v` | format version, decimal (`1` or `2`, see [`StoredFormat`](crate::record::StoredFormat)) |
 //! | `m:e` | expiry, 12 hex digits (ms) |
 //! | `m:c` | lifetime cap, 12 hex digits (ms) |
 //! | `m:t` | tombstone stamp (absent when live) |
 //! | `m:o` | origin (creation) stamp (absent when unknown) |
 //! | `m:p` | `1` when partial (absent when full) |
 //!
+//! A Redis replica stores two more summaries with format 2 (`m:h`, `m:u`)
+//! and the write epoch (`m:ep`); they are not part of the record and not
+//! made here.
+//!
 //! Every fixed-width field compares as text exactly as it compares as a
 //! number, which is what lets the Lua merge work on strings only.
 
-use crate::record::{check_field_name, push_ms, push_stamp, FieldEntry, Record, FORMAT_VERSION};
+use crate::record::{check_field_name, check_format, push_ms, push_stamp, FieldEntry, Record};
 use crate::stamp::{decode_ms, Stamp};
 
 /// Prefix of the hash fields that hold record fields.
@@ -54,10 +58,16 @@ pub fn pair_count(record: &Record) -> usize {
 
 /// Calls `visit` with each pair of [`encode_pairs`], in the same order,
 /// built in one reused buffer (no allocation per pair).
-pub fn visit_pairs(record: &Record, mut visit: impl FnMut(&[u8], &[u8])) {
+pub fn visit_pairs(record: &Record, visit: impl FnMut(&[u8], &[u8])) {
+    visit_pairs_as(record, record.format, visit);
+}
+
+/// As [`visit_pairs`], with `format` as the format version (`m:v`) instead
+/// of the record's: a Redis replica writes the version of its setting.
+pub fn visit_pairs_as(record: &Record, format: u8, mut visit: impl FnMut(&[u8], &[u8])) {
     let mut name = Vec::with_capacity(64);
     let mut value = Vec::with_capacity(256);
-    let format = record.format.to_string();
+    let format = format.to_string();
     visit(META_FORMAT.as_bytes(), format.as_bytes());
     push_ms(&mut value, record.expiry_ms);
     visit(META_EXPIRY.as_bytes(), &value);
@@ -107,10 +117,7 @@ where
         match name {
             b"m:v" => {
                 seen_format = true;
-                record.format = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|text| text.parse().ok())
-                    .ok_or("bad format version")?;
+                record.format = parse_format(value)?;
             }
             b"m:e" => {
                 seen_expiry = true;
@@ -132,15 +139,26 @@ where
     if !(seen_format && seen_expiry && seen_cap) {
         return Err("missing record metadata".into());
     }
-    if record.format != FORMAT_VERSION {
-        return Err(format!("unknown format version {}", record.format));
-    }
+    check_format(record.format)?;
     // The rest of Record::check_shape (the names were checked one by one).
     if record.tombstone.is_some() && !record.fields.is_empty() {
         return Err("a tombstone holds fields".into());
     }
     debug_assert!(record.check_shape().is_ok());
     Ok(Some(record))
+}
+
+/// A format version as stored: decimal digits without a leading zero, as
+/// `merge.lua` reads them (Rust's `parse` would take `+1` and `01`).
+fn parse_format(value: &[u8]) -> Result<u8, String> {
+    let canonical = matches!(value, [b'1'..=b'9', ..]) && value.iter().all(u8::is_ascii_digit);
+    let number = std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse().ok());
+    match number {
+        Some(version) if canonical => Ok(version),
+        _ => Err("bad format version".into()),
+    }
 }
 
 fn decode_field(record: &mut Record, name: &[u8], value: &[u8]) -> Result<(), String> {
@@ -176,11 +194,29 @@ mod tests {
             "missing expiry and cap"
         );
         assert!(decode_pairs([
-            ("m:v", "2"),
+            ("m:v", "9"),
             ("m:e", "000000000001"),
             ("m:c", "000000000001")
         ])
         .is_err());
         assert_eq!(decode_pairs(Vec::<(String, String)>::new()), Ok(None));
+    }
+
+    /// Both formats this build reads decode; a newer one is refused with
+    /// the "newer build" text, a malformed one as malformed.
+    #[test]
+    fn format_versions_one_and_two_are_read_and_newer_ones_refused() {
+        let with = |v: &'static str| {
+            decode_pairs([("m:v", v), ("m:e", "000000000001"), ("m:c", "000000000001")])
+        };
+        assert_eq!(with("1").map(|r| r.map(|r| r.format)), Ok(Some(1)));
+        assert_eq!(with("2").map(|r| r.map(|r| r.format)), Ok(Some(2)));
+        assert_eq!(
+            with("3"),
+            Err("written by a newer build (format 3); this build reads 1..=2".into())
+        );
+        for bad in ["0", "01", "+1", "", "x", "256"] {
+            assert!(with(bad).is_err(), "{bad:?}");
+        }
     }
 }

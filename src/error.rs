@@ -57,6 +57,17 @@ impl ReplicaError {
         )
     }
 
+    /// True for a [`Corrupt`](ReplicaError::Corrupt) record written in a
+    /// stored format newer than this build reads (a newer build wrote it
+    /// while servers roll): the record is left as it is, never repaired by
+    /// this build. See `docs/upgrades.md`.
+    pub fn is_newer_format(&self) -> bool {
+        match self {
+            ReplicaError::Corrupt { detail } => detail.contains(crate::record::NEWER_FORMAT),
+            _ => false,
+        }
+    }
+
     /// A short name of the kind, for logs and reports.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -140,7 +140,7 @@ pub use error::{
     ConfigError, ConnectError, Error, InvalidInput, ReplicaError, ReplicaFailure, Result,
 };
 pub use mutation::Mutation;
-pub use record::{FieldEntry, Record};
+pub use record::{FieldEntry, Record, StoredFormat};
 pub use recovery::{AntiEntropyOptions, AntiEntropyReport};
 pub use session::{
     NewSession, Session, SessionConfig, SessionError, SessionId, SessionStore, SessionStoreBuilder,

@@ -23,9 +23,71 @@ use std::collections::BTreeMap;
 use crate::stamp::encode_ms;
 use crate::stamp::{Stamp, PHYSICAL_MAX};
 
-/// Format version written with every record; a replica holding another is
-/// reported as corrupt rather than guessed at.
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest stored format this build writes and reads: `2`, a record with
+/// its summaries (see [`StoredFormat`]). A replica holding a version outside
+/// [`FORMAT_OLDEST_READ`]`..=FORMAT_VERSION` is reported as corrupt rather
+/// than guessed at, and left as it is.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest stored format this build reads and merges: `1`, what builds
+/// before the summaries wrote (see `docs/upgrades.md`).
+pub const FORMAT_OLDEST_READ: u8 = 1;
+
+/// The stored format a build writes (the `m:v` of a Redis hash). Every build
+/// reads what it writes and the format before it, so that during a rolling
+/// deploy the servers still on the previous build can read every record:
+/// write [`StoredFormat::V1`] until every app server runs this build, then
+/// switch to [`StoredFormat::V2`] (see `docs/upgrades.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StoredFormat {
+    /// Format 1: the record alone (fields, expiry, cap, tombstone, origin,
+    /// partial flag, write epoch), what builds before the summaries read.
+    /// A merge into a format-2 record keeps it format 2.
+    V1,
+    /// Format 2: format 1 plus the summaries a Redis merge keeps (`m:h`,
+    /// `m:u`) so that it reads only the fields it changes.
+    #[default]
+    V2,
+}
+
+impl StoredFormat {
+    /// The version number stored (`m:v`).
+    pub fn version(self) -> u8 {
+        match self {
+            StoredFormat::V1 => 1,
+            StoredFormat::V2 => 2,
+        }
+    }
+}
+
+/// Whether this build reads stored format `version`.
+///
+/// # Errors
+///
+/// For a version above [`FORMAT_VERSION`], the text of
+/// [`newer_format_detail`]; for `0`, "unknown format version 0".
+pub fn check_format(version: u8) -> Result<(), String> {
+    if version > FORMAT_VERSION {
+        Err(newer_format_detail(version))
+    } else if version < FORMAT_OLDEST_READ {
+        Err(format!("unknown format version {version}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The words every refusal of a record written by a newer build starts with
+/// (in [`ReplicaError::Corrupt`](crate::error::ReplicaError::Corrupt)'s
+/// detail, after the replica's name; see
+/// [`ReplicaError::is_newer_format`](crate::error::ReplicaError::is_newer_format)).
+pub const NEWER_FORMAT: &str = "written by a newer build";
+
+/// The refusal of a record in format `version`, above [`FORMAT_VERSION`]:
+/// `written by a newer build (format 3); this build reads 1..=2`. The same
+/// text as `merge.lua`'s.
+pub fn newer_format_detail(version: u8) -> String {
+    format!("{NEWER_FORMAT} (format {version}); this build reads {FORMAT_OLDEST_READ}..={FORMAT_VERSION}")
+}
 
 /// One field's version and content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,7 +237,11 @@ pub struct Record {
     /// True when this copy may lack fields (made by a field-only update on a
     /// replica that did not hold the record). Merged by AND.
     pub partial: bool,
-    /// The format version ([`FORMAT_VERSION`]).
+    /// The stored format version this copy was read in
+    /// ([`FORMAT_OLDEST_READ`]`..=`[`FORMAT_VERSION`]; a new record is
+    /// [`FORMAT_VERSION`]), merged by maximum. It says how a copy is stored,
+    /// not what it holds: [`Record::same_data`] ignores it, and a Redis
+    /// replica writes the version of its [`StoredFormat`] setting.
     pub format: u8,
 }
 
@@ -225,6 +291,21 @@ impl Record {
         let held = self.tombstone.max(self.origin);
         let fields = self.fields.values().map(|entry| Some(entry.stamp));
         fields.fold(held, Option::max)
+    }
+
+    /// True when both hold the same data: equal but for
+    /// [`format`](Record::format), which says how a copy is stored. Whether
+    /// a copy is stale (read-repair, anti-entropy) is decided on this: a
+    /// format-1 copy of the same data is not stale, and a replica set to
+    /// write format 1 is never asked again and again for a format-2 copy it
+    /// keeps writing as format 1.
+    pub fn same_data(&self, other: &Record) -> bool {
+        self.fields == other.fields
+            && self.tombstone == other.tombstone
+            && self.expiry_ms == other.expiry_ms
+            && self.cap_ms == other.cap_ms
+            && self.origin == other.origin
+            && self.partial == other.partial
     }
 
     /// Merges `other` into `self` (the join described in the module docs).
@@ -306,9 +387,7 @@ impl Record {
     ///
     /// A description of the first rule broken.
     pub fn check_shape(&self) -> Result<(), String> {
-        if self.format != FORMAT_VERSION {
-            return Err(format!("unknown format version {}", self.format));
-        }
+        check_format(self.format)?;
         if self.expiry_ms > PHYSICAL_MAX || self.cap_ms > PHYSICAL_MAX {
             return Err("expiry or cap beyond 48 bits".into());
         }
@@ -409,20 +488,23 @@ pub(crate) mod tests {
             0u64..1 << 40,
             proptest::option::of(stamp_strategy()),
             any::<bool>(),
+            FORMAT_OLDEST_READ..=FORMAT_VERSION,
         )
-            .prop_map(|(fields, tombstone, expiry_ms, cap_ms, origin, partial)| {
-                let mut record = Record {
-                    fields,
-                    tombstone,
-                    expiry_ms,
-                    cap_ms,
-                    origin,
-                    partial,
-                    format: FORMAT_VERSION,
-                };
-                record.normalize(10);
-                record
-            })
+            .prop_map(
+                |(fields, tombstone, expiry_ms, cap_ms, origin, partial, format)| {
+                    let mut record = Record {
+                        fields,
+                        tombstone,
+                        expiry_ms,
+                        cap_ms,
+                        origin,
+                        partial,
+                        format,
+                    };
+                    record.normalize(10);
+                    record
+                },
+            )
     }
 
     proptest! {
@@ -503,6 +585,28 @@ pub(crate) mod tests {
             push_ms(&mut ms, physical);
             prop_assert_eq!(ms, crate::stamp::encode_ms(physical).into_bytes());
         }
+    }
+
+    /// The format is merged by maximum (a format-1 copy merged with a
+    /// format-2 one is format 2), ignored by `same_data`, and a format this
+    /// build cannot read is refused with the "newer build" text.
+    #[test]
+    fn formats_merge_by_maximum_and_are_not_data() {
+        let mut old = Record::new(100, 100);
+        old.format = 1;
+        let new = Record::new(100, 100);
+        assert_eq!(Record::merge(&old, &new, 0).format, 2);
+        assert_eq!(Record::merge(&old, &old, 0).format, 1);
+        assert!(old.same_data(&new) && old != new);
+        assert_eq!(old.check_shape(), Ok(()));
+        let mut newer = new.clone();
+        newer.format = 3;
+        assert_eq!(
+            newer.check_shape(),
+            Err("written by a newer build (format 3); this build reads 1..=2".to_owned())
+        );
+        newer.format = 0;
+        assert!(newer.check_shape().is_err());
     }
 
     #[test]

@@ -18,6 +18,17 @@
 //! concurrently, so merges wait for calls in flight and leave together;
 //! counted by the replica and by `INFO commandstats`).
 //!
+//! Stored formats (issue 15 part 6): every delta is sent through a replica
+//! set to write its format (`StoredFormat::V1` or `V2`, two replicas on the
+//! one Redis), a third of the streams write format 1 only (records without
+//! summaries, as builds before them wrote), a third format 2 only, and a
+//! third mostly format 2 with format-1 writers among them (a rolling
+//! deploy). The model is the same `apply_merge` (format merged by maximum),
+//! and the record read back carries the stored `m:v`: so the written hash
+//! is format 1 exactly when both sides were. At the end every stored hash
+//! is checked raw: format 1 holds no summary (what a build that reads only
+//! format 1 requires), format 2 holds `m:h`.
+//!
 //! The seed is printed; set `QS_DIFF_SEED=<n>` to replay one.
 
 mod support;
@@ -30,7 +41,7 @@ use quorum_sessions::replica::redis::RedisReplica;
 use quorum_sessions::replica::{apply_merge, MergeMode, MergeStatus, Replica};
 use quorum_sessions::stamp::{PHYSICAL_MAX, WRITER_MAX};
 use quorum_sessions::testing::wall_clock_ms;
-use quorum_sessions::{FieldEntry, Record, Stamp};
+use quorum_sessions::{FieldEntry, Record, Stamp, StoredFormat};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,6 +69,12 @@ struct Coverage {
     ties: AtomicUsize,
     pruned: AtomicUsize,
     deleted: AtomicUsize,
+    /// Merges whose result stayed format 1 (both sides format 1).
+    kept_v1: AtomicUsize,
+    /// Merges of a format-2 delta into a stored format-1 record.
+    upgraded: AtomicUsize,
+    /// Merges of a format-1 delta into a stored format-2 record.
+    v1_into_v2: AtomicUsize,
 }
 
 struct Generator {
@@ -66,6 +83,8 @@ struct Generator {
     /// that their records stay on the merge's fast path (only the fields a
     /// delta names are read); the other half take the whole-hash path.
     untils: bool,
+    /// The chance that a delta is written in format 1 (else format 2).
+    v1_share: f64,
     base_ms: u64,
 }
 
@@ -155,6 +174,12 @@ impl Generator {
             delta.origin = Some(self.stamp());
         }
         delta.partial = self.rng.random_bool(0.2);
+        // The format the delta is written in: which replica sends it.
+        delta.format = if self.rng.random_bool(self.v1_share) {
+            1
+        } else {
+            2
+        };
         let mode = if self.rng.random_bool(0.1) {
             MergeMode::Create
         } else {
@@ -177,6 +202,17 @@ fn model_step(
     let held = stored.and_then(Record::max_stamp);
     let (status, merged) = apply_merge(stored, &op.delta, op.mode, op.now_ms);
     count_ties(stored, &op.delta, coverage);
+    if status == MergeStatus::Applied {
+        let counter = match (stored.map(|s| s.format), op.delta.format) {
+            (None | Some(1), 1) => Some(&coverage.kept_v1),
+            (Some(1), 2) => Some(&coverage.upgraded),
+            (Some(2), 1) => Some(&coverage.v1_into_v2),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     let next = match (status, merged) {
         (MergeStatus::Applied, Some(merged)) if merged.is_expired(op.now_ms) => {
             // The one Redis-only rule: a dead record is deleted.
@@ -217,18 +253,13 @@ fn count_ties(stored: Option<&Record>, delta: &Record, coverage: &Coverage) {
 }
 
 /// Runs one key's history on Redis and on the model, comparing after each op.
-async fn run_key(
-    replica: &RedisReplica,
-    key: String,
-    ops: Vec<Op>,
-    coverage: &Coverage,
-    seed: u64,
-) {
+async fn run_key(replicas: &Replicas, key: String, ops: Vec<Op>, coverage: &Coverage, seed: u64) {
     let mut model: Option<Record> = None;
-    let epoch = replica.ping().await.expect("ping");
+    let epoch = replicas.v2.ping().await.expect("ping");
     for (index, op) in ops.iter().enumerate() {
         let context = || format!("seed {seed}, key {key}, op {index}: {op:?}");
         let (status, held, next) = model_step(model.as_ref(), op, coverage);
+        let replica = replicas.writing(op.delta.format);
         let reply = replica
             .merge(&key, &op.delta, op.mode, op.now_ms)
             .await
@@ -242,6 +273,23 @@ async fn run_key(
             .unwrap_or_else(|e| panic!("read failed: {e}; {}", context()));
         compare_records(read.record.as_ref(), next.as_ref(), &context);
         model = next;
+    }
+}
+
+/// Two replicas on the one Redis (one key prefix, one epoch), one per
+/// stored format they write.
+struct Replicas {
+    v1: RedisReplica,
+    v2: RedisReplica,
+}
+
+impl Replicas {
+    /// The replica that writes stored format `format`.
+    fn writing(&self, format: u8) -> &RedisReplica {
+        match format {
+            1 => &self.v1,
+            _ => &self.v2,
+        }
     }
 }
 
@@ -274,12 +322,22 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
     let nodes = support::RedisNodes::start(1).await;
     let mut config = nodes.node(0).replica_config();
     config.request_timeout = std::time::Duration::from_secs(5); // a loaded CI box
-    let replica = RedisReplica::connect(config).await.expect("connect");
+    config.stored_format = StoredFormat::V2;
+    let replica = RedisReplica::connect(config.clone())
+        .await
+        .expect("connect");
     replica.wipe().await.expect("wipe");
+    config.stored_format = StoredFormat::V1;
+    let replicas = Replicas {
+        v1: RedisReplica::connect(config).await.expect("connect"),
+        v2: replica,
+    };
+    let replica = &replicas.v2;
 
     let mut generator = Generator {
         rng: ChaCha8Rng::seed_from_u64(seed),
         untils: true,
+        v1_share: 0.0,
         base_ms: wall_clock_ms(),
     };
     // Each of KEY_COUNT streams moves to a fresh key every 20..60 operations:
@@ -287,9 +345,14 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
     let mut histories: BTreeMap<String, Vec<Op>> = BTreeMap::new();
     for stream in 0..KEY_COUNT {
         generator.untils = stream % 2 == 0;
+
         let mut left = OPS_PER_KEY;
         let mut segment = 0;
         while left > 0 {
+            // Format 1 only, format 2 only, or both (mostly format 1 on
+            // even segments, so that records written in format 1 get
+            // upgraded: a rolling deploy).
+            generator.v1_share = [1.0, 0.0, [0.8, 0.3][segment % 2]][stream % 3];
             let len = generator.rng.random_range(20..60).min(left);
             let ops = (0..len).map(|_| generator.op()).collect();
             histories.insert(format!("d:{{k{stream}-{segment}}}"), ops);
@@ -303,7 +366,7 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
     let coverage = Coverage::default();
     let runs = histories
         .iter()
-        .map(|(key, ops)| run_key(&replica, key.clone(), ops.clone(), &coverage, seed));
+        .map(|(key, ops)| run_key(&replicas, key.clone(), ops.clone(), &coverage, seed));
     futures::future::join_all(runs).await;
 
     let mut scanned = BTreeSet::new();
@@ -317,9 +380,33 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
         }
     }
     let mut expected = BTreeSet::new();
+    let prefix = quorum_sessions::replica::redis::DEFAULT_KEY_PREFIX;
     for key in histories.keys() {
-        if replica.read(key).await.expect("read").record.is_some() {
-            expected.insert(key.clone());
+        let Some(record) = replica.read(key).await.expect("read").record else {
+            continue;
+        };
+        expected.insert(key.clone());
+        // The raw hash: format 1 without a summary, format 2 with `m:h`.
+        let raw: std::collections::HashMap<String, Vec<u8>> = replica
+            .client()
+            .hgetall(format!("{prefix}{key}"))
+            .await
+            .expect("HGETALL");
+        let has = |name: &str| raw.contains_key(name);
+        assert_eq!(
+            raw["m:v"],
+            record.format.to_string().into_bytes(),
+            "seed {seed}, key {key}"
+        );
+        match record.format {
+            1 => assert!(
+                !has("m:h") && !has("m:u"),
+                "seed {seed}, key {key}: a format-1 hash holds a summary"
+            ),
+            _ => assert!(
+                has("m:h"),
+                "seed {seed}, key {key}: a format-2 hash without m:h"
+            ),
         }
     }
     assert_eq!(
@@ -337,6 +424,16 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
         count(&coverage.ties),
         count(&coverage.pruned),
         count(&coverage.deleted),
+    );
+    let (kept_v1, upgraded, v1_into_v2) = (
+        count(&coverage.kept_v1),
+        count(&coverage.upgraded),
+        count(&coverage.v1_into_v2),
+    );
+    eprintln!("differential: formats: {kept_v1} merges stayed format 1, {upgraded} upgraded 1 -> 2, {v1_into_v2} format-1 deltas into format 2");
+    assert!(
+        kept_v1 >= 1_000 && upgraded >= 25 && v1_into_v2 >= 200,
+        "seed {seed}: too few format cases"
     );
     eprintln!(
         "differential: {} ops; applied {applied}, gone {gone}, exists {exists}, ties {ties}, pruned {pruned}, deleted {deleted}",
@@ -356,8 +453,9 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
         "seed {seed}: too few prunes/deletions"
     );
     // Both ways through the script ran: HMGET only on the fast path (which
-    // reads the fields a delta names), HGETALL inside scripts only on the
-    // whole-hash path (reads add to it: compare with the merges).
+    // reads the fields a delta names; a format-1 record, without summary,
+    // goes on to the whole hash after it), HGETALL inside scripts only on
+    // the whole-hash path (reads add to it: compare with the merges).
     let stats: String = replica
         .client()
         .info(Some(fred::types::InfoKind::CommandStats))
@@ -380,7 +478,17 @@ async fn lua_merge_equals_rust_merge_on_random_histories() {
     // flight and leave together: many records per call, fewer script calls
     // than merges (EVALSHA also counts pings: 1 per key).
     let merges = (applied + gone + exists) as u64;
-    let batching = replica.merge_call_stats();
+    let (one, two) = (
+        replicas.v1.merge_call_stats(),
+        replicas.v2.merge_call_stats(),
+    );
+    let batching = quorum_sessions::replica::redis::MergeCallStats {
+        calls: one.calls + two.calls,
+        records: one.records + two.records,
+        multi_record_calls: one.multi_record_calls + two.multi_record_calls,
+        largest_call: one.largest_call.max(two.largest_call),
+        ..two
+    };
     let script_calls = calls("evalsha") as u64;
     eprintln!("differential: {batching:?}; {script_calls} EVALSHA");
     assert_eq!(batching.records, merges, "seed {seed}: every merge counted");

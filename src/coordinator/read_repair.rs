@@ -138,7 +138,7 @@ impl Coordinator {
                         plan.on_failed(index)
                     },
                     Some((index, answer)) = late.next(), if awaits_answers => {
-                        let holds = answer.ok().map(|(reply, _)| reply.record.as_ref() == Some(&*merged));
+                        let holds = answer.ok().map(|(reply, _)| reply.record.as_ref().is_some_and(|r| r.same_data(&merged)));
                         plan.on_answer(index, holds)
                     }
                     () = async { hedge.as_mut().expect("guarded").await }, if hedge.is_some() => {
@@ -215,7 +215,7 @@ impl Coordinator {
         let task = async move {
             while let Some((index, result)) = late.next().await {
                 let Ok((reply, _)) = result else { continue };
-                if reply.record.as_ref() != Some(&*merged) {
+                if !reply.record.as_ref().is_some_and(|r| r.same_data(&merged)) {
                     let now_ms = this.now_ms();
                     this.repair_on(index, &key, merged.clone(), now_ms).await;
                 }

@@ -88,7 +88,8 @@ impl Digester {
 /// records held in memory.
 pub fn record_digest(record: &Record) -> Digest {
     let mut digest = Digester(DIGEST_SEED);
-    digest.word(u64::from(record.format));
+    // Not the format: it says how a copy is stored, not what it holds (see
+    // `Record::same_data`).
     digest.word(u64::from(record.partial));
     digest.word(record.expiry_ms);
     digest.word(record.cap_ms);
@@ -141,7 +142,7 @@ pub fn plan_key_repair(
     let targets: Vec<ReplicaIndex> = copies
         .iter()
         .filter(|(_, copy)| match copy {
-            Some(copy) => **copy != merged,
+            Some(copy) => !copy.same_data(&merged),
             None => !expired,
         })
         .map(|(index, _)| *index)
@@ -462,9 +463,12 @@ mod tests {
         other_value.fields.get_mut("a").unwrap().value = Some(b"A".to_vec());
         let mut removed = base.clone();
         removed.fields.get_mut("a").unwrap().value = None;
+        let mut format_one = base.clone();
+        format_one.format = 1;
         // (name, record, equal to base's digest)
         let cases = [
             ("same content, built another way", same, true),
+            ("same content, stored in format 1", format_one, true),
             ("partial flag", partial, false),
             ("expiry", longer, false),
             ("value bytes", other_value, false),
@@ -510,10 +514,18 @@ mod tests {
             Option<Vec<usize>>,
             Option<Record>,
         );
+        let mut new_in_format_one = new.clone();
+        new_in_format_one.format = 1;
         let cases: Vec<Case> = vec![
             (
                 "all equal: nothing",
                 vec![(0, Some(new.clone())), (1, Some(new.clone()))],
+                None,
+                None,
+            ),
+            (
+                "the same data in two stored formats: nothing",
+                vec![(0, Some(new.clone())), (1, Some(new_in_format_one))],
                 None,
                 None,
             ),

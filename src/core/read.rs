@@ -223,7 +223,7 @@ impl ReadPlan {
                     // Merging a record into an equal one changes nothing but
                     // what `normalize` drops: if that is nothing too, the
                     // join is still the first answer.
-                    if record != first || !first.is_normalized(self.now_ms) {
+                    if !record.same_data(first) || !first.is_normalized(self.now_ms) {
                         let mut join = first.clone();
                         join.merge_from(record, self.now_ms);
                         self.merged = Merged::Join(join);
@@ -283,7 +283,10 @@ impl ReadPlan {
             .iter()
             .filter(|(_, answer)| match answer {
                 Some(_) if every_record_equal => false,
-                answer => answer.as_ref() != Some(merged),
+                // A copy in an older stored format with the same data is
+                // not stale (see `Record::same_data`).
+                Some(answer) => !answer.same_data(merged),
+                None => true,
             })
             .map(|(index, _)| *index)
             .collect()

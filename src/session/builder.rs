@@ -21,6 +21,8 @@ use crate::error::{ConfigError, ConnectError};
 use crate::replica::Replica;
 
 #[cfg(feature = "redis")]
+use crate::record::StoredFormat;
+#[cfg(feature = "redis")]
 use crate::replica::redis::{RedisReplica, RedisReplicaConfig};
 
 use super::{SessionConfig, SessionStore};
@@ -43,6 +45,10 @@ pub struct SessionStoreBuilder {
     quorum: Option<(usize, usize)>,
     cluster: Option<ClusterConfig>,
     sessions: SessionConfig,
+    /// The stored format every Redis replica writes, when set (see
+    /// [`stored_format`](Self::stored_format)).
+    #[cfg(feature = "redis")]
+    stored_format: Option<StoredFormat>,
     /// A mistake found while adding replicas (an unset variable), reported
     /// by `connect` so that the chain stays one expression.
     deferred: Option<ConnectError>,
@@ -63,6 +69,8 @@ impl SessionStore {
             quorum: None,
             cluster: None,
             sessions: SessionConfig::default(),
+            #[cfg(feature = "redis")]
+            stored_format: None,
             deferred: None,
         }
     }
@@ -129,6 +137,20 @@ impl SessionStoreBuilder {
     #[cfg(feature = "redis")]
     pub fn redis_replica(mut self, config: RedisReplicaConfig) -> Self {
         self.replicas.push(ReplicaSpec::Redis(Box::new(config)));
+        self
+    }
+
+    /// The stored format every Redis replica of this builder writes,
+    /// whether added before or after this call (it overrides
+    /// [`RedisReplicaConfig::stored_format`]). Default
+    /// [`StoredFormat::V2`]; [`StoredFormat::V1`] while app servers of a
+    /// build that reads only format 1 still run: the first rolling deploy
+    /// of an upgrade (see `docs/upgrades.md`). Either way both formats are
+    /// read. Replicas of your own ([`replica`](Self::replica)) store what
+    /// they like.
+    #[cfg(feature = "redis")]
+    pub fn stored_format(mut self, format: StoredFormat) -> Self {
+        self.stored_format = Some(format);
         self
     }
 
@@ -207,13 +229,20 @@ impl SessionStoreBuilder {
         config.read_quorum = r;
         // Checked before any connection is made.
         config.validate(n)?;
+        #[cfg(feature = "redis")]
+        let stored_format = self.stored_format;
         let connecting = self.replicas.into_iter().map(|spec| async move {
             match spec {
                 #[cfg(feature = "redis")]
-                ReplicaSpec::Redis(config) => RedisReplica::connect(*config)
-                    .await
-                    .map(|replica| Arc::new(replica) as Arc<dyn Replica>)
-                    .map_err(ConnectError::from),
+                ReplicaSpec::Redis(mut config) => {
+                    if let Some(format) = stored_format {
+                        config.stored_format = format;
+                    }
+                    RedisReplica::connect(*config)
+                        .await
+                        .map(|replica| Arc::new(replica) as Arc<dyn Replica>)
+                        .map_err(ConnectError::from)
+                }
                 ReplicaSpec::Custom(replica) => Ok::<_, ConnectError>(replica),
             }
         });

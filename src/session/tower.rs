@@ -229,6 +229,11 @@ impl TowerSessionStore {
     /// # Ok(()) }
     /// ```
     ///
+    /// Other settings (a quorum, the stored format of a rolling upgrade,
+    /// see [`SessionStoreBuilder::stored_format`](crate::SessionStoreBuilder::stored_format)):
+    /// build a [`SessionStore`] with [`SessionStore::builder`] and wrap it
+    /// with [`TowerSessionStore::new`].
+    ///
     /// # Errors
     ///
     /// [`ConnectError`](crate::ConnectError), as

@@ -438,3 +438,31 @@ fn repair_plan_counts_the_copies_the_read_saw() {
     plan.on_answer(1, None, true);
     assert!(plan.repair_plan(3, 2, &[]).is_none());
 }
+
+/// A copy stored in format 1 with the same data as one in format 2 is not
+/// stale (the format says how a copy is stored, not what it holds): no
+/// read-repair for it, so a replica set to write format 1 is not asked
+/// again on every read to rewrite a format-2 copy it keeps as format 1.
+#[test]
+fn a_copy_in_another_stored_format_is_not_stale() {
+    let mut format_one = newer_hit().unwrap();
+    format_one.format = 1;
+    for order in [[0, 1], [1, 0]] {
+        let mut plan = ReadPlan::new(candidates(&[true; 2]), 2, 2, NOW);
+        plan.start();
+        let answers = [newer_hit(), Some(format_one.clone())];
+        for index in order {
+            plan.on_answer(index, answers[index].clone(), true);
+        }
+        assert!(plan.repair_targets().is_empty(), "order {order:?}");
+        assert!(plan.repair_plan(2, 2, &[]).is_none(), "order {order:?}");
+    }
+    // A stale copy in format 1 is still repaired.
+    let mut stale_one = hit().unwrap();
+    stale_one.format = 1;
+    let mut plan = ReadPlan::new(candidates(&[true; 2]), 2, 2, NOW);
+    plan.start();
+    plan.on_answer(0, newer_hit(), true);
+    plan.on_answer(1, Some(stale_one), true);
+    assert_eq!(plan.repair_targets(), vec![1]);
+}

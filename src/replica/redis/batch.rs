@@ -115,12 +115,12 @@ impl Inner {
                         .all(|e| e.until_ms.is_none_or(|u| u >= now_ms));
                 let payload = if normal {
                     delta.check_shape().ok()?;
-                    dump::record_payload(delta)
+                    dump::record_payload(delta, self.stored_format)
                 } else {
                     let mut record = (**delta).clone();
                     record.normalize(now_ms);
                     record.check_shape().ok()?;
-                    dump::record_payload(&record)
+                    dump::record_payload(&record, self.stored_format)
                 };
                 Some((payload, at))
             })

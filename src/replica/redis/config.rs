@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use fred::prelude::{Config, ServerConfig};
 
+use crate::record::StoredFormat;
+
 /// Default key prefix: every key this library writes starts with it.
 pub const DEFAULT_KEY_PREFIX: &str = "qs:";
 /// Default deadline of one command (scripts included).
@@ -111,6 +113,11 @@ pub struct RedisReplicaConfig {
     /// [`MERGE_CALLS_IN_FLIGHT`](super::MERGE_CALLS_IN_FLIGHT)); unused
     /// when `merge_batch_max_keys` is 1.
     pub merge_calls_in_flight: usize,
+    /// The stored format this replica writes (merges and refills): default
+    /// [`StoredFormat::V2`]. [`StoredFormat::V1`] while app servers of a
+    /// build that reads only format 1 still run (a rolling upgrade, see
+    /// `docs/upgrades.md`). Both are read either way.
+    pub stored_format: StoredFormat,
 }
 
 impl RedisReplicaConfig {
@@ -150,6 +157,7 @@ impl RedisReplicaConfig {
             reconnect_wait: DEFAULT_RECONNECT_WAIT,
             merge_batch_max_keys: super::MERGE_BATCH_MAX_KEYS,
             merge_calls_in_flight: super::MERGE_CALLS_IN_FLIGHT,
+            stored_format: StoredFormat::default(),
         }
     }
 

@@ -70,6 +70,7 @@ impl RedisReplica {
             reconnect_wait: config.reconnect_wait.min(config.request_timeout),
             clustered,
             eviction_check: config.eviction_check,
+            stored_format: config.stored_format,
             eviction_state: AtomicU8::new(EVICTION_UNCHECKED),
             merge_script: Script::from_lua(MERGE_LUA),
             epoch_script: Script::from_lua(EPOCH_LUA),

@@ -13,7 +13,7 @@
 
 use super::{FIELD_STAMP_SUMMARY, UNTIL_FLAG};
 use crate::codec;
-use crate::record::Record;
+use crate::record::{Record, StoredFormat};
 
 /// RDB object type of a hash stored as a plain table.
 const RDB_TYPE_HASH: u8 = 4;
@@ -32,20 +32,28 @@ fn hash_payload<'a>(pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>) 
     finish(out)
 }
 
-/// The `DUMP` payload of `record` stored as a hash: the pairs of
-/// [`codec::encode_pairs`], and the summaries `merge.lua` keeps (`m:h`,
-/// `m:u`), so that the first write to a refilled record reads only what it
-/// changes.
-pub(super) fn record_payload(record: &Record) -> Vec<u8> {
-    let untils = record.fields.values().any(|entry| entry.until_ms.is_some());
-    let count = codec::pair_count(record) + 1 + usize::from(untils);
+/// The `DUMP` payload of `record` stored as a hash in `format`: the pairs of
+/// [`codec::encode_pairs`] with `m:v` the format's version, and with
+/// [`StoredFormat::V2`] the summaries `merge.lua` keeps (`m:h`, `m:u`), so
+/// that the first write to a refilled record reads only what it changes.
+/// With [`StoredFormat::V1`] no summary: a build that reads only format 1
+/// reads the refilled record (the first merge then reads the whole hash).
+pub(super) fn record_payload(record: &Record, format: StoredFormat) -> Vec<u8> {
+    let summaries = format >= StoredFormat::V2;
+    let untils = summaries && record.fields.values().any(|entry| entry.until_ms.is_some());
+    let count = codec::pair_count(record) + usize::from(summaries) + usize::from(untils);
     let values: usize = record
         .fields
         .iter()
         .map(|(name, entry)| name.len() + entry.value.as_ref().map_or(0, Vec::len) + 56)
         .sum();
     let mut out = start(count, values + 144);
-    codec::visit_pairs(record, |name, value| push_pair(&mut out, name, value));
+    codec::visit_pairs_as(record, format.version(), |name, value| {
+        push_pair(&mut out, name, value)
+    });
+    if !summaries {
+        return finish(out);
+    }
     let largest = record.fields.values().map(|entry| entry.stamp).max();
     match largest {
         Some(stamp) => push_pair(&mut out, FIELD_STAMP_SUMMARY, stamp.encode().as_bytes()),
@@ -204,7 +212,13 @@ mod tests {
         );
         pairs.push(summary);
         let expected = hash_payload(pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
-        assert_eq!(record_payload(&record), expected);
+        assert_eq!(record_payload(&record, StoredFormat::V2), expected);
+        // Format 1: `m:v` = 1 and no summary.
+        record.format = 1;
+        let pairs = codec::encode_pairs(&record);
+        let expected = hash_payload(pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+        record.format = 2;
+        assert_eq!(record_payload(&record, StoredFormat::V1), expected);
     }
 
     #[test]

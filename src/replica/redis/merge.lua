@@ -25,13 +25,23 @@
 --
 -- A write costs what it changes: the usual update reads only the record's
 -- metadata and the fields the delta names (one HMGET), not the whole hash.
--- Two summaries kept on every write make that exact: `m:h`, the largest
--- field stamp the record holds ('-' for none), and `m:u`, present ('1')
--- when some entry carries an `until`. The whole hash is read (HGETALL, and
--- `m:h`/`m:u` recomputed) only when the merge may drop fields — a
--- tombstone on either side, an `until` on either side — or when the record
--- has no summary (written by an older build, or created by a refill's
--- RESTORE), or when it is no record of ours (reported Corrupt, untouched).
+-- Two summaries kept on every write of format 2 make that exact: `m:h`,
+-- the largest field stamp the record holds ('-' for none), and `m:u`,
+-- present ('1') when some entry carries an `until`. The whole hash is read
+-- (HGETALL, and `m:h`/`m:u` recomputed) only when the merge may drop
+-- fields — a tombstone on either side, an `until` on either side — or when
+-- the record has no summary (format 1), or when it is no record of ours
+-- (reported Corrupt, untouched).
+--
+-- Stored formats (`m:v`): 1 is the record alone, what builds before the
+-- summaries read; 2 adds the summaries. Both are read. The delta's `m:v` is
+-- the format the caller is set to write (StoredFormat), and the result is
+-- written in the larger of the stored record's and the delta's: format 1
+-- only while both are (with no summary: one found, written by an interim
+-- build, is deleted, since a format-1 writer would leave it stale), so that
+-- a build that reads only format 1 can read every record while servers
+-- roll. A version above 2 is refused ("written by a newer build"), the
+-- record untouched.
 --
 -- This runs on every write, and each call into C (string.sub, string.find,
 -- redis.call), each Lua function call, each new table (and each resize of
@@ -164,10 +174,20 @@ local function check_field(name, value, known)
   return info
 end
 
+-- The error of a format version this build does not read: the same text as
+-- record::check_format (a canonical decimal 3..255 is a newer build's; the
+-- rest is malformed).
+local function format_error(value)
+  if find(value, '^[1-9][0-9]?[0-9]?$') and tonumber(value) <= 255 then
+    return 'written by a newer build (format ' .. value .. '); this build reads 1..=2'
+  end
+  return 'bad format version'
+end
+
 -- Records one metadata item of a hash in `rec`; nil, or the error.
 local function check_meta(rec, name, value)
   if name == 'm:v' then
-    if value ~= '1' then return 'unknown format version' end
+    if value ~= '1' and value ~= '2' then return format_error(value) end
     rec.v = value
   elseif name == 'm:e' then
     if not hex(value, 12) then return 'bad expiry' end
@@ -284,7 +304,7 @@ local function parse(flat, first, last, stored)
       rec.e = value -- the usual items, without check_meta when valid
     elseif name == 'm:c' and hex(value, 12) then
       rec.c = value
-    elseif name == 'm:v' and value == '1' then
+    elseif name == 'm:v' and (value == '2' or value == '1') then
       rec.v = value
     else
       -- m:ep, m:h and m:u belong to the stored hash (the epoch of its last
@@ -413,7 +433,7 @@ local function read_fast(key, first, last)
     if redis.call('EXISTS', key) == 1 then return nil end
     return { exists = false, f = NONE, s = NONE }
   end
-  -- A tombstone, an until or no summary: the whole hash.
+  -- A tombstone, an until or no summary (format 1): the whole hash.
   if got[4] or got[9] or not h then return nil end
   -- The fields before the metadata: `m:h` is most often the stamp of one
   -- of them, already checked then.
@@ -427,7 +447,7 @@ local function read_fast(key, first, last)
     end
   end
   -- The metadata by position, as check_meta checks it.
-  if v ~= '1' then return 'CORRUPT unknown format version' end
+  if v ~= '2' and v ~= '1' then return 'CORRUPT ' .. format_error(v) end
   if not e then return 'CORRUPT missing record metadata' end
   if not hex(e, 12) then return 'CORRUPT bad expiry' end
   if not c then return 'CORRUPT missing record metadata' end
@@ -556,9 +576,15 @@ local function merge_one(key, mode, now_ms, first, last)
   elseif later(delta.wbest, fbest) then
     fbest = delta.wbest
   end
+  -- The result's format: the larger of the stored and the delta's ('1' or
+  -- '2'; no string `<`, which follows the server's locale). Format 1 keeps
+  -- no summary (and drops one an interim build wrote: it would go stale).
+  local mv = delta.v
+  if stored.v == '2' then mv = '2' end
   local h, u = '-', nil
   if fbest then h = fbest[1] end
   if untils then u = '1' end
+  if mv == '1' then h = nil; u = nil end
   local p, stored_p = nil, nil
   if mp then p = '1' end
   if stored.p then stored_p = '1' end
@@ -566,7 +592,7 @@ local function merge_one(key, mode, now_ms, first, last)
   -- no table or call per item).
   local ns, nd = #set, 0
   if del then nd = #del end
-  if stored.v ~= '1' then set[ns + 1], set[ns + 2], ns = 'm:v', '1', ns + 2 end
+  if stored.v ~= mv then set[ns + 1], set[ns + 2], ns = 'm:v', mv, ns + 2 end
   if me ~= stored.e then set[ns + 1], set[ns + 2], ns = 'm:e', me, ns + 2 end
   if mc ~= stored.c then set[ns + 1], set[ns + 2], ns = 'm:c', mc, ns + 2 end
   if mt ~= stored.t then
@@ -593,7 +619,14 @@ local function merge_one(key, mode, now_ms, first, last)
       set[ns + 1], set[ns + 2], ns = 'm:p', p, ns + 2
     end
   end
-  if h ~= stored.h then set[ns + 1], set[ns + 2], ns = 'm:h', h, ns + 2 end
+  if h ~= stored.h then
+    if h == nil then
+      del = del or {}
+      del[nd + 1], nd = 'm:h', nd + 1
+    else
+      set[ns + 1], set[ns + 2], ns = 'm:h', h, ns + 2
+    end
+  end
   if u ~= stored.u then
     if u == nil then
       del = del or {}

@@ -6,15 +6,15 @@
 //! ```text
 //! <prefix><key>     hash    one record (key = "s:{id}", "u:{user}", …)
 //!   f:<name>        stamp(32 hex) ‖ kind(v|d|V|D) ‖ until(12 hex, kinds V/D) ‖ value bytes
-//!   m:v             "1"                format version
+//!   m:v             "1" or "2"         format version (2: with the summaries m:h, m:u)
 //!   m:e             12 hex             expiry, ms since the Unix epoch
 //!   m:c             12 hex             lifetime cap, ms
 //!   m:t             stamp (32 hex)     tombstone (absent when live)
 //!   m:o             stamp (32 hex)     origin: the create's stamp (absent when unknown)
 //!   m:p             "1"                partial (absent when full)
 //!   m:ep            16 hex             epoch of the last merge that wrote it (not part of the record)
-//!   m:h             stamp or "-"       largest field stamp held (a summary, not part of the record)
-//!   m:u             "1"                some entry carries an until (a summary; absent when none)
+//!   m:h             stamp or "-"       largest field stamp held (a summary, not part of the record; format 2)
+//!   m:u             "1"                some entry carries an until (a summary; absent when none; format 2)
 //!   TTL             PEXPIREAT min(m:e, m:c) + EXPIRY_MARGIN_MS
 //! <prefix>epoch     string  16 hex ‖ ":n" (new) or ":c" (complete)
 //! <prefix>epoch:run string  run_id of the Redis process that made or confirmed the epoch
@@ -235,7 +235,7 @@ pub use queue::{
 
 use super::{Epoch, MergeMode, MergeReply, ReadReply, Replica, ReplicaInfo, ScanPage};
 use crate::error::ReplicaError;
-use crate::record::Record;
+use crate::record::{Record, StoredFormat};
 use confirmed::ConfirmedEpoch;
 use process::ProcessIdentity;
 use wire::{map_error, short_key};
@@ -325,6 +325,8 @@ struct Inner {
     reconnect_wait: Duration,
     clustered: bool,
     eviction_check: EvictionCheck,
+    /// The stored format merges and refills write (the delta's `m:v`).
+    stored_format: StoredFormat,
     eviction_state: AtomicU8,
     merge_script: Script,
     epoch_script: Script,

@@ -107,7 +107,7 @@ impl Inner {
                 source: None,
             });
         }
-        let pairs = delta_args(&delta);
+        let pairs = delta_args(&delta, self.stored_format.version());
         let redis_key = self.redis_key(key);
         let size = redis_key.len() + pairs.iter().map(Bytes::len).sum::<usize>();
         Ok(WireMerge {

@@ -145,8 +145,10 @@ const PAIR_OVERHEAD: usize = 2 + 32 + 1 + 12;
 /// the order of [`codec::visit_pairs`]), encoded into one buffer: each is a
 /// slice of it, so the clones fred makes of every argument cost a reference
 /// count instead of an allocation each (allocation is the client's largest
-/// cost of a write otherwise).
-pub(super) fn delta_args(delta: &Record) -> Vec<Bytes> {
+/// cost of a write otherwise). `format` is the delta's `m:v`: the stored
+/// format the replica is set to write, which `merge.lua` takes as the
+/// format of the result unless the stored record's is higher.
+pub(super) fn delta_args(delta: &Record, format: u8) -> Vec<Bytes> {
     let size = 128
         + delta
             .fields
@@ -157,7 +159,7 @@ pub(super) fn delta_args(delta: &Record) -> Vec<Bytes> {
             .sum::<usize>();
     let mut buffer = BytesMut::with_capacity(size);
     let mut ends = Vec::with_capacity(2 * codec::pair_count(delta));
-    codec::visit_pairs(delta, |name, value| {
+    codec::visit_pairs_as(delta, format, |name, value| {
         buffer.extend_from_slice(name);
         ends.push(buffer.len());
         buffer.extend_from_slice(value);
@@ -232,8 +234,15 @@ mod tests {
             .into_iter()
             .flat_map(|(name, value)| [name, value])
             .collect();
-        let args: Vec<Vec<u8>> = delta_args(&delta).iter().map(|b| b.to_vec()).collect();
+        let args: Vec<Vec<u8>> = delta_args(&delta, delta.format)
+            .iter()
+            .map(|b| b.to_vec())
+            .collect();
         assert_eq!(args, expected);
+        // The setting's format, whatever the record's.
+        let as_one = delta_args(&delta, 1);
+        assert_eq!((&as_one[0][..], &as_one[1][..]), (&b"m:v"[..], &b"1"[..]));
+        assert_eq!(as_one.len(), expected.len());
     }
 
     #[test]
