@@ -222,6 +222,11 @@ pub struct ClusterConfig {
     /// another (`docs/membership.md`). Their acknowledgements count toward
     /// W as any replica's. Reads need `max(R, N − W + 1)` of the others.
     pub write_only: Vec<String>,
+    /// Whether this coordinator marks a brand-new cluster complete (every
+    /// replica answering in a new epoch and empty by a whole SCAN). Default
+    /// true; an admin tool that may be pointed at a subset of the replicas
+    /// turns it off, so that looking never decides anything.
+    pub bootstrap_new_cluster: bool,
 }
 
 impl Default for ClusterConfig {
@@ -241,6 +246,7 @@ impl Default for ClusterConfig {
             handoff_interval: Duration::from_millis(100),
             anti_entropy: AntiEntropyConfig::default(),
             write_only: Vec::new(),
+            bootstrap_new_cluster: true,
         }
     }
 }

@@ -18,6 +18,10 @@
 //!    complete; then `status` is ready and every session reads back whole
 //!    from a new store.
 //!
+//! 0. Looking decides nothing: `status` on a brand-new cluster marks no
+//!    replica complete, and `repair` / `accept-data-loss` refuse to run
+//!    without the application's W and R.
+//!
 //! Runtime: about 10 s. Needs Docker (see `tests/support`).
 #![cfg(feature = "cli")]
 
@@ -27,6 +31,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use quorum_sessions::replica::Replica;
 use quorum_sessions::session::{ClientInfo, NewSession, SessionId};
 use quorum_sessions::SessionStore;
 use support::RedisNodes;
@@ -36,6 +41,13 @@ const SESSIONS: usize = 20;
 /// Runs `qs-admin` on the nodes with `args` (stdin: `input`); returns the
 /// exit code and stdout (stderr is appended, for the assertion messages).
 async fn admin(nodes: &RedisNodes, args: &[&str], input: &str) -> (i32, String) {
+    let mut with_quorums = vec!["-w", "2", "-r", "2"];
+    with_quorums.extend_from_slice(args);
+    admin_raw(nodes, &with_quorums, input).await
+}
+
+/// [`admin`] without the quorum flags.
+async fn admin_raw(nodes: &RedisNodes, args: &[&str], input: &str) -> (i32, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qs-admin"));
     for node in nodes.nodes() {
         command.arg("--redis").arg(node.url());
@@ -93,6 +105,23 @@ async fn status_inspect_repair_and_accept_data_loss_on_real_redis() {
         .iter()
         .map(|node| format!("127.0.0.1:{}", node.port()))
         .collect();
+
+    // 0. Looking decides nothing: on a brand-new, empty cluster `status`
+    // reports every replica refilling (not ready) and marks none complete
+    // (the application's first start does that); `repair` refuses to guess
+    // the application's quorums.
+    let (code, out) = admin_raw(&nodes, &["status"], "").await;
+    assert_eq!(code, 2, "{out}");
+    for name in &names {
+        assert!(line_of(&out, name).contains("refilling"), "{out}");
+    }
+    for node in nodes.nodes() {
+        let epoch = node.replica().await.ping().await.unwrap();
+        assert!(!epoch.complete, "status marked a replica complete");
+    }
+    let (code, out) = admin_raw(&nodes, &["repair", "--dry-run"], "").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give -w and -r"), "{out}");
 
     // Sessions written through the store, which is then shut down.
     let store = store_builder(&nodes).connect().await.unwrap();

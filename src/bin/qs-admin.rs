@@ -36,6 +36,7 @@ use quorum_sessions::recovery::PassStats;
 use quorum_sessions::session::keys::session_key;
 use quorum_sessions::{
     AntiEntropyOptions, ClusterConfig, Coordinator, ReadRepair, Record, SessionId, SessionStore,
+    StoredFormat,
 };
 
 #[derive(Parser, Debug)]
@@ -62,6 +63,14 @@ struct Cli {
     /// Per-request deadline, in milliseconds.
     #[arg(long, default_value_t = 2_000, global = true)]
     timeout_ms: u64,
+    /// A replica the application holds write-only (joining or leaving,
+    /// docs/membership.md), by name (host:port); repeat the flag.
+    #[arg(long = "write-only", value_name = "NAME", global = true)]
+    write_only: Vec<String>,
+    /// The stored format the application writes (docs/upgrades.md): 1
+    /// while a previous build still runs, else 2.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2), global = true)]
+    stored_format: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +159,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         return chaos(scenario, redis_server).await;
     }
+    let decides = matches!(
+        cli.command,
+        Command::Repair { .. } | Command::AcceptDataLoss { .. }
+    );
+    if decides && (cli.write_quorum.is_none() || cli.read_quorum.is_none()) {
+        // A refill is proven complete from N - W + 1 sources: a guessed W
+        // could mark a replica complete that lacks acknowledged writes.
+        return Err(
+            "repair and accept-data-loss decide with the application's quorums: \
+                    give -w and -r as the application sets them"
+                .into(),
+        );
+    }
     let coordinator = connect(&cli).await?;
     let code = match cli.command {
         Command::Status => status(&coordinator).await,
@@ -176,7 +198,17 @@ async fn connect(cli: &Cli) -> Result<Coordinator, Failure> {
     };
     config.anti_entropy.on_rejoin = false;
     config.anti_entropy.interval = None;
-    let builder = SessionStore::builder().cluster_config(config);
+    // Pointed at a subset of the replicas, a bootstrap would mark them
+    // complete: looking must never decide.
+    config.bootstrap_new_cluster = false;
+    config.write_only = cli.write_only.clone();
+    let format = match cli.stored_format {
+        1 => StoredFormat::V1,
+        _ => StoredFormat::V2,
+    };
+    let builder = SessionStore::builder()
+        .cluster_config(config)
+        .stored_format(format);
     let builder = if cli.redis.is_empty() {
         builder.redis_from_env(&cli.redis_env)
     } else {
@@ -217,6 +249,7 @@ async fn status(coordinator: &Coordinator) -> ExitCode {
     );
     for (state, info) in states.iter().zip(infos) {
         let (epoch, data) = match state.epoch {
+            Some(epoch) if state.write_only => (format!("{:016x}", epoch.id), "write-only"),
             Some(epoch) if epoch.complete => (format!("{:016x}", epoch.id), "complete"),
             Some(epoch) => (format!("{:016x}", epoch.id), "refilling"),
             None => ("-".to_owned(), "unknown"),
@@ -438,7 +471,7 @@ async fn accept_data_loss(coordinator: &Coordinator, yes: bool) -> Result<ExitCo
     let lost: Vec<usize> = states
         .iter()
         .enumerate()
-        .filter(|(_, state)| state.epoch.is_some_and(|epoch| !epoch.complete))
+        .filter(|(_, state)| !state.write_only && state.epoch.is_some_and(|e| !e.complete))
         .map(|(index, _)| index)
         .collect();
     let unreachable: Vec<&str> = states
@@ -459,10 +492,12 @@ async fn accept_data_loss(coordinator: &Coordinator, yes: bool) -> Result<ExitCo
     }
     if let Readiness::NotReady(not_ready) = coordinator.readiness() {
         if not_ready.reason != NotReadyReason::OperatorNeeded {
-            println!(
-                "note: the cluster is not ready for another reason: {:?}",
+            return Err(format!(
+                "the cluster is not ready for another reason ({:?}): nothing to accept; \
+                 see `qs-admin status`",
                 not_ready.reason
-            );
+            )
+            .into());
         }
     } else {
         return Err(format!(
@@ -522,7 +557,9 @@ async fn accept_data_loss(coordinator: &Coordinator, yes: bool) -> Result<ExitCo
     }
     for index in lost {
         let name = &states[index].name;
-        match coordinator.accept_data_loss(index).await {
+        // The epoch the pass refilled: one that restarted since is refused.
+        let epoch = states[index].epoch.expect("lost replicas have an epoch").id;
+        match coordinator.accept_data_loss_of(index, epoch).await {
             Ok(true) => println!("{name}: marked complete"),
             Ok(false) => println!("{name}: its epoch changed meanwhile; run the command again"),
             Err(error) => println!("{name}: {error}"),
@@ -567,7 +604,7 @@ async fn chaos(letters: &[String], redis_server: &Path) -> Result<ExitCode, Fail
         });
         let outcome = tokio::select! {
             outcome = &mut task => outcome,
-            _ = tokio::signal::ctrl_c() => {
+            () = interrupted() => {
                 task.abort();
                 let _ = task.await; // its clone of the cluster is dropped
                 drop(cluster);
@@ -643,4 +680,21 @@ fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Ctrl-C or SIGTERM (a terminal closed, a supervisor stopping the run):
+/// either way the local cluster's processes are stopped.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

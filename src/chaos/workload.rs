@@ -159,6 +159,9 @@ pub fn start_workload(servers: &[Coordinator]) -> Workload {
                         .lock()
                         .unwrap()
                         .record_read(session, started, result);
+                    // A refused request answers at once: without this the
+                    // loop could hold its worker (and a shutdown) forever.
+                    tokio::task::yield_now().await;
                 }
             }));
         }
@@ -181,16 +184,28 @@ impl Workload {
     /// # Panics
     ///
     /// When a workload task panicked.
-    pub async fn stop(self) -> History {
+    pub async fn stop(mut self) -> History {
         self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             task.await.expect("workload task");
         }
-        Arc::try_unwrap(self.history)
+        let history = std::mem::take(&mut self.history);
+        Arc::try_unwrap(history)
             .ok()
             .expect("tasks ended")
             .into_inner()
             .unwrap()
+    }
+}
+
+/// A workload dropped without [`Workload::stop`] (its scenario panicked)
+/// stops its tasks, so that they do not outlive the cluster they load.
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

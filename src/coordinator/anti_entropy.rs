@@ -46,10 +46,12 @@ pub struct AntiEntropyReport {
 /// How [`Coordinator::anti_entropy_with`] runs a pass.
 #[derive(Clone, Default)]
 pub struct AntiEntropyOptions {
-    /// Compare only: nothing is sent and nothing is marked complete; the
+    /// Compare only: no record is sent and nothing is marked complete; the
     /// report's counters and [`AntiEntropyReport::sent_to`] tell what the
-    /// pass would have sent. The lease is taken as for a real pass (a dry
-    /// run does not overlap another server's pass).
+    /// pass would have sent. The lease is taken (and given back) as for a
+    /// real pass, so a dry run does not overlap another server's pass and
+    /// writes the lease key; a replica that had no epoch key gets one, as
+    /// any request to it would.
     pub dry_run: bool,
     /// Called after each scanned page with the counters so far (e.g. an
     /// admin tool's progress bar). Runs on the pass's task: keep it short.

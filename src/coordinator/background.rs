@@ -149,8 +149,12 @@ impl Coordinator {
             return;
         }
         let states = self.replica_states();
+        // A write-only replica (joining or leaving) is never readable here:
+        // it is refilled by the operator's pass (`docs/membership.md`).
         let due = states.iter().any(|s| {
-            s.health != Health::Down && (!s.readable || s.needs_anti_entropy) && s.epoch.is_some()
+            s.health != Health::Down
+                && ((!s.readable && !s.write_only) || s.needs_anti_entropy)
+                && s.epoch.is_some()
         });
         // A cluster where nothing is readable is bootstrapped, not refilled.
         let any_readable = states.iter().any(|s| s.readable);
@@ -174,7 +178,7 @@ impl Coordinator {
             let stuck = this
                 .replica_states()
                 .iter()
-                .any(|s| s.health != Health::Down && !s.readable);
+                .any(|s| s.health != Health::Down && !s.readable && !s.write_only);
             if stuck && report.marked_complete.is_empty() {
                 // Too few complete sources (more than N - W replicas lost
                 // data): retrying at once changes nothing. See

@@ -70,7 +70,10 @@ impl Coordinator {
                 epochs.push((index, epoch));
             }
         }
-        if epochs.len() == self.replica_count() && epochs.iter().all(|(_, e)| !e.complete) {
+        if self.config().bootstrap_new_cluster
+            && epochs.len() == self.replica_count()
+            && epochs.iter().all(|(_, e)| !e.complete)
+        {
             self.bootstrap_fresh_cluster(&epochs).await;
         }
         epochs.len()
@@ -174,10 +177,14 @@ impl Coordinator {
     /// are gone, and accepting that is the point of the call:
     ///
     /// - **more than N − W replicas lost their data at once** (restarted
-    ///   empty): call it on **one** of the replicas that lost their data
-    ///   (only one: the misses of two complete empty replicas would prove
-    ///   absent sessions the survivor still holds); the next pass refills
-    ///   the others;
+    ///   empty): first run one [`Coordinator::anti_entropy`] pass that
+    ///   covers every replica (it copies what the survivors hold into the
+    ///   lost ones, marking nothing), then call
+    ///   [`accept_data_loss_of`](Self::accept_data_loss_of) with the epoch
+    ///   each lost replica had during that pass, for **every** lost replica
+    ///   (what `qs-admin accept-data-loss` does). Marking a lost replica
+    ///   that was *not* refilled first would let its misses, with another's,
+    ///   prove absent the sessions a survivor still holds;
     /// - **a full-cluster restart with persistence**: every replica came
     ///   back from its own RDB/AOF snapshot in a new, incomplete epoch
     ///   ([`Coordinator::initialize`] refuses to take that for a new
@@ -208,6 +215,40 @@ impl Coordinator {
     ) -> Result<bool, crate::error::ReplicaError> {
         let replica = self.inner.replicas[index].clone();
         let epoch = self.call(index, replica.ping()).await?;
+        self.accept_data_loss_of(index, epoch.id).await
+    }
+
+    /// [`accept_data_loss`](Self::accept_data_loss) of one epoch: marks
+    /// replica `index` complete only if it is still in epoch `epoch_id`
+    /// (e.g. the epoch a pass just refilled; one that restarted since is
+    /// left alone and `false` returned).
+    ///
+    /// # Errors
+    ///
+    /// The replica's error when it cannot be reached, and
+    /// [`ReplicaError::Refused`](crate::ReplicaError) for a replica this
+    /// coordinator holds write-only (`ClusterConfig::write_only`): a server
+    /// that does not read it does not decide it is complete.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not a replica index.
+    pub async fn accept_data_loss_of(
+        &self,
+        index: ReplicaIndex,
+        epoch_id: u64,
+    ) -> Result<bool, crate::error::ReplicaError> {
+        let replica = self.inner.replicas[index].clone();
+        if self.lock().epochs.is_write_only(index) {
+            return Err(crate::error::ReplicaError::Refused {
+                detail: format!("{} is write-only for this coordinator", replica.name()),
+                source: None,
+            });
+        }
+        let epoch = crate::replica::Epoch {
+            id: epoch_id,
+            complete: false,
+        };
         let marked = self
             .call(index, replica.mark_epoch_complete(epoch.id))
             .await?;

@@ -21,8 +21,10 @@ impl Inner {
                             node.dbsize::<u64>().await?,
                             node.info::<String>(Some(InfoKind::Server)).await?,
                             node.info::<String>(Some(InfoKind::Memory)).await?,
+                            // Best effort: managed Redis often disables CONFIG.
                             node.config_get::<Vec<(String, String)>, _>("maxmemory-policy")
-                                .await?,
+                                .await
+                                .unwrap_or_default(),
                         )
                     }
                     None => (
@@ -31,7 +33,8 @@ impl Inner {
                         self.client.info::<String>(Some(InfoKind::Memory)).await?,
                         self.client
                             .config_get::<Vec<(String, String)>, _>("maxmemory-policy")
-                            .await?,
+                            .await
+                            .unwrap_or_default(),
                     ),
                 };
                 Ok::<_, fred::error::Error>((keys, server, memory, policy))
