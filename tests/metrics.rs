@@ -6,7 +6,8 @@
 //! histograms; a replica going down moves its failure, health-transition
 //! and hint metrics, and coming back moves them again (hints replayed,
 //! none pending); a replica restarting empty moves the epoch and
-//! anti-entropy metrics; no label holds a key.
+//! anti-entropy metrics; an update from a server whose clock is behind
+//! moves the re-stamp counter; no label holds a key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,5 +181,26 @@ async fn scenario(recorder: &DebuggingRecorder) {
     );
     assert!(counter(&s, "quorum_sessions_anti_entropy_keys_compared_total", &[]) >= 5);
     assert!(counter(&s, "quorum_sessions_anti_entropy_keys_repaired_total", &[]) >= 4);
+    assert_labels_hold_no_key(&s);
+
+    // A server whose clock is a second behind updates a field of a record
+    // the first one wrote: its stamp is below what the ackers hold, so the
+    // update is stamped again, and counted.
+    let behind = Coordinator::builder(c.config().clone(), c.replicas().to_vec())
+        .wall_clock(Arc::new(|| {
+            quorum_sessions::coordinator::system_clock()() - 1_000
+        }))
+        .connect()
+        .await
+        .unwrap();
+    let now = c.now_ms();
+    c.write("s:{m5}", create()).await.unwrap();
+    let update = Mutation::update(now + 60_000, now + 3_600_000).set("theme", "dark");
+    behind.write("s:{m5}", update).await.unwrap();
+    let s = snapshot(recorder);
+    assert_eq!(
+        counter(&s, "quorum_sessions_restamped_writes_total", &[]),
+        1
+    );
     assert_labels_hold_no_key(&s);
 }

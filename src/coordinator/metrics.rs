@@ -48,6 +48,12 @@ pub(crate) const ANTI_ENTROPY_KEYS_REPAIRED: &str =
     "quorum_sessions_anti_entropy_keys_repaired_total";
 /// Anti-entropy lease refusals (counter).
 pub(crate) const LEASE_REFUSALS: &str = "quorum_sessions_anti_entropy_lease_refusals_total";
+/// Field updates stamped again above a larger stamp an acker held (counter).
+pub(crate) const RESTAMPED_WRITES: &str = "quorum_sessions_restamped_writes_total";
+/// Reads answered before W replicas held their record (counter).
+pub(crate) const READ_REPAIRS_SHORT: &str = "quorum_sessions_read_repairs_short_total";
+/// Late replies of a replaced epoch, ignored, by `replica` (counter).
+pub(crate) const STALE_EPOCH_REPLIES: &str = "quorum_sessions_stale_epoch_replies_total";
 /// Stamps refused for being too far ahead (counter).
 pub(crate) const CLOCK_SKEW_REFUSALS: &str = "quorum_sessions_clock_skew_refusals_total";
 

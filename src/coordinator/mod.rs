@@ -233,11 +233,15 @@ impl Coordinator {
                     "replica epoch changed: write-only until refilled"
                 );
             }
-            EpochChange::Stale => debug!(
-                replica = self.inner.replicas[index].name(),
-                epoch = format_args!("{:016x}", epoch.id),
-                "late reply of a replaced epoch: ignored"
-            ),
+            EpochChange::Stale => {
+                let replica = self.inner.replicas[index].name();
+                metrics::replica_counter(metrics::STALE_EPOCH_REPLIES, replica, 1);
+                debug!(
+                    replica,
+                    epoch = format_args!("{:016x}", epoch.id),
+                    "late reply of a replaced epoch: ignored"
+                );
+            }
             EpochChange::Same | EpochChange::First => {}
         }
     }

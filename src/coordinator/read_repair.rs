@@ -160,6 +160,7 @@ impl Coordinator {
         };
         if let RepairOutcome::Short { holders, needed } = outcome {
             bump(&self.inner.counters.read_repairs_short);
+            super::metrics::counter(super::metrics::READ_REPAIRS_SHORT, 1);
             debug!(
                 holders,
                 needed, "read answered before W replicas held its record"

@@ -198,6 +198,7 @@ impl Coordinator {
                 state.clock.tick(now_ms)
             };
             bump(&self.inner.counters.restamped_writes);
+            super::metrics::counter(super::metrics::RESTAMPED_WRITES, 1);
             debug!("an acker held a larger stamp: stamped again");
             // An update's entries all carry its stamp; nothing else in the
             // delta does.
