@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_support::RedisCluster;
+use fred::interfaces::ClusterInterface;
 use fred::prelude::ServerConfig;
-use quorum_sessions::replica::redis::{RedisReplica, RedisReplicaConfig};
+use quorum_sessions::replica::redis::{RedisConnectError, RedisReplica, RedisReplicaConfig};
 use quorum_sessions::replica::{apply_merge, MergeMode, MergeStatus, Replica};
 use quorum_sessions::stamp::{PHYSICAL_MAX, WRITER_MAX};
 use quorum_sessions::testing::{live_record, run_conformance, stamp_at, wall_clock_ms};
@@ -391,6 +392,150 @@ async fn refill_until_converged(c: &Coordinator, replicas: &[Arc<RedisReplica>])
         assert!(Instant::now() < deadline, "no convergence: {report:?}");
     }
     assert_converged(replicas).await;
+}
+
+/// Eviction on any primary is refused at connect: with `allkeys-lru` set
+/// on one primary only (each in turn), `connect` fails with
+/// `RedisConnectError::Eviction` (one primary evicting would silently drop
+/// that shard's tombstones).
+#[tokio::test]
+async fn an_evicting_primary_is_refused() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .expect("cluster start");
+    for port in cluster.primary_ports() {
+        let set = |policy| cluster_support::cli(port, &["CONFIG", "SET", "maxmemory-policy", policy]);
+        assert_eq!(set("allkeys-lru").as_deref(), Some("OK"));
+        let server = ServerConfig::new_clustered(vec![("127.0.0.1", cluster.seed_port())]);
+        let mut config = RedisReplicaConfig::from_server("cluster-evicting", server);
+        config.request_timeout = REQUEST_TIMEOUT;
+        let result = RedisReplica::connect(config).await;
+        assert!(
+            matches!(result, Err(RedisConnectError::Eviction { .. })),
+            "allkeys-lru on primary {port} refused: {result:?}"
+        );
+        assert_eq!(set("noeviction").as_deref(), Some("OK"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A failover inside the cluster.
+
+/// Attempts of one request across a failover: a request that lands on the
+/// old primary while the topology changes may fail once or twice
+/// (`MOVED`, a dropped connection) before fred follows the new map.
+const FAILOVER_ATTEMPTS: usize = 20;
+
+/// `f` until it succeeds, at most [`FAILOVER_ATTEMPTS`] times; counts the
+/// failures in `failures`.
+async fn retried<T, F, Fut>(failures: &mut usize, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, quorum_sessions::ReplicaError>>,
+{
+    for _attempt in 0..FAILOVER_ATTEMPTS {
+        match f().await {
+            Ok(value) => return value,
+            Err(error) => {
+                *failures += 1;
+                println!("failed during the failover: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("still failing after {FAILOVER_ATTEMPTS} attempts");
+}
+
+/// A manual failover of the primary holding the epoch key (3 primaries, one
+/// Cluster replica each): afterwards every record is read back, merges are
+/// applied, a scan walks the new primaries and lists every key, and the
+/// epoch is the same, still complete (a manual failover loses nothing; in
+/// Cluster mode the epoch has no run-id check, see the README's limits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_keeps_every_record_and_the_epoch() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(3, 1))
+        .await
+        .expect("cluster start");
+    let replica = cluster_replica("cluster-failover", &cluster, StoredFormat::V2).await;
+    let now = wall_clock_ms();
+    let keys: BTreeSet<String> = (0..40).map(|i| format!("s:{{fo-{i}}}")).collect();
+    for key in &keys {
+        let mut delta = live_record(now);
+        delta
+            .fields
+            .insert("a".into(), FieldEntry::value(stamp_at(now, 2, 0, 1), "x"));
+        replica
+            .merge(key, &delta, MergeMode::Upsert, now)
+            .await
+            .expect("merge");
+    }
+    let epoch = replica.ping().await.expect("ping");
+    assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
+    let epoch_primary = cluster
+        .primary_ports()
+        .into_iter()
+        .find(|port| {
+            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
+        })
+        .expect("a primary holds the epoch key");
+    // `ROLE` on a replica: `slave`, then its primary's host and port.
+    let follower = cluster
+        .ports()
+        .into_iter()
+        .find(|port| {
+            let role = cluster_support::cli(*port, &["ROLE"]).unwrap_or_default();
+            let lines: Vec<&str> = role.lines().collect();
+            lines.first() == Some(&"slave") && lines.get(2) == Some(&epoch_primary.to_string().as_str())
+        })
+        .expect("the epoch primary has a replica");
+    let started = Instant::now();
+    // Blocks on redis-cli: off the runtime's worker (fred's tasks run on).
+    tokio::task::block_in_place(|| cluster.failover(follower));
+    println!("failover done in {:?}", started.elapsed());
+    assert!(!cluster.primary_ports().contains(&epoch_primary));
+
+    let mut failures = 0;
+    let after = retried(&mut failures, || replica.ping()).await;
+    assert!(
+        after.id == epoch.id && after.complete,
+        "the same epoch, still complete: {after:?}"
+    );
+    for key in &keys {
+        let read = retried(&mut failures, || replica.read(key)).await;
+        assert!(read.record.is_some(), "a record survives the failover");
+        let mut delta = live_record(now);
+        delta
+            .fields
+            .insert("b".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "y"));
+        let reply = retried(&mut failures, || {
+            replica.merge(key, &delta, MergeMode::Upsert, now)
+        })
+        .await;
+        assert_eq!(reply.status, MergeStatus::Applied);
+    }
+    // The primaries a scan walks come from fred's cached cluster map.
+    let mut cached: Vec<u16> = replica
+        .client()
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default()
+        .iter()
+        .map(|server| server.port)
+        .collect();
+    cached.sort_unstable();
+    let mut primaries = cluster.primary_ports();
+    primaries.sort_unstable();
+    assert_eq!(cached, primaries, "fred's map follows the failover");
+    let mut scanned = BTreeSet::new();
+    for _attempt in 0..FAILOVER_ATTEMPTS {
+        scanned = scan_all(&replica).await;
+        if scanned == keys {
+            break;
+        }
+        failures += 1;
+    }
+    assert_eq!(scanned, keys, "a scan over the new primaries lists every key");
+    println!("requests failed during or after the failover: {failures}");
 }
 
 // ---------------------------------------------------------------------------

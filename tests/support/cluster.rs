@@ -136,6 +136,12 @@ impl RedisCluster {
     /// start, the create fails, or the cluster is not ok within
     /// [`CLUSTER_OK_BOUND`].
     pub fn start(primaries: usize) -> RedisCluster {
+        RedisCluster::start_with_replicas(primaries, 0)
+    }
+
+    /// [`start`](Self::start) with `replicas` Cluster replicas per primary
+    /// (`--cluster-replicas`), each following its primary.
+    pub fn start_with_replicas(primaries: usize, replicas: usize) -> RedisCluster {
         let started = Instant::now();
         let dir = std::env::temp_dir().join(format!(
             "qs-cluster-{}-{}",
@@ -149,7 +155,7 @@ impl RedisCluster {
             nodes: Vec::new(),
             dir,
         };
-        for index in 0..primaries {
+        for index in 0..primaries * (1 + replicas) {
             let node = Node::start(&cluster.dir.join(format!("node-{index}")));
             cluster.nodes.push(node);
         }
@@ -162,7 +168,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -173,14 +179,16 @@ impl RedisCluster {
         );
         cluster.wait_ok();
         println!(
-            "cluster of {primaries} primaries ready in {:?}",
+            "cluster of {primaries} primaries, {replicas} replicas each, ready in {:?}",
             started.elapsed()
         );
         cluster
     }
 
     /// Waits (bounded) until every node reports `cluster_state:ok` and
-    /// knows every other node.
+    /// knows every other node, and every Cluster replica's link to its
+    /// primary is up (a `CLUSTER FAILOVER` before the first sync times out
+    /// and changes nothing).
     fn wait_ok(&self) {
         let deadline = Instant::now() + CLUSTER_OK_BOUND;
         let count = self.nodes.len().to_string();
@@ -190,7 +198,10 @@ impl RedisCluster {
                 let ok = info.lines().any(|l| l.trim() == "cluster_state:ok")
                     && info
                         .lines()
-                        .any(|l| l.trim() == format!("cluster_known_nodes:{count}"));
+                        .any(|l| l.trim() == format!("cluster_known_nodes:{count}"))
+                    && (role(node.port).as_deref() == Some("master")
+                        || cli(node.port, &["INFO", "replication"])
+                            .is_some_and(|r| r.lines().any(|l| l.trim() == "master_link_status:up")));
                 if ok {
                     break;
                 }
@@ -204,9 +215,17 @@ impl RedisCluster {
         }
     }
 
-    /// The client port of every node (all primaries).
+    /// The client port of every node.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|node| node.port).collect()
+    }
+
+    /// The client ports of the nodes that are primaries right now.
+    pub fn primary_ports(&self) -> Vec<u16> {
+        self.ports()
+            .into_iter()
+            .filter(|port| role(*port).as_deref() == Some("master"))
+            .collect()
     }
 
     /// A node to give a cluster client as its seed.
@@ -214,45 +233,55 @@ impl RedisCluster {
         self.nodes[0].port
     }
 
+    /// A manual `CLUSTER FAILOVER` through the replica at `port`: it waits
+    /// for its primary to be caught up, then takes its place (no write
+    /// lost). Returns once the replica reports itself primary and every
+    /// node is `cluster_state:ok` again (bounded).
+    pub fn failover(&self, port: u16) {
+        assert_eq!(
+            cli(port, &["CLUSTER", "FAILOVER"]).as_deref(),
+            Some("OK"),
+            "CLUSTER FAILOVER on {port}"
+        );
+        let deadline = Instant::now() + CLUSTER_OK_BOUND;
+        while role(port).as_deref() != Some("master") {
+            assert!(
+                Instant::now() < deadline,
+                "node {port} not primary within {CLUSTER_OK_BOUND:?}"
+            );
+            std::thread::sleep(POLL);
+        }
+        self.wait_ok();
+    }
+
     /// `FLUSHALL` on every primary: the whole dataset gone, as a cluster
     /// restarted empty would be (the topology stays).
     pub fn flush_all(&self) {
-        for node in &self.nodes {
+        for port in self.primary_ports() {
             assert_eq!(
-                cli(node.port, &["FLUSHALL"]).as_deref(),
+                cli(port, &["FLUSHALL"]).as_deref(),
                 Some("OK"),
-                "FLUSHALL on node {}",
-                node.port
+                "FLUSHALL on node {port}"
             );
         }
     }
 
-    /// Keys held by every node together.
+    /// Keys held by every primary together.
     pub fn dbsize(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|node| {
-                cli(node.port, &["DBSIZE"])
+        self.primary_ports()
+            .into_iter()
+            .map(|port| {
+                cli(port, &["DBSIZE"])
                     .and_then(|n| n.parse::<u64>().ok())
                     .expect("DBSIZE answers")
             })
             .sum()
     }
+}
 
-    /// `INFO commandstats` summed over the nodes: calls of `command`
-    /// (lowercase, e.g. `evalsha`).
-    pub fn command_calls(&self, command: &str) -> u64 {
-        let prefix = format!("cmdstat_{command}:calls=");
-        self.nodes
-            .iter()
-            .filter_map(|node| cli(node.port, &["INFO", "commandstats"]))
-            .flat_map(|info| {
-                info.lines()
-                    .filter_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
-                    .collect::<Vec<u64>>()
-            })
-            .sum()
-    }
+/// The first line of `ROLE`: `master` or `slave` (`None`: no answer).
+pub fn role(port: u16) -> Option<String> {
+    cli(port, &["ROLE"]).and_then(|text| text.lines().next().map(str::to_owned))
 }
 
 impl Drop for RedisCluster {
