@@ -90,7 +90,11 @@ fn random_op(rng: &mut ChaCha8Rng, base_ms: u64) -> (Record, MergeMode, u64) {
     let now_ms = base_ms - 10_000 + rng.random_range(0..20_000);
     let stamp = |rng: &mut ChaCha8Rng| {
         let physical = [base_ms - 1, base_ms - 2, PHYSICAL_MAX][rng.random_range(0..3)];
-        Stamp::new(physical, rng.random_range(0..2), [1, WRITER_MAX][rng.random_range(0..2)])
+        Stamp::new(
+            physical,
+            rng.random_range(0..2),
+            [1, WRITER_MAX][rng.random_range(0..2)],
+        )
     };
     let limit = |rng: &mut ChaCha8Rng| match rng.random_range(0..50) {
         0 => now_ms - 1,
@@ -345,12 +349,20 @@ async fn coordinator_on_three_clusters_writes_reads_refills_and_wipes() {
         let record = c.read(&session_key(i)).await.expect("read");
         let user = record.and_then(|r| r.fields.get("user").cloned());
         let value = user.and_then(|entry| entry.value);
-        assert_eq!(value.as_deref(), Some(format!("u{i}").as_bytes()), "session {i}");
+        assert_eq!(
+            value.as_deref(),
+            Some(format!("u{i}").as_bytes()),
+            "session {i}"
+        );
     }
     // The legs beyond W land in the background (or as hints): wait.
     let deadline = Instant::now() + CONVERGE_BOUND;
     while c.stats().hints_pending > 0 {
-        assert!(Instant::now() < deadline, "hints still pending: {:?}", c.stats());
+        assert!(
+            Instant::now() < deadline,
+            "hints still pending: {:?}",
+            c.stats()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     refill_until_converged(&c, &replicas).await;
@@ -361,13 +373,22 @@ async fn coordinator_on_three_clusters_writes_reads_refills_and_wipes() {
     let before = replicas[1].ping().await.expect("ping");
     clusters[1].flush_all();
     let after = replicas[1].ping().await.expect("ping after the flush");
-    assert!(after.id != before.id && !after.complete, "a new epoch: {after:?}");
+    assert!(
+        after.id != before.id && !after.complete,
+        "a new epoch: {after:?}"
+    );
     for i in 0..SESSIONS {
-        assert!(c.read(&session_key(i)).await.expect("read").is_some(), "session {i}");
+        assert!(
+            c.read(&session_key(i)).await.expect("read").is_some(),
+            "session {i}"
+        );
     }
     let passes = refill(&c, "cluster-1").await;
     assert_converged(&replicas).await;
-    println!("flushed cluster refilled ({passes} passes) at {:?}", started.elapsed());
+    println!(
+        "flushed cluster refilled ({passes} passes) at {:?}",
+        started.elapsed()
+    );
 
     // `wipe` empties cluster 2 through the replica: nothing left on any
     // primary, and a new epoch.
@@ -375,7 +396,10 @@ async fn coordinator_on_three_clusters_writes_reads_refills_and_wipes() {
     replicas[2].wipe().await.expect("wipe");
     assert_eq!(clusters[2].dbsize(), 0, "wipe leaves no key on any primary");
     let after = replicas[2].ping().await.expect("ping after the wipe");
-    assert!(after.id != before.id && !after.complete, "a new epoch: {after:?}");
+    assert!(
+        after.id != before.id && !after.complete,
+        "a new epoch: {after:?}"
+    );
     refill(&c, "cluster-2").await;
     assert_converged(&replicas).await;
     println!("wiped cluster refilled at {:?}", started.elapsed());
@@ -404,7 +428,8 @@ async fn an_evicting_primary_is_refused() {
         .await
         .expect("cluster start");
     for port in cluster.primary_ports() {
-        let set = |policy| cluster_support::cli(port, &["CONFIG", "SET", "maxmemory-policy", policy]);
+        let set =
+            |policy| cluster_support::cli(port, &["CONFIG", "SET", "maxmemory-policy", policy]);
         assert_eq!(set("allkeys-lru").as_deref(), Some("OK"));
         let server = ServerConfig::new_clustered(vec![("127.0.0.1", cluster.seed_port())]);
         let mut config = RedisReplicaConfig::from_server("cluster-evicting", server);
@@ -485,7 +510,8 @@ async fn a_manual_failover_keeps_every_record_and_the_epoch() {
         .find(|port| {
             let role = cluster_support::cli(*port, &["ROLE"]).unwrap_or_default();
             let lines: Vec<&str> = role.lines().collect();
-            lines.first() == Some(&"slave") && lines.get(2) == Some(&epoch_primary.to_string().as_str())
+            lines.first() == Some(&"slave")
+                && lines.get(2) == Some(&epoch_primary.to_string().as_str())
         })
         .expect("the epoch primary has a replica");
     let started = Instant::now();
@@ -534,7 +560,10 @@ async fn a_manual_failover_keeps_every_record_and_the_epoch() {
         }
         failures += 1;
     }
-    assert_eq!(scanned, keys, "a scan over the new primaries lists every key");
+    assert_eq!(
+        scanned, keys,
+        "a scan over the new primaries lists every key"
+    );
     println!("requests failed during or after the failover: {failures}");
 }
 
@@ -580,7 +609,10 @@ async fn a_single_shard_flushed_changes_the_epoch() {
         .into_iter()
         .find(|port| *port != epoch_node)
         .expect("another primary");
-    assert_eq!(cluster_support::cli(other, &["FLUSHALL"]).as_deref(), Some("OK"));
+    assert_eq!(
+        cluster_support::cli(other, &["FLUSHALL"]).as_deref(),
+        Some("OK")
+    );
     for key in &keys {
         let read = replica.read(key).await.expect("read");
         assert!(

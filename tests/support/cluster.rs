@@ -200,8 +200,9 @@ impl RedisCluster {
                         .lines()
                         .any(|l| l.trim() == format!("cluster_known_nodes:{count}"))
                     && (role(node.port).as_deref() == Some("master")
-                        || cli(node.port, &["INFO", "replication"])
-                            .is_some_and(|r| r.lines().any(|l| l.trim() == "master_link_status:up")));
+                        || cli(node.port, &["INFO", "replication"]).is_some_and(|r| {
+                            r.lines().any(|l| l.trim() == "master_link_status:up")
+                        }));
                 if ok {
                     break;
                 }
