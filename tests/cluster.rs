@@ -463,7 +463,7 @@ where
             Ok(value) => return value,
             Err(error) => {
                 *failures += 1;
-                println!("failed during the failover: {error}");
+                println!("failed while the topology changed: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -565,6 +565,68 @@ async fn a_manual_failover_keeps_every_record_and_the_epoch() {
         "a scan over the new primaries lists every key"
     );
     println!("requests failed during or after the failover: {failures}");
+}
+
+/// The primary holding the epoch key killed and restarted empty (same
+/// ports and `nodes.conf`: it rejoins with its slots, without data): while
+/// it is down every request fails (a read needs the epoch, on that shard);
+/// once back the replica reports a new, incomplete epoch, so its misses
+/// (the keys of that shard) are not authoritative and a coordinator
+/// refills it, while the other shards' records are still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_primary_restarted_empty_gives_a_new_epoch() {
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .expect("cluster start");
+    let replica = cluster_replica("cluster-restart", &cluster, StoredFormat::V2).await;
+    let now = wall_clock_ms();
+    let keys: Vec<String> = (0..30).map(|i| format!("s:{{rs-{i}}}")).collect();
+    for key in &keys {
+        let mut delta = live_record(now);
+        delta
+            .fields
+            .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
+        replica
+            .merge(key, &delta, MergeMode::Upsert, now)
+            .await
+            .expect("merge");
+    }
+    let epoch = replica.ping().await.expect("ping");
+    assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
+    let epoch_primary = cluster
+        .primary_ports()
+        .into_iter()
+        .find(|port| {
+            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
+        })
+        .expect("a primary holds the epoch key");
+    cluster.kill(epoch_primary);
+    let down = replica.read(&keys[0]).await;
+    println!("a read while the epoch primary is down: {down:?}");
+    assert!(down.is_err(), "no read without the epoch");
+    let started = Instant::now();
+    tokio::task::block_in_place(|| cluster.restart(epoch_primary));
+    let mut failures = 0;
+    let after = retried(&mut failures, || replica.ping()).await;
+    println!(
+        "back in {:?} ({failures} requests failed meanwhile)",
+        started.elapsed()
+    );
+    assert!(
+        after.id != epoch.id && !after.complete,
+        "a new epoch: {after:?}"
+    );
+    let (mut held, mut lost) = (0, 0);
+    for key in &keys {
+        let read = retried(&mut failures, || replica.read(key)).await;
+        assert!(!read.epoch.complete, "no read is authoritative yet");
+        match read.record {
+            Some(_) => held += 1,
+            None => lost += 1,
+        }
+    }
+    println!("records held {held}, lost with the shard {lost}");
+    assert!(held > 0 && lost > 0, "the other shards kept theirs");
 }
 
 // ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@
 #![allow(dead_code)] // each test file uses part of the harness
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ static CLUSTER_COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// One `redis-server` process of a cluster.
 struct Node {
     port: u16,
+    bus: u16,
+    dir: PathBuf,
     child: Child,
 }
 
@@ -81,43 +83,62 @@ pub fn cli(port: u16, args: &[&str]) -> Option<String> {
     (output.status.success() && !text.starts_with("Could not connect")).then_some(text)
 }
 
+/// Runs `redis-server` for a node in `dir` on `port` and `bus`.
+fn spawn(dir: &Path, port: u16, bus: u16) -> Child {
+    Command::new("redis-server")
+        .current_dir(dir)
+        .args(["--port", &port.to_string()])
+        .args(["--cluster-port", &bus.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", "nodes.conf"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--maxmemory-policy", "noeviction"])
+        .args(["--dir", &dir.to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run redis-server (is it installed?)")
+}
+
+/// Waits (bounded) until the server at `port` answers PING; `false` when
+/// it exited or did not answer in time (then it is killed).
+fn answers(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + NODE_START_BOUND;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            // It exited: most likely a port taken meanwhile.
+            return false;
+        }
+        if cli(port, &["PING"]).as_deref() == Some("PONG") {
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 impl Node {
     /// Starts one node in `dir`, with new ports per attempt, and waits for
     /// PING.
-    fn start(dir: &PathBuf) -> Node {
+    fn start(dir: &Path) -> Node {
         std::fs::create_dir_all(dir).expect("create the node directory");
         for _attempt in 0..NODE_START_ATTEMPTS {
             let (port, bus) = free_port_pair();
-            let mut child = Command::new("redis-server")
-                .current_dir(dir)
-                .args(["--port", &port.to_string()])
-                .args(["--cluster-port", &bus.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--maxmemory-policy", "noeviction"])
-                .args(["--dir", &dir.to_string_lossy()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("run redis-server (is it installed?)");
-            let deadline = Instant::now() + NODE_START_BOUND;
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    // It exited: most likely a port taken meanwhile.
-                    break;
-                }
-                if cli(port, &["PING"]).as_deref() == Some("PONG") {
-                    return Node { port, child };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(POLL);
+            let mut child = spawn(dir, port, bus);
+            if answers(&mut child, port) {
+                let dir = dir.to_owned();
+                return Node {
+                    port,
+                    bus,
+                    dir,
+                    child,
+                };
             }
             let _ = std::fs::remove_file(dir.join("nodes.conf"));
         }
@@ -253,6 +274,33 @@ impl RedisCluster {
             std::thread::sleep(POLL);
         }
         self.wait_ok();
+    }
+
+    /// SIGKILL of the node at `port` (its data is gone: no persistence).
+    pub fn kill(&mut self, port: u16) {
+        let node = self.node_mut(port);
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+
+    /// Starts the node at `port` again after [`kill`](Self::kill), on the
+    /// same ports and `nodes.conf` (so it rejoins with its identity and
+    /// slots, empty), and waits until the cluster is ok again (bounded).
+    pub fn restart(&mut self, port: u16) {
+        let node = self.node_mut(port);
+        node.child = spawn(&node.dir, node.port, node.bus);
+        assert!(
+            answers(&mut node.child, port),
+            "node {port} did not come back"
+        );
+        self.wait_ok();
+    }
+
+    fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .expect("a node of this cluster")
     }
 
     /// `FLUSHALL` on every primary: the whole dataset gone, as a cluster
