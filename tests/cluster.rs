@@ -683,3 +683,51 @@ async fn a_single_shard_flushed_changes_the_epoch() {
         );
     }
 }
+
+/// What Cluster mode would need to stay up through one shard's outage: a
+/// primary (not the epoch key's) killed, without a Cluster replica to take
+/// over, the epoch is still read and the records of the other shards too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fred 10 reconnects a clustered client as a whole: while one primary is unreachable \
+            every request fails, on every shard and the epoch's (ReplicaError::Unavailable \
+            `not connected (reconnecting)`, the first ones Timeout), until the node is back"]
+async fn a_primary_down_leaves_the_other_shards_readable() {
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .expect("cluster start");
+    let replica = cluster_replica("cluster-shard-down", &cluster, StoredFormat::V2).await;
+    let now = wall_clock_ms();
+    let keys: Vec<String> = (0..12).map(|i| format!("s:{{down-{i}}}")).collect();
+    for key in &keys {
+        let mut delta = live_record(now);
+        delta
+            .fields
+            .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
+        replica
+            .merge(key, &delta, MergeMode::Upsert, now)
+            .await
+            .expect("merge");
+    }
+    let epoch_primary = cluster
+        .primary_ports()
+        .into_iter()
+        .find(|port| {
+            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
+        })
+        .expect("a primary holds the epoch key");
+    let other = cluster
+        .primary_ports()
+        .into_iter()
+        .find(|port| *port != epoch_primary)
+        .expect("another primary");
+    cluster.kill(other);
+    let mut failures = 0;
+    retried(&mut failures, || replica.ping()).await;
+    let mut readable = 0;
+    for key in &keys {
+        if replica.read(key).await.is_ok() {
+            readable += 1;
+        }
+    }
+    assert!(readable > 0, "the keys of the shards still up are read");
+}
