@@ -4,9 +4,12 @@
 //! the conformance suite passes, that the Lua merge agrees with the Rust
 //! `apply_merge` on random histories spread over every primary, and that a
 //! coordinator whose three replicas are each a cluster writes, reads,
-//! refills a cluster flushed on every primary and survives a `wipe`. One
-//! test, ignored, shows the known limit: a single shard flushed goes
-//! unseen by the epoch (issue 16, part 1).
+//! refills a cluster flushed on every primary and survives a `wipe`; that
+//! an evicting primary is refused, a manual failover loses nothing, and the
+//! epoch's primary restarted empty gives a new epoch. Two tests, ignored,
+//! record the known limits: a single shard flushed goes unseen by the
+//! epoch (issue 16, part 1), and one primary down stops the whole replica
+//! (fred 10 reconnects a clustered client as a whole).
 
 #[path = "support/cluster.rs"]
 mod cluster_support;

@@ -102,7 +102,7 @@ fn spawn(dir: &Path, port: u16, bus: u16) -> Child {
         .expect("run redis-server (is it installed?)")
 }
 
-/// Waits (bounded) until the server at `port` answers PING; `false` when
+/// Waits (bounded) until the server at `port` answers as `child`; `false` when
 /// it exited or did not answer in time (then it is killed).
 fn answers(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + NODE_START_BOUND;
@@ -111,7 +111,11 @@ fn answers(child: &mut Child, port: u16) -> bool {
             // It exited: most likely a port taken meanwhile.
             return false;
         }
-        if cli(port, &["PING"]).as_deref() == Some("PONG") {
+        // Our process, not another one that took the port first (then
+        // ours exits, seen above).
+        let pid = format!("process_id:{}", child.id());
+        let info = cli(port, &["INFO", "server"]).unwrap_or_default();
+        if info.lines().any(|line| line.trim() == pid) {
             return true;
         }
         if Instant::now() > deadline {
