@@ -132,14 +132,21 @@ impl Inner {
         if self.eviction_state.load(Ordering::Relaxed) != EVICTION_UNCHECKED {
             return Ok(());
         }
-        let answer = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .config_get::<Vec<(String, String)>, _>("maxmemory-policy"),
-        )
-        .await;
+        let answer = tokio::time::timeout(self.timeout, self.eviction_policies()).await;
         let policy = match answer {
-            Ok(Ok(pairs)) => pairs.into_iter().find(|(k, _)| k == "maxmemory-policy"),
+            // No primary known yet (Cluster mode): check at the next request.
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(pairs))) => {
+                let mut policies = pairs.into_iter().filter(|(k, _)| k == "maxmemory-policy");
+                let first = policies.next();
+                // Several primaries: one that can evict is enough to refuse.
+                match first {
+                    Some((_, ref policy)) if policy == "noeviction" => policies
+                        .find(|(_, policy)| policy != "noeviction")
+                        .or(first),
+                    other => other,
+                }
+            }
             // Unreachable or slow: check again at the next request.
             Ok(Err(error))
                 if matches!(
@@ -181,6 +188,33 @@ impl Inner {
                 })
             }
         }
+    }
+
+    /// `CONFIG GET maxmemory-policy` on the node, or in Cluster mode on
+    /// every primary (fred would ask one node only, and a single evicting
+    /// primary silently drops its shard's tombstones); `None` when no
+    /// primary is known yet.
+    async fn eviction_policies(&self) -> Result<Option<Vec<(String, String)>>, fred::error::Error> {
+        if !self.clustered {
+            let pairs = self
+                .client
+                .config_get::<Vec<(String, String)>, _>("maxmemory-policy")
+                .await?;
+            return Ok(Some(pairs));
+        }
+        let primaries: Vec<Server> = self.scan_nodes().into_iter().flatten().collect();
+        if primaries.is_empty() {
+            return Ok(None);
+        }
+        let mut pairs = Vec::new();
+        for primary in primaries {
+            let node = self.client.with_cluster_node(primary);
+            pairs.extend(
+                node.config_get::<Vec<(String, String)>, _>("maxmemory-policy")
+                    .await?,
+            );
+        }
+        Ok(Some(pairs))
     }
 
     /// Before every request: the replica must not be refused for eviction,

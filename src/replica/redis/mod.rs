@@ -194,7 +194,10 @@
 //! detects only that the epoch key's node restarted empty; a Cluster shard
 //! that loses or reloads its data is not seen by the epoch (rely on Cluster
 //! replicas for that, and on anti-entropy). Scans walk every
-//! primary in turn (the cursor is `node:cursor`). Standalone and Sentinel
+//! primary in turn (the cursor is `node:cursor`), and the eviction check
+//! reads every primary's policy. With fred 10 one unreachable primary
+//! stops the whole client (it reconnects as a whole), so every request
+//! fails until that node is back or replaced (`tests/cluster.rs`). Standalone and Sentinel
 //! deployments keep everything atomic.
 
 mod batch;

@@ -1,0 +1,348 @@
+//! Local Redis Clusters for the Cluster-mode tests: `redis-server`
+//! processes on free 127.0.0.1 ports, no Docker.
+//!
+//! ```ignore
+//! #[path = "support/cluster.rs"]
+//! mod cluster_support;
+//! let cluster = cluster_support::RedisCluster::start(3);
+//! let seed = cluster.seed_port();               // any node, for ServerConfig::new_clustered
+//! cluster.flush_all();                          // FLUSHALL on every primary
+//! ```
+//!
+//! Each node runs `--cluster-enabled yes --save "" --appendonly no
+//! --maxmemory-policy noeviction` in its own directory under the system
+//! temp dir. Both of its ports (client and cluster bus, set with
+//! `--cluster-port`) come from binding port 0: the default bus port
+//! (port + 10000) could be taken, or above 65535, for an ephemeral port.
+//! Dropping [`RedisCluster`] kills the processes and removes the
+//! directories (also while a test panics). Not in `support/mod.rs`: the
+//! container harness would then be compiled into every test (and this one
+//! needs only `redis-server` and `redis-cli` on the PATH).
+
+#![allow(dead_code)] // each test file uses part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to answer PING after its start.
+const NODE_START_BOUND: Duration = Duration::from_secs(10);
+/// How long every node may take to report `cluster_state:ok` after the
+/// `redis-cli --cluster create`.
+const CLUSTER_OK_BOUND: Duration = Duration::from_secs(30);
+/// Starts of one node with new ports when the first ones were taken by
+/// someone else between our probe and the server's bind.
+const NODE_START_ATTEMPTS: usize = 4;
+/// Pause between two polls of a node.
+const POLL: Duration = Duration::from_millis(50);
+
+static CLUSTER_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One `redis-server` process of a cluster.
+struct Node {
+    port: u16,
+    bus: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+/// A Redis Cluster of `primaries` primaries (no Cluster replicas), all slots
+/// covered, every node reporting `cluster_state:ok`.
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+/// Two distinct free ports (client, bus), both bound at once so the
+/// operating system hands out different ones; released just before the
+/// server binds them (a race with other processes, retried by the caller).
+fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let ports = (
+        a.local_addr().expect("local address").port(),
+        b.local_addr().expect("local address").port(),
+    );
+    drop((a, b));
+    ports
+}
+
+/// `redis-cli -p <port> <args…>`: its standard output, trimmed, or `None`
+/// when the node does not answer.
+pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli (is redis-tools installed?)");
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // redis-cli exits 0 and prints on stderr when it cannot connect.
+    (output.status.success() && !text.starts_with("Could not connect")).then_some(text)
+}
+
+/// Runs `redis-server` for a node in `dir` on `port` and `bus`.
+fn spawn(dir: &Path, port: u16, bus: u16) -> Child {
+    Command::new("redis-server")
+        .current_dir(dir)
+        .args(["--port", &port.to_string()])
+        .args(["--cluster-port", &bus.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", "nodes.conf"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--maxmemory-policy", "noeviction"])
+        .args(["--dir", &dir.to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run redis-server (is it installed?)")
+}
+
+/// Waits (bounded) until the server at `port` answers as `child`; `false` when
+/// it exited or did not answer in time (then it is killed).
+fn answers(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + NODE_START_BOUND;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            // It exited: most likely a port taken meanwhile.
+            return false;
+        }
+        // Our process, not another one that took the port first (then
+        // ours exits, seen above).
+        let pid = format!("process_id:{}", child.id());
+        let info = cli(port, &["INFO", "server"]).unwrap_or_default();
+        if info.lines().any(|line| line.trim() == pid) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+impl Node {
+    /// Starts one node in `dir`, with new ports per attempt, and waits for
+    /// PING.
+    fn start(dir: &Path) -> Node {
+        std::fs::create_dir_all(dir).expect("create the node directory");
+        for _attempt in 0..NODE_START_ATTEMPTS {
+            let (port, bus) = free_port_pair();
+            let mut child = spawn(dir, port, bus);
+            if answers(&mut child, port) {
+                let dir = dir.to_owned();
+                return Node {
+                    port,
+                    bus,
+                    dir,
+                    child,
+                };
+            }
+            let _ = std::fs::remove_file(dir.join("nodes.conf"));
+        }
+        panic!("redis-server did not start in {NODE_START_ATTEMPTS} attempts in {dir:?}");
+    }
+}
+
+impl RedisCluster {
+    /// Starts `primaries` nodes (at least 3, what `redis-cli --cluster
+    /// create` accepts), joins them into one cluster covering every slot
+    /// and waits until each reports `cluster_state:ok` and sees them all.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` or `redis-cli` is missing, a node does not
+    /// start, the create fails, or the cluster is not ok within
+    /// [`CLUSTER_OK_BOUND`].
+    pub fn start(primaries: usize) -> RedisCluster {
+        RedisCluster::start_with_replicas(primaries, 0)
+    }
+
+    /// [`start`](Self::start) with `replicas` Cluster replicas per primary
+    /// (`--cluster-replicas`), each following its primary.
+    pub fn start_with_replicas(primaries: usize, replicas: usize) -> RedisCluster {
+        let started = Instant::now();
+        let dir = std::env::temp_dir().join(format!(
+            "qs-cluster-{}-{}",
+            std::process::id(),
+            CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Built node by node into `cluster`, so that a panic part way still
+        // kills the nodes already started (Drop).
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for index in 0..primaries * (1 + replicas) {
+            let node = Node::start(&cluster.dir.join(format!("node-{index}")));
+            cluster.nodes.push(node);
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        cluster.wait_ok();
+        println!(
+            "cluster of {primaries} primaries, {replicas} replicas each, ready in {:?}",
+            started.elapsed()
+        );
+        cluster
+    }
+
+    /// Waits (bounded) until every node reports `cluster_state:ok` and
+    /// knows every other node, and every Cluster replica's link to its
+    /// primary is up (a `CLUSTER FAILOVER` before the first sync times out
+    /// and changes nothing).
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + CLUSTER_OK_BOUND;
+        let count = self.nodes.len().to_string();
+        for node in &self.nodes {
+            loop {
+                let info = cli(node.port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                let ok = info.lines().any(|l| l.trim() == "cluster_state:ok")
+                    && info
+                        .lines()
+                        .any(|l| l.trim() == format!("cluster_known_nodes:{count}"))
+                    && (role(node.port).as_deref() == Some("master")
+                        || cli(node.port, &["INFO", "replication"]).is_some_and(|r| {
+                            r.lines().any(|l| l.trim() == "master_link_status:up")
+                        }));
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} not cluster_state:ok within {CLUSTER_OK_BOUND:?}",
+                    node.port
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// The client port of every node.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|node| node.port).collect()
+    }
+
+    /// The client ports of the nodes that are primaries right now.
+    pub fn primary_ports(&self) -> Vec<u16> {
+        self.ports()
+            .into_iter()
+            .filter(|port| role(*port).as_deref() == Some("master"))
+            .collect()
+    }
+
+    /// A node to give a cluster client as its seed.
+    pub fn seed_port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
+    /// A manual `CLUSTER FAILOVER` through the replica at `port`: it waits
+    /// for its primary to be caught up, then takes its place (no write
+    /// lost). Returns once the replica reports itself primary and every
+    /// node is `cluster_state:ok` again (bounded).
+    pub fn failover(&self, port: u16) {
+        assert_eq!(
+            cli(port, &["CLUSTER", "FAILOVER"]).as_deref(),
+            Some("OK"),
+            "CLUSTER FAILOVER on {port}"
+        );
+        let deadline = Instant::now() + CLUSTER_OK_BOUND;
+        while role(port).as_deref() != Some("master") {
+            assert!(
+                Instant::now() < deadline,
+                "node {port} not primary within {CLUSTER_OK_BOUND:?}"
+            );
+            std::thread::sleep(POLL);
+        }
+        self.wait_ok();
+    }
+
+    /// SIGKILL of the node at `port` (its data is gone: no persistence).
+    pub fn kill(&mut self, port: u16) {
+        let node = self.node_mut(port);
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+
+    /// Starts the node at `port` again after [`kill`](Self::kill), on the
+    /// same ports and `nodes.conf` (so it rejoins with its identity and
+    /// slots, empty), and waits until the cluster is ok again (bounded).
+    pub fn restart(&mut self, port: u16) {
+        let node = self.node_mut(port);
+        node.child = spawn(&node.dir, node.port, node.bus);
+        assert!(
+            answers(&mut node.child, port),
+            "node {port} did not come back"
+        );
+        self.wait_ok();
+    }
+
+    fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// `FLUSHALL` on every primary: the whole dataset gone, as a cluster
+    /// restarted empty would be (the topology stays).
+    pub fn flush_all(&self) {
+        for port in self.primary_ports() {
+            assert_eq!(
+                cli(port, &["FLUSHALL"]).as_deref(),
+                Some("OK"),
+                "FLUSHALL on node {port}"
+            );
+        }
+    }
+
+    /// Keys held by every primary together.
+    pub fn dbsize(&self) -> u64 {
+        self.primary_ports()
+            .into_iter()
+            .map(|port| {
+                cli(port, &["DBSIZE"])
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .expect("DBSIZE answers")
+            })
+            .sum()
+    }
+}
+
+/// The first line of `ROLE`: `master` or `slave` (`None`: no answer).
+pub fn role(port: u16) -> Option<String> {
+    cli(port, &["ROLE"]).and_then(|text| text.lines().next().map(str::to_owned))
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
