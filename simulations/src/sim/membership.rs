@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use super::{connect_app, Members, Observer, World};
 use crate::config::SimConfig;
 use crate::report::Report;
+use crate::trace::Trace;
 
 /// The joining and leaving replica (D): the last of the four.
 const JOINING: usize = 3;
@@ -107,6 +108,20 @@ fn initial() -> Members {
 ///
 /// An invalid configuration, or a runtime that cannot be built.
 pub fn membership(config: &SimConfig, procedure: Procedure) -> anyhow::Result<Report> {
+    membership_observed(config, procedure, Observer::default()).map(|(report, _)| report)
+}
+
+/// [`membership`] with a trace and/or a progress callback (`replay
+/// --scenario membership`).
+///
+/// # Errors
+///
+/// An invalid configuration, or a runtime that cannot be built.
+pub fn membership_observed(
+    config: &SimConfig,
+    procedure: Procedure,
+    observer: Observer,
+) -> anyhow::Result<(Report, Option<Trace>)> {
     // The run's own quorums are D's member step's (N = 4, W = 3, R = 2);
     // each app server gets its step's from `Members`.
     let config = config.clone().with_quorums(REPLICAS, 3, 2);
@@ -115,7 +130,7 @@ pub fn membership(config: &SimConfig, procedure: Procedure) -> anyhow::Result<Re
     super::PANICKED.with(|p| p.set(false));
     let (runtime, local) = super::virtual_runtime()?;
     let outcome = local.block_on(&runtime, async move {
-        let world = World::start(config, Observer::default(), Some(initial())).await?;
+        let world = World::start(config, observer, Some(initial())).await?;
         // D does not exist yet: down, and out of the faults' reach.
         world.retired.borrow_mut()[JOINING] = true;
         world.net.lock().stop(JOINING);
@@ -148,7 +163,7 @@ pub fn membership(config: &SimConfig, procedure: Procedure) -> anyhow::Result<Re
             driver.phase = super::Phase::Done;
             driver.end_us = world.now_us();
         }
-        Ok(world.finish().0)
+        Ok(world.finish())
     });
     drop(local);
     drop(runtime);

@@ -60,7 +60,7 @@ use crate::trace::{EventKind, Trace, TraceOptions};
 use crate::workload::Workload;
 use clock::VirtualClock;
 pub use clock::START_UNIX_MS;
-pub use membership::{membership, Procedure};
+pub use membership::{membership, membership_observed, Procedure};
 use net::{Net, ServerRules};
 
 /// How often the quiesce phase checks for convergence.
