@@ -42,5 +42,6 @@ pub mod workload;
 pub use config::SimConfig;
 pub use report::Report;
 pub use sim::{
-    full_cluster_restart, membership, membership_observed, run, run_observed, FullRestartReport, Observer, Procedure,
+    full_cluster_restart, membership, membership_observed, run, run_observed, FullRestartReport,
+    Observer, Procedure,
 };

@@ -148,8 +148,7 @@ pub fn membership_observed(
         }
         world.clone().arrivals().await;
         let started = tokio::time::Instant::now();
-        while !done.get() && started.elapsed() < PROCEDURE_BOUND && world.panic.borrow().is_none()
-        {
+        while !done.get() && started.elapsed() < PROCEDURE_BOUND && world.panic.borrow().is_none() {
             tokio::time::sleep(POLL).await;
         }
         anyhow::ensure!(done.get(), "the membership procedure did not finish");
