@@ -9,6 +9,7 @@
 //! [`Procedure::Documented`] follows the document; the other procedures
 //! skip one of its safeguards, for the detector tests.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,16 +27,20 @@ const REPLICAS: usize = 4;
 /// How often the procedure looks at the workload's progress.
 const POLL: Duration = Duration::from_millis(10);
 /// A rolled-out app server keeps serving the requests it already took
-/// this long before it shuts down (longer than a request's deadlines).
-const DRAIN: Duration = Duration::from_secs(3);
-/// The rolled-out server's shutdown deadline (hint handover).
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
+/// this long before it shuts down (a read and its blocking repair, each
+/// within the 500 ms request timeout).
+const DRAIN: Duration = Duration::from_secs(1);
+/// The rolled-out server's shutdown deadline (its writes finish, its hints
+/// are handed over).
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 /// The operator's flag-free passes until D shows complete, at most.
 const OPERATOR_TRIES: usize = 100;
 /// Between two tries (another pass holds the lease, D unreachable).
 const OPERATOR_RETRY: Duration = Duration::from_millis(200);
-/// Virtual time the procedure may still take after the workload ended.
-const PROCEDURE_BOUND: Duration = Duration::from_secs(120);
+/// A step starts only once every server of the step before last has
+/// stopped; waiting for that takes at most this long (their drain and
+/// shutdown deadline, and a margin).
+const STOPPED_BOUND: Duration = Duration::from_secs(10);
 
 /// How the membership change is carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +143,7 @@ pub fn membership_observed(
         if !world.config.faults.kinds.is_empty() {
             world.spawn(world.clone().inject_faults());
         }
-        let done = Rc::new(std::cell::Cell::new(false));
+        let done = Rc::new(Cell::new(false));
         {
             let (world, done) = (world.clone(), done.clone());
             world.clone().spawn(async move {
@@ -147,11 +152,13 @@ pub fn membership_observed(
             });
         }
         world.clone().arrivals().await;
-        let started = tokio::time::Instant::now();
-        while !done.get() && started.elapsed() < PROCEDURE_BOUND && world.panic.borrow().is_none() {
-            tokio::time::sleep(POLL).await;
-        }
-        anyhow::ensure!(done.get(), "the membership procedure did not finish");
+        world.check_panic();
+        // Every step must have served under load: the procedure is done by
+        // the time the last operation is issued.
+        anyhow::ensure!(
+            done.get(),
+            "the workload ended before the membership procedure: raise --ops or lower --ops-per-sec"
+        );
         world.heal().await;
         world.check_panic();
         world.quiesce().await;
@@ -178,6 +185,8 @@ impl World {
     async fn procedure(self: Rc<Self>, procedure: Procedure) {
         let rolls = procedure.rolls();
         let slots = self.app_count();
+        // Rolled-out servers still finishing their requests.
+        let draining = Rc::new(Cell::new(0usize));
         // Step 0, then each slot of each roll, then D's stop: marks evenly
         // spaced over the operations.
         let marks = 1 + rolls.len() * slots + 1;
@@ -192,21 +201,36 @@ impl World {
         self.retired.borrow_mut()[JOINING] = false;
         self.trace(|| "membership: D (r3) starts empty".to_owned());
         for (members, operator_pass) in rolls {
+            // "Start the next step only when the previous one reached every
+            // server": no server of the step before it still serves.
+            self.wait_stopped(&draining).await;
             for slot in 0..slots {
-                self.roll(slot, &members).await;
+                self.roll(slot, &members, &draining).await;
                 self.wait_for_ops(next_mark()).await;
             }
             if operator_pass {
+                self.wait_stopped(&draining).await;
                 self.operator_pass(&members).await;
             }
         }
+        self.wait_stopped(&draining).await;
         // D leaves: stopped, and no longer part of what is checked.
         self.retired.borrow_mut()[JOINING] = true;
         self.net.lock().stop(JOINING);
         self.trace(|| "membership: D (r3) stopped".to_owned());
     }
 
-    /// Waits until the workload issued `target` operations.
+    /// Waits until every rolled-out server has stopped (at most
+    /// [`STOPPED_BOUND`]).
+    async fn wait_stopped(&self, draining: &Cell<usize>) {
+        let started = tokio::time::Instant::now();
+        while draining.get() > 0 && started.elapsed() < STOPPED_BOUND {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until the workload issued `target` operations (always
+    /// reached: every target is below the run's operation count).
     async fn wait_for_ops(&self, target: u64) {
         while self.driver().issued < target {
             tokio::time::sleep(POLL).await;
@@ -215,7 +239,7 @@ impl World {
 
     /// Replaces slot `slot`'s app server with one on `members`: the new
     /// one serves at once, the old one finishes what it took, then stops.
-    async fn roll(self: &Rc<Self>, slot: usize, members: &Members) {
+    async fn roll(self: &Rc<Self>, slot: usize, members: &Members, draining: &Rc<Cell<usize>>) {
         let offset = self.app_offset(slot);
         let mut rng = {
             let mut driver = self.driver();
@@ -234,9 +258,12 @@ impl World {
         .expect("every step's configuration is valid");
         let old = std::mem::replace(&mut self.apps.borrow_mut()[slot].coordinator, next);
         self.trace(|| format!("membership: c{slot} rolled to {members:?}"));
+        draining.set(draining.get() + 1);
+        let draining = draining.clone();
         self.spawn(async move {
             tokio::time::sleep(DRAIN).await;
             old.shutdown(SHUTDOWN_DEADLINE).await;
+            draining.set(draining.get() - 1);
         });
     }
 
