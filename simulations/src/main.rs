@@ -300,14 +300,22 @@ fn progress_bar(len: u64, unit: &str) -> Option<ProgressBar> {
 
 fn run(args: &RunArgs) -> Result<ExitCode> {
     let config = args.sim.config()?;
-    eprintln!(
-        "seed {} (N={} W={} R={}, {} ops)",
-        config.seed,
-        config.replicas,
-        config.write_quorum(),
-        config.read_quorum(),
-        config.ops
-    );
+    if args.sim.scenario == Scenario::Standard {
+        eprintln!(
+            "seed {} (N={} W={} R={}, {} ops)",
+            config.seed,
+            config.replicas,
+            config.write_quorum(),
+            config.read_quorum(),
+            config.ops
+        );
+    } else {
+        // The procedure sets N, W and R step by step.
+        eprintln!(
+            "seed {} (scenario {:?}: A B C, D added then removed; {} ops)",
+            config.seed, args.sim.scenario, config.ops
+        );
+    }
     let bar = (config.ops >= 20_000)
         .then(|| progress_bar(config.ops, "ops"))
         .flatten();
