@@ -37,7 +37,7 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
 const OPERATOR_TRIES: usize = 100;
 /// Between two tries (another pass holds the lease, D unreachable).
 const OPERATOR_RETRY: Duration = Duration::from_millis(200);
-/// A step starts only once every server of the step before last has
+/// A step starts only once the servers the previous step replaced have
 /// stopped; waiting for that takes at most this long (their drain and
 /// shutdown deadline, and a margin).
 const STOPPED_BOUND: Duration = Duration::from_secs(10);
@@ -59,22 +59,9 @@ pub enum Procedure {
 }
 
 impl Procedure {
-    /// The CLI's names.
-    pub const ALL: [(&'static str, Procedure); 3] = [
-        ("membership", Procedure::Documented),
-        ("membership-add-unflagged", Procedure::AddWithoutWriteOnly),
-        ("membership-remove-one-roll", Procedure::RemoveInOneRoll),
-    ];
-
     /// The rolls, in order: each the members every app server moves to,
     /// and whether the operator's flag-free pass follows it.
     fn rolls(self) -> Vec<(Members, bool)> {
-        let abc = || Members {
-            replicas: vec![0, 1, 2],
-            write_quorum: 2,
-            read_quorum: 2,
-            write_only: Vec::new(),
-        };
         let abcd = |write_only: &[usize]| Members {
             replicas: vec![0, 1, 2, JOINING],
             write_quorum: 3,
@@ -90,7 +77,7 @@ impl Procedure {
         if self != Procedure::RemoveInOneRoll {
             rolls.push((abcd(&[JOINING]), false));
         }
-        rolls.push((abc(), false));
+        rolls.push((initial(), false));
         rolls
     }
 }
@@ -111,7 +98,8 @@ fn initial() -> Members {
 ///
 /// # Errors
 ///
-/// An invalid configuration, or a runtime that cannot be built.
+/// An invalid configuration, a runtime that cannot be built, or a
+/// workload too short to hold every step.
 pub fn membership(config: &SimConfig, procedure: Procedure) -> anyhow::Result<Report> {
     membership_observed(config, procedure, Observer::default()).map(|(report, _)| report)
 }
@@ -293,14 +281,16 @@ impl World {
         )
         .await
         .expect("the operator's configuration is valid");
+        let mut complete = false;
         for _ in 0..OPERATOR_TRIES {
             let _ = operator.anti_entropy().await;
-            if self.net.lock().is_complete(JOINING) {
+            complete = self.net.lock().is_complete(JOINING);
+            if complete {
                 break;
             }
             tokio::time::sleep(OPERATOR_RETRY).await;
         }
-        self.trace(|| "membership: operator pass done".to_owned());
+        self.trace(|| format!("membership: operator pass done, D complete: {complete}"));
         operator.shutdown(SHUTDOWN_DEADLINE).await;
     }
 }

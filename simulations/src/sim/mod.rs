@@ -28,6 +28,10 @@
 //! 3. **Audit.** Every created session is read once more, then the final
 //!    server states are judged by the checker (`checker::Checker`).
 //!
+//! [`membership`] runs the same phases while the app servers are rolled
+//! through `docs/membership.md`'s steps (a fourth replica added, then
+//! removed), one slot at a time (`membership`).
+//!
 //! [`Coordinator`]: quorum_sessions::Coordinator
 //! [`Coordinator::anti_entropy`]: quorum_sessions::Coordinator::anti_entropy
 //! [`Replica`]: quorum_sessions::replica::Replica
