@@ -41,4 +41,7 @@ pub mod workload;
 
 pub use config::SimConfig;
 pub use report::Report;
-pub use sim::{full_cluster_restart, run, run_observed, FullRestartReport, Observer};
+pub use sim::{
+    full_cluster_restart, membership, membership_observed, run, run_observed, FullRestartReport,
+    Observer, Procedure,
+};

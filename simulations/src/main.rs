@@ -50,6 +50,34 @@ enum Command {
     Replay(ReplayArgs),
 }
 
+/// What the run does besides the workload and faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// N replicas serve throughout (the default).
+    Standard,
+    /// docs/membership.md under the workload: a 4th replica (D) added to
+    /// A B C, then removed, app servers rolled one at a time per step.
+    Membership,
+    /// As `membership`, wrongly: D listed without write-only in the add's
+    /// first roll (the checker should catch it on some seeds).
+    MembershipAddUnflagged,
+    /// As `membership`, wrongly: D removed in one roll, without the
+    /// write-only step.
+    MembershipRemoveOneRoll,
+}
+
+impl Scenario {
+    /// The membership procedure, if any.
+    fn procedure(self) -> Option<sim::Procedure> {
+        match self {
+            Scenario::Standard => None,
+            Scenario::Membership => Some(sim::Procedure::Documented),
+            Scenario::MembershipAddUnflagged => Some(sim::Procedure::AddWithoutWriteOnly),
+            Scenario::MembershipRemoveOneRoll => Some(sim::Procedure::RemoveInOneRoll),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum RepairMode {
     Blocking,
@@ -114,6 +142,11 @@ struct SimArgs {
     /// Virtual arrival rate of client operations, per second.
     #[arg(long, default_value_t = 4_000.0)]
     ops_per_sec: f64,
+    /// `membership`: replicas A B C plus D added and removed while app
+    /// servers roll (N, W, R are the procedure's; see docs/membership.md);
+    /// the two `membership-*` variants do it wrongly.
+    #[arg(long, value_enum, default_value_t = Scenario::Standard)]
+    scenario: Scenario,
 }
 
 impl SimArgs {
@@ -267,14 +300,22 @@ fn progress_bar(len: u64, unit: &str) -> Option<ProgressBar> {
 
 fn run(args: &RunArgs) -> Result<ExitCode> {
     let config = args.sim.config()?;
-    eprintln!(
-        "seed {} (N={} W={} R={}, {} ops)",
-        config.seed,
-        config.replicas,
-        config.write_quorum(),
-        config.read_quorum(),
-        config.ops
-    );
+    if args.sim.scenario == Scenario::Standard {
+        eprintln!(
+            "seed {} (N={} W={} R={}, {} ops)",
+            config.seed,
+            config.replicas,
+            config.write_quorum(),
+            config.read_quorum(),
+            config.ops
+        );
+    } else {
+        // The procedure sets N, W and R step by step.
+        eprintln!(
+            "seed {} (scenario {:?}: A B C, D added then removed; {} ops)",
+            config.seed, args.sim.scenario, config.ops
+        );
+    }
     let bar = (config.ops >= 20_000)
         .then(|| progress_bar(config.ops, "ops"))
         .flatten();
@@ -284,7 +325,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         observer.progress = Some(Box::new(move |done| bar.set_position(done)));
     }
     let started = Instant::now();
-    let (mut report, _) = sim::run_observed(&config, observer)?;
+    let (mut report, _) = run_scenario(&config, args.sim.scenario, observer)?;
     report.sim_ops_per_sec = report.ops as f64 / started.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -295,6 +336,18 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         print!("{}", report.render());
     }
     Ok(verdict(&report))
+}
+
+/// One run of `scenario`.
+fn run_scenario(
+    config: &SimConfig,
+    scenario: Scenario,
+    observer: Observer,
+) -> Result<(Report, Option<simulations::trace::Trace>)> {
+    match scenario.procedure() {
+        None => sim::run_observed(config, observer),
+        Some(procedure) => sim::membership_observed(config, procedure, observer),
+    }
 }
 
 fn verdict(report: &Report) -> ExitCode {
@@ -400,7 +453,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         progress: None,
     };
     let started = Instant::now();
-    let (mut report, trace) = sim::run_observed(&config, observer)?;
+    let (mut report, trace) = run_scenario(&config, args.sim.scenario, observer)?;
     report.sim_ops_per_sec = report.ops as f64 / started.elapsed().as_secs_f64();
     let trace = trace.expect("a trace was asked for");
     if !args.all {

@@ -48,6 +48,33 @@ fn run_is_the_default_and_prints_the_seed() {
     assert!(report.contains("simulated ops per second"));
 }
 
+/// `--scenario membership` runs the add-then-remove procedure clean (four
+/// replicas in the report); a workload too short to hold every step is
+/// refused rather than run with steps that served nothing.
+#[test]
+fn the_membership_scenario_runs_and_refuses_a_too_short_workload() {
+    let args = [
+        "--scenario",
+        "membership",
+        "--ops-per-sec",
+        "500",
+        "--seed",
+        "1",
+    ];
+    let output = simulations(&[&args[..], &["--ops", "8000"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("N=4 W=3 R=2"), "{report}");
+    assert!(report.contains("stale reads 0"), "{report}");
+    let output = simulations(&[&args[..], &["--ops", "500"]].concat());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("raise --ops"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn violations_make_the_exit_code_non_zero_and_name_the_seed() {
     let output = simulations(&[

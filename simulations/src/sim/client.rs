@@ -145,7 +145,8 @@ async fn write(
         WriteResult::Failed
     } else {
         // Boxed: the client task stays small to spawn.
-        let write = Box::pin(world.apps[coord].coordinator.write(&key, mutation));
+        let coordinator = world.coordinator(coord);
+        let write = Box::pin(coordinator.write(&key, mutation));
         match write.await {
             Ok(ack) => {
                 info.stamp = ack.stamp;
@@ -153,7 +154,9 @@ async fn write(
             }
             Err(Error::Gone) => WriteResult::Gone,
             Err(Error::Collision) => WriteResult::Collision,
-            Err(Error::QuorumNotReached { .. }) => WriteResult::Failed,
+            // A rolled app server that stopped under a late request: the
+            // write may or may not have landed (membership scenario only).
+            Err(Error::QuorumNotReached { .. } | Error::ShuttingDown) => WriteResult::Failed,
             Err(other) => panic!("the simulator's writes are valid: {other}"),
         }
     };
@@ -224,7 +227,8 @@ pub(super) async fn read(world: Rc<World>, coord: usize, session: SessionIndex, 
         .checker
         .read_invoked(session, invoked_at, clock_ms);
     // Boxed: the client task stays small to spawn.
-    let outcome = Box::pin(world.apps[coord].coordinator.read(&key)).await;
+    let coordinator = world.coordinator(coord);
+    let outcome = Box::pin(coordinator.read(&key)).await;
     let result = match outcome {
         Ok(Some(record)) => ReadResult::Found(record),
         // The public API does not say why a record is absent.
@@ -232,6 +236,12 @@ pub(super) async fn read(world: Rc<World>, coord: usize, session: SessionIndex, 
         Err(Error::Unavailable {
             needed, answered, ..
         }) => ReadResult::Unavailable { answered, needed },
+        // A rolled app server that stopped under a late request answers
+        // nothing (membership scenario only).
+        Err(Error::ShuttingDown) => ReadResult::Unavailable {
+            answered: 0,
+            needed: world.config.read_quorum(),
+        },
         Err(other) => panic!("the simulator's reads are valid: {other}"),
     };
     let latency_us = world.now_us() - invoked_at;

@@ -151,7 +151,10 @@ impl World {
         let n = self.config.replicas;
         let mut driver = self.driver();
         let replica = driver.rng.random_range(0..n);
-        let coord = driver.rng.random_range(0..self.apps.len());
+        let coord = driver.rng.random_range(0..self.app_count());
+        if self.is_retired(replica) {
+            return None; // not in the cluster: nothing to break
+        }
         let down = self.net.lock().servers[replica].down;
         let budget_ok =
             || !driver.faults.config.wipe_budget || self.wipe_budget_allows(&driver.faults);
@@ -193,7 +196,8 @@ impl World {
     /// restarts from a snapshot: it may lose the last second of writes.)
     fn wipe_budget_allows(&self, faults: &Faults) -> bool {
         let net = self.net.lock();
-        let all_complete = (0..self.config.replicas).all(|i| net.is_complete(i));
+        let all_complete =
+            (0..self.config.replicas).all(|i| self.is_retired(i) || net.is_complete(i));
         let loss_pending = faults
             .active
             .iter()
@@ -224,8 +228,7 @@ impl World {
                 *loss = loss.max(probability);
             }
             ActiveFault::Skew { coord, delta_ms } => {
-                self.apps[coord]
-                    .offset_ms
+                self.app_offset(coord)
                     .fetch_add(delta_ms, Ordering::Relaxed);
             }
         }
@@ -255,6 +258,9 @@ impl World {
         };
         self.trace(|| format!("fault #{id} ends: {}", fault.describe()));
         match fault {
+            ActiveFault::Crash { replica, .. } if self.is_retired(replica) => {
+                // Removed while it was down: it stays stopped.
+            }
             ActiveFault::Crash { replica, empty } => {
                 self.net.lock().start(replica, !empty);
                 self.trace(|| {
@@ -290,8 +296,7 @@ impl World {
                 self.net.lock().servers[replica].loss = remaining;
             }
             ActiveFault::Skew { coord, delta_ms } => {
-                self.apps[coord]
-                    .offset_ms
+                self.app_offset(coord)
                     .fetch_sub(delta_ms, Ordering::Relaxed);
             }
         }
@@ -305,6 +310,9 @@ impl World {
         }
         let net = self.net.lock();
         assert!(net.partitions.iter().all(|&p| p == 0), "no partition left");
-        assert!(net.servers.iter().all(|s| !s.down), "every server is up");
+        assert!(
+            (0..net.servers.len()).all(|r| self.is_retired(r) || !net.servers[r].down),
+            "every server in the cluster is up"
+        );
     }
 }

@@ -28,6 +28,10 @@
 //! 3. **Audit.** Every created session is read once more, then the final
 //!    server states are judged by the checker (`checker::Checker`).
 //!
+//! [`membership`] runs the same phases while the app servers are rolled
+//! through `docs/membership.md`'s steps (a fourth replica added, then
+//! removed), one slot at a time (`membership`).
+//!
 //! [`Coordinator`]: quorum_sessions::Coordinator
 //! [`Coordinator::anti_entropy`]: quorum_sessions::Coordinator::anti_entropy
 //! [`Replica`]: quorum_sessions::replica::Replica
@@ -35,6 +39,7 @@
 mod client;
 mod clock;
 mod faults;
+mod membership;
 pub(crate) mod net;
 mod store;
 
@@ -59,6 +64,7 @@ use crate::trace::{EventKind, Trace, TraceOptions};
 use crate::workload::Workload;
 use clock::VirtualClock;
 pub use clock::START_UNIX_MS;
+pub use membership::{membership, membership_observed, Procedure};
 use net::{Net, ServerRules};
 
 /// How often the quiesce phase checks for convergence.
@@ -107,7 +113,7 @@ pub fn run_observed(
     let (runtime, local) = virtual_runtime()?;
     let config = config.clone();
     let outcome = local.block_on(&runtime, async move {
-        let world = World::start(config, observer).await?;
+        let world = World::start(config, observer, None).await?;
         world.clone().run().await;
         Ok::<_, anyhow::Error>(world.finish())
     });
@@ -190,7 +196,15 @@ pub(crate) struct World {
     pub(crate) config: SimConfig,
     pub(crate) clock: VirtualClock,
     pub(crate) net: Net,
-    pub(crate) apps: Vec<AppServer>,
+    /// The app servers by slot. A slot's server is replaced when the
+    /// membership scenario rolls it; client operations clone the
+    /// coordinator out and never hold the borrow across an `.await`.
+    apps: RefCell<Vec<AppServer>>,
+    /// Replicas that are not in the cluster (yet, or any more): the
+    /// membership scenario's joining and leaving replica. Faults spare
+    /// them and convergence and the final check ignore them; all `false`
+    /// in every other run.
+    retired: RefCell<Vec<bool>>,
     driver: RefCell<Driver>,
     /// The first panic of a task (a driver invariant broken): the run
     /// stops and the panic resumes in the caller.
@@ -223,8 +237,71 @@ fn cluster_config(config: &SimConfig) -> ClusterConfig {
     cluster
 }
 
+/// The replicas an app server runs on and its quorums: one step of a
+/// membership change (every replica, with the run's quorums, elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Members {
+    /// Replica indexes, in order.
+    pub(crate) replicas: Vec<usize>,
+    pub(crate) write_quorum: usize,
+    pub(crate) read_quorum: usize,
+    /// Replicas written to but never read nor marked complete
+    /// (`ClusterConfig::write_only`).
+    pub(crate) write_only: Vec<usize>,
+}
+
+impl Members {
+    fn all(config: &SimConfig) -> Members {
+        Members {
+            replicas: (0..config.replicas).collect(),
+            write_quorum: config.write_quorum(),
+            read_quorum: config.read_quorum(),
+            write_only: Vec::new(),
+        }
+    }
+}
+
+/// Connects one app server (slot `coord`) over `members`, with the
+/// run's settings, a writer id and lease owner drawn from `rng`.
+async fn connect_app(
+    config: &SimConfig,
+    net: &Net,
+    clock: VirtualClock,
+    coord: usize,
+    members: &Members,
+    offset_ms: &Arc<AtomicI64>,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<Coordinator> {
+    let mut cluster = cluster_config(config);
+    cluster.write_quorum = members.write_quorum;
+    cluster.read_quorum = members.read_quorum;
+    cluster.write_only = members
+        .write_only
+        .iter()
+        .map(|r| net::replica_name(*r))
+        .collect();
+    let replicas: Vec<Arc<dyn Replica>> = members
+        .replicas
+        .iter()
+        .map(|&replica| Arc::new(net.link(coord, replica)) as Arc<dyn Replica>)
+        .collect();
+    Coordinator::builder(cluster, replicas)
+        .writer_id(rng.random_range(1..=quorum_sessions::stamp::WRITER_MAX))
+        .lease_owner(rng.random())
+        .wall_clock(clock.wall_clock(offset_ms.clone()))
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 impl World {
-    async fn start(config: SimConfig, observer: Observer) -> anyhow::Result<Rc<World>> {
+    /// Starts the cluster; the app servers run on `members` (every replica
+    /// with the run's quorums when `None`).
+    async fn start(
+        config: SimConfig,
+        observer: Observer,
+        members: Option<Members>,
+    ) -> anyhow::Result<Rc<World>> {
         let clock = VirtualClock::start();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let rules = ServerRules {
@@ -240,21 +317,13 @@ impl World {
             ChaCha8Rng::seed_from_u64(rng.random()),
         );
         net.lock().create_cluster();
-        let cluster = cluster_config(&config);
+        let members = members.unwrap_or_else(|| Members::all(&config));
         let skew = config.faults.skew_base_max_ms as i64;
         let mut apps = Vec::new();
         for coord in 0..config.workload.coordinators {
             let offset_ms = Arc::new(AtomicI64::new(rng.random_range(-skew..=skew)));
-            let replicas: Vec<Arc<dyn Replica>> = (0..config.replicas)
-                .map(|replica| Arc::new(net.link(coord, replica)) as Arc<dyn Replica>)
-                .collect();
-            let coordinator = Coordinator::builder(cluster.clone(), replicas)
-                .writer_id(rng.random_range(1..=quorum_sessions::stamp::WRITER_MAX))
-                .lease_owner(rng.random())
-                .wall_clock(clock.wall_clock(offset_ms.clone()))
-                .connect()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let coordinator =
+                connect_app(&config, &net, clock, coord, &members, &offset_ms, &mut rng).await?;
             apps.push(AppServer {
                 coordinator,
                 offset_ms,
@@ -280,11 +349,13 @@ impl World {
             end_us: 0,
             rng,
         };
+        let retired = RefCell::new(vec![false; config.replicas]);
         Ok(Rc::new(World {
             config,
             clock,
             net,
-            apps,
+            apps: RefCell::new(apps),
+            retired,
             driver: RefCell::new(driver),
             panic: RefCell::new(None),
         }))
@@ -300,7 +371,39 @@ impl World {
 
     /// App server `coord`'s wall clock, ms.
     pub(crate) fn wall_ms(&self, coord: usize) -> u64 {
-        self.apps[coord].coordinator.now_ms()
+        self.apps.borrow()[coord].coordinator.now_ms()
+    }
+
+    /// The app server in slot `coord` now (a handle: cheap to clone).
+    pub(crate) fn coordinator(&self, coord: usize) -> Coordinator {
+        self.apps.borrow()[coord].coordinator.clone()
+    }
+
+    /// App servers (slots).
+    pub(crate) fn app_count(&self) -> usize {
+        self.apps.borrow().len()
+    }
+
+    /// Slot `coord`'s wall-clock offset (shared by every server the slot
+    /// runs: the machine's clock, not the process's).
+    pub(crate) fn app_offset(&self, coord: usize) -> Arc<AtomicI64> {
+        self.apps.borrow()[coord].offset_ms.clone()
+    }
+
+    /// True when replica `replica` is not in the cluster now.
+    pub(crate) fn is_retired(&self, replica: usize) -> bool {
+        self.retired.borrow()[replica]
+    }
+
+    /// The data of the replicas in the cluster now, in replica order.
+    fn member_maps<'a>(&self, net: &'a net::NetState) -> Vec<&'a store::RecordStore> {
+        let retired = self.retired.borrow();
+        net.servers
+            .iter()
+            .zip(retired.iter())
+            .filter(|(_, &gone)| !gone)
+            .map(|(s, _)| &s.records)
+            .collect()
     }
 
     /// Adds a trace event about the whole cluster, its line built only when
@@ -382,7 +485,7 @@ impl World {
                 let (coord, op, issued) = {
                     let mut driver = self.driver();
                     let driver = &mut *driver;
-                    let coord = driver.rng.random_range(0..self.apps.len());
+                    let coord = driver.rng.random_range(0..self.app_count());
                     let op = driver.workload.next_op(&mut driver.rng);
                     driver.issued += 1;
                     driver.in_flight += 1;
@@ -441,6 +544,7 @@ impl World {
 
     fn hints_pending(&self) -> u64 {
         self.apps
+            .borrow()
             .iter()
             .map(|app| app.coordinator.stats().hints_pending)
             .sum()
@@ -451,8 +555,9 @@ impl World {
     fn converged(&self) -> (bool, bool) {
         let quiet = self.hints_pending() == 0;
         let net = self.net.lock();
-        let refilling = (0..self.config.replicas).any(|r| !net.is_complete(r));
-        let maps: Vec<_> = net.servers.iter().map(|s| &s.records).collect();
+        let refilling =
+            (0..self.config.replicas).any(|r| !self.is_retired(r) && !net.is_complete(r));
+        let maps = self.member_maps(&net);
         let diverged = any_diverged(
             &maps,
             net.server_ms(),
@@ -488,7 +593,7 @@ impl World {
                 self.trace(|| "operator asks for an anti-entropy pass".to_owned());
                 let (world, running) = (self.clone(), operator_pass.clone());
                 self.spawn(async move {
-                    let _ = world.apps[0].coordinator.anti_entropy().await;
+                    let _ = world.coordinator(0).anti_entropy().await;
                     *running.borrow_mut() = false;
                 });
             }
@@ -509,7 +614,7 @@ impl World {
         };
         futures::stream::iter(sessions)
             .for_each_concurrent(AUDIT_CONCURRENCY, |session| {
-                let coord = session as usize % self.apps.len();
+                let coord = session as usize % self.app_count();
                 client::read(self.clone(), coord, session, true)
             })
             .await;
@@ -520,7 +625,7 @@ impl World {
         let expired_before = self.expired_before_ms();
         let mut stats = {
             let net = self.net.lock();
-            let maps: Vec<_> = net.servers.iter().map(|s| &s.records).collect();
+            let maps = self.member_maps(&net);
             let mut driver = self.driver();
             driver.checker.final_check(
                 &maps,
@@ -535,7 +640,7 @@ impl World {
             stats
         };
         let mut hints_dropped = 0;
-        for app in &self.apps {
+        for app in self.apps.borrow().iter() {
             let s = app.coordinator.stats();
             stats.timeouts += s.replica_failures;
             stats.read_repairs += s.read_repairs;
@@ -607,7 +712,7 @@ pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartRep
     config.validate()?;
     let (runtime, local) = virtual_runtime()?;
     local.block_on(&runtime, async move {
-        let world = World::start(config, Observer::default()).await?;
+        let world = World::start(config, Observer::default(), None).await?;
         world.clone().arrivals().await;
         world.heal().await;
         world.quiesce().await;
@@ -624,7 +729,7 @@ pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartRep
             sessions: sessions.len() as u64,
             ..FullRestartReport::default()
         };
-        let coordinator = &world.apps[0].coordinator;
+        let coordinator = &world.coordinator(0);
         for &session in sessions.iter().step_by(7) {
             let (key, cap) = {
                 let driver = world.driver();
@@ -659,8 +764,8 @@ pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartRep
         tokio::time::sleep(Duration::from_secs(2)).await; // background ticks see it
         for (&session, truth) in sessions.iter().zip(&truth) {
             let key = world.driver().workload.session(session).key.clone();
-            for app in &world.apps {
-                if let Ok(answer) = app.coordinator.read(&key).await {
+            for coord in 0..world.app_count() {
+                if let Ok(answer) = world.coordinator(coord).read(&key).await {
                     report.answered_before_decision += 1;
                     if truth.is_some_and(|found| found != answer.is_some()) {
                         report.wrong_before_decision += 1;
@@ -681,8 +786,8 @@ pub fn full_cluster_restart(config: &SimConfig) -> anyhow::Result<FullRestartRep
         tokio::time::sleep(Duration::from_secs(2)).await; // every app server learns it
         for &session in &sessions {
             let key = world.driver().workload.session(session).key.clone();
-            for app in &world.apps {
-                if app.coordinator.read(&key).await.is_err() {
+            for coord in 0..world.app_count() {
+                if world.coordinator(coord).read(&key).await.is_err() {
                     report.unavailable_after_decision += 1;
                 }
             }

@@ -176,9 +176,14 @@ impl Net {
             net: self.clone(),
             coord,
             replica,
-            name: format!("r{replica}"),
+            name: replica_name(replica),
         }
     }
+}
+
+/// Replica `replica`'s name, as the coordinators know it.
+pub(crate) fn replica_name(replica: usize) -> String {
+    format!("r{replica}")
 }
 
 impl NetState {
