@@ -31,16 +31,26 @@ fn run(seed: u64, procedure: Procedure) -> Report {
     report
 }
 
-/// `wrong` counts stale reads on `seed`, the documented procedure none.
-fn caught_where_the_documented_procedure_is_clean(wrong: Procedure, seed: u64) {
-    let report = run(seed, wrong);
-    assert!(
-        report.violations.stale_reads > 0,
-        "{wrong:?} not caught on seed {seed}:\n{}",
-        report.render()
+/// `wrong` counts stale reads on at least one of `seeds` where the
+/// documented procedure counts no violation. Several seeds: which runs
+/// happen to expose the wrong procedure moves with any change to the
+/// coordinator's timing (the seeds were found by scanning 1–40; the last
+/// scan caught the unflagged add on 13 seeds, the one-roll removal on 5).
+fn caught_where_the_documented_procedure_is_clean(wrong: Procedure, seeds: &[u64]) {
+    let mut reports = Vec::new();
+    for &seed in seeds {
+        let report = run(seed, wrong);
+        if report.violations.stale_reads > 0 {
+            let right = run(seed, Procedure::Documented);
+            assert!(right.is_clean(), "seed {seed}:\n{}", right.render());
+            return;
+        }
+        reports.push(report.render());
+    }
+    panic!(
+        "{wrong:?} caught on none of {seeds:?}:\n{}",
+        reports.join("\n")
     );
-    let right = run(seed, Procedure::Documented);
-    assert!(right.is_clean(), "seed {seed}:\n{}", right.render());
 }
 
 /// The documented procedure (add D write-only, operator pass, D a member;
@@ -58,17 +68,17 @@ fn the_documented_procedure_counts_no_violation() {
 
 /// Listing D without the write-only flag in the add's first roll is caught:
 /// a new server's own pass marks D complete and reads it while old servers
-/// still write only to A B C. Seed 3 shows it (stale reads); the
-/// documented procedure is clean on it.
+/// still write only to A B C (stale reads on seeds 3, 12, 22 in the last
+/// scan).
 #[test]
 fn adding_without_write_only_is_caught() {
-    caught_where_the_documented_procedure_is_clean(Procedure::AddWithoutWriteOnly, 3);
+    caught_where_the_documented_procedure_is_clean(Procedure::AddWithoutWriteOnly, &[3, 12, 22]);
 }
 
 /// Removing D in one roll (no write-only step) is caught: servers reading D
-/// and one of A B C run beside servers that write only to A B C. Seed 20
-/// shows it (stale reads); the documented procedure is clean on it.
+/// and one of A B C run beside servers that write only to A B C (stale
+/// reads on seeds 5, 18, 39 in the last scan).
 #[test]
 fn removing_in_one_roll_is_caught() {
-    caught_where_the_documented_procedure_is_clean(Procedure::RemoveInOneRoll, 20);
+    caught_where_the_documented_procedure_is_clean(Procedure::RemoveInOneRoll, &[5, 18, 39]);
 }
