@@ -41,6 +41,36 @@ const HOUR_MS: u64 = 3_600_000;
 
 /// A replica on `cluster`, seeded with one node (fred learns the others
 /// from `CLUSTER SLOTS`).
+/// Writes field `a` = `x`, stamped `logical` at `now`, into each of `keys`.
+async fn seed<'a>(
+    replica: &RedisReplica,
+    keys: impl IntoIterator<Item = &'a String>,
+    now: u64,
+    logical: u64,
+) {
+    for key in keys {
+        let mut delta = live_record(now);
+        delta.fields.insert(
+            "a".into(),
+            FieldEntry::value(stamp_at(now, logical, 0, 1), "x"),
+        );
+        replica
+            .merge(key, &delta, MergeMode::Upsert, now)
+            .await
+            .expect("merge");
+    }
+}
+
+/// The node among `ports` that holds the replica's epoch key.
+fn epoch_holder(ports: Vec<u16>, replica: &RedisReplica) -> u16 {
+    ports
+        .into_iter()
+        .find(|port| {
+            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
+        })
+        .expect("a node holds the epoch key")
+}
+
 async fn cluster_replica(name: &str, cluster: &RedisCluster, format: StoredFormat) -> RedisReplica {
     let server = ServerConfig::new_clustered(vec![("127.0.0.1", cluster.seed_port())]);
     let mut config = RedisReplicaConfig::from_server(name, server);
@@ -487,25 +517,10 @@ async fn a_manual_failover_keeps_every_record_and_the_epoch() {
     let replica = cluster_replica("cluster-failover", &cluster, StoredFormat::V2).await;
     let now = wall_clock_ms();
     let keys: BTreeSet<String> = (0..40).map(|i| format!("s:{{fo-{i}}}")).collect();
-    for key in &keys {
-        let mut delta = live_record(now);
-        delta
-            .fields
-            .insert("a".into(), FieldEntry::value(stamp_at(now, 2, 0, 1), "x"));
-        replica
-            .merge(key, &delta, MergeMode::Upsert, now)
-            .await
-            .expect("merge");
-    }
+    seed(&replica, &keys, now, 2).await;
     let epoch = replica.ping().await.expect("ping");
     assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
-    let epoch_primary = cluster
-        .primary_ports()
-        .into_iter()
-        .find(|port| {
-            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
-        })
-        .expect("a primary holds the epoch key");
+    let epoch_primary = epoch_holder(cluster.primary_ports(), &replica);
     // `ROLE` on a replica: `slave`, then its primary's host and port.
     let follower = cluster
         .ports()
@@ -584,25 +599,10 @@ async fn the_epoch_primary_restarted_empty_gives_a_new_epoch() {
     let replica = cluster_replica("cluster-restart", &cluster, StoredFormat::V2).await;
     let now = wall_clock_ms();
     let keys: Vec<String> = (0..30).map(|i| format!("s:{{rs-{i}}}")).collect();
-    for key in &keys {
-        let mut delta = live_record(now);
-        delta
-            .fields
-            .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
-        replica
-            .merge(key, &delta, MergeMode::Upsert, now)
-            .await
-            .expect("merge");
-    }
+    seed(&replica, &keys, now, 1).await;
     let epoch = replica.ping().await.expect("ping");
     assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
-    let epoch_primary = cluster
-        .primary_ports()
-        .into_iter()
-        .find(|port| {
-            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
-        })
-        .expect("a primary holds the epoch key");
+    let epoch_primary = epoch_holder(cluster.primary_ports(), &replica);
     cluster.kill(epoch_primary);
     let down = replica.read(&keys[0]).await;
     println!("a read while the epoch primary is down: {down:?}");
@@ -650,25 +650,10 @@ async fn a_single_shard_flushed_changes_the_epoch() {
     let replica = cluster_replica("cluster-shard", &cluster, StoredFormat::V2).await;
     let now = wall_clock_ms();
     let keys: Vec<String> = (0..30).map(|i| format!("s:{{shard-{i}}}")).collect();
-    for key in &keys {
-        let mut delta = live_record(now);
-        delta
-            .fields
-            .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
-        replica
-            .merge(key, &delta, MergeMode::Upsert, now)
-            .await
-            .expect("merge");
-    }
+    seed(&replica, &keys, now, 1).await;
     let epoch = replica.ping().await.expect("ping");
     assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
-    let epoch_node = cluster
-        .ports()
-        .into_iter()
-        .find(|port| {
-            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
-        })
-        .expect("a node holds the epoch key");
+    let epoch_node = epoch_holder(cluster.ports(), &replica);
     let other = cluster
         .ports()
         .into_iter()
@@ -701,23 +686,8 @@ async fn a_primary_down_leaves_the_other_shards_readable() {
     let replica = cluster_replica("cluster-shard-down", &cluster, StoredFormat::V2).await;
     let now = wall_clock_ms();
     let keys: Vec<String> = (0..12).map(|i| format!("s:{{down-{i}}}")).collect();
-    for key in &keys {
-        let mut delta = live_record(now);
-        delta
-            .fields
-            .insert("a".into(), FieldEntry::value(stamp_at(now, 1, 0, 1), "x"));
-        replica
-            .merge(key, &delta, MergeMode::Upsert, now)
-            .await
-            .expect("merge");
-    }
-    let epoch_primary = cluster
-        .primary_ports()
-        .into_iter()
-        .find(|port| {
-            cluster_support::cli(*port, &["EXISTS", replica.epoch_key()]).as_deref() == Some("1")
-        })
-        .expect("a primary holds the epoch key");
+    seed(&replica, &keys, now, 1).await;
+    let epoch_primary = epoch_holder(cluster.primary_ports(), &replica);
     let other = cluster
         .primary_ports()
         .into_iter()

@@ -214,20 +214,12 @@ async fn connect(cli: &Cli) -> Result<Coordinator, Failure> {
     } else {
         builder.redis(&cli.redis)
     };
+    // Both or neither: a default for one would need N, which only the
+    // builder knows (it parses the URLs).
     let builder = match (cli.write_quorum, cli.read_quorum) {
         (None, None) => builder,
-        (w, r) => {
-            let n = if cli.redis.is_empty() {
-                std::env::var(&cli.redis_env)
-                    .unwrap_or_default()
-                    .split(|c: char| c == ',' || c.is_whitespace())
-                    .filter(|url| !url.is_empty())
-                    .count()
-            } else {
-                cli.redis.len()
-            };
-            builder.quorum(w.unwrap_or(n / 2 + 1), r.unwrap_or(n / 2 + 1))
-        }
+        (Some(w), Some(r)) => builder.quorum(w, r),
+        _ => return Err("give both -w and -r, or neither (majorities)".into()),
     };
     Ok(builder.connect_coordinator().await?)
 }
