@@ -427,7 +427,14 @@ async fn coordinator_on_three_clusters_writes_reads_refills_and_wipes() {
     // primary, and a new epoch.
     let before = replicas[2].ping().await.expect("ping");
     replicas[2].wipe().await.expect("wipe");
-    assert_eq!(clusters[2].dbsize(), 0, "wipe leaves no key on any primary");
+    // A health probe may renew the epoch at once (every witness stamped):
+    // the sessions are what must be gone.
+    let pattern = format!("{}s:*", replicas[2].key_prefix());
+    assert_eq!(
+        clusters[2].keys_matching(&pattern),
+        Vec::new(),
+        "wipe leaves no session on any primary"
+    );
     let after = replicas[2].ping().await.expect("ping after the wipe");
     assert!(
         after.id != before.id && !after.complete,
@@ -506,11 +513,14 @@ where
 
 /// A manual failover of the primary holding the epoch key (3 primaries, one
 /// Cluster replica each): afterwards every record is read back, merges are
-/// applied, a scan walks the new primaries and lists every key, and the
-/// epoch is the same, still complete (a manual failover loses nothing; in
-/// Cluster mode the epoch has no run-id check, see the README's limits).
+/// applied, a scan walks the new primaries and lists every key; and the
+/// epoch is a new, incomplete one: the promoted node is another Redis
+/// process than the one that stamped its slots' witnesses, so the replica
+/// cannot tell this failover (which lost nothing) from one to a lagging
+/// Cluster replica, and a coordinator refills it (as after a Sentinel
+/// failover of a standalone replica).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manual_failover_keeps_every_record_and_the_epoch() {
+async fn a_manual_failover_keeps_every_record_and_starts_a_new_epoch() {
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(3, 1))
         .await
         .expect("cluster start");
@@ -541,8 +551,8 @@ async fn a_manual_failover_keeps_every_record_and_the_epoch() {
     let mut failures = 0;
     let after = retried(&mut failures, || replica.ping()).await;
     assert!(
-        after.id == epoch.id && after.complete,
-        "the same epoch, still complete: {after:?}"
+        after.id != epoch.id && !after.complete,
+        "a new, incomplete epoch: {after:?}"
     );
     for key in &keys {
         let read = retried(&mut failures, || replica.read(key)).await;
@@ -633,21 +643,33 @@ async fn the_epoch_primary_restarted_empty_gives_a_new_epoch() {
 }
 
 // ---------------------------------------------------------------------------
-// The known limit.
+// Witnesses: a shard that lost its data is seen from its own keys.
 
-/// What issue 16 part 1 (an epoch per slot) must fix: a single primary of
-/// the cluster flushed, not the one holding the epoch key, goes unseen: the
-/// replica answers a read of a key that lived there as a miss in the old,
-/// complete epoch, which a coordinator takes as authoritative.
-#[tokio::test]
-#[ignore = "Cluster mode limit (README, issue 16 part 1): the epoch key lives on one shard; \
-            a FLUSHALL on another primary leaves the epoch complete and unchanged, so its \
-            lost records read as authoritative misses"]
-async fn a_single_shard_flushed_changes_the_epoch() {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+/// How a shard other than the epoch key's loses its data.
+#[derive(Clone, Copy, Debug)]
+enum ShardLoss {
+    /// `FLUSHALL` on its primary.
+    Flushed,
+    /// Its primary SIGKILLed and started again, empty (same `nodes.conf`).
+    RestartedEmpty,
+}
+
+/// A primary other than the one holding the epoch key loses its data: the
+/// next read of one of its keys finds the slot's witness missing, so the
+/// replica renews (every witness stamped, then a new epoch): no read after
+/// the loss answers a miss in the old, complete epoch (which a coordinator
+/// would take as an authoritative "not found"), and the epoch is new and
+/// incomplete (the coordinator refills the replica).
+async fn a_shard_loss_changes_the_epoch(loss: ShardLoss) {
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
         .await
         .expect("cluster start");
+    let connecting = Instant::now();
     let replica = cluster_replica("cluster-shard", &cluster, StoredFormat::V2).await;
+    println!(
+        "connected (every witness stamped) in {:?}",
+        connecting.elapsed()
+    );
     let now = wall_clock_ms();
     let keys: Vec<String> = (0..30).map(|i| format!("s:{{shard-{i}}}")).collect();
     seed(&replica, &keys, now, 1).await;
@@ -659,18 +681,144 @@ async fn a_single_shard_flushed_changes_the_epoch() {
         .into_iter()
         .find(|port| *port != epoch_node)
         .expect("another primary");
+    match loss {
+        ShardLoss::Flushed => assert_eq!(
+            cluster_support::cli(other, &["FLUSHALL"]).as_deref(),
+            Some("OK")
+        ),
+        ShardLoss::RestartedEmpty => tokio::task::block_in_place(|| {
+            cluster.kill(other);
+            cluster.restart(other);
+        }),
+    }
+    let mut failures = 0;
+    let (mut held, mut lost) = (0, 0);
+    // The first read of a key of the lost shard renews the epoch (every
+    // witness stamped): its time is the price of a renewal.
+    let reading = Instant::now();
+    for key in &keys {
+        let read = retried(&mut failures, || replica.read(key)).await;
+        assert!(
+            read.record.is_some() || !read.epoch.complete,
+            "a record lost with its shard reads as a miss in a complete epoch: {:?}",
+            read.epoch
+        );
+        match read.record {
+            Some(_) => held += 1,
+            None => lost += 1,
+        }
+    }
+    let after = replica.ping().await.expect("ping");
+    println!(
+        "{loss:?}: records held {held}, lost {lost}, read in {:?}; epoch {epoch:?} -> {after:?}; \
+         {failures} requests failed",
+        reading.elapsed()
+    );
+    assert!(lost > 0 && held > 0, "one shard of three lost its records");
+    assert!(
+        after.id != epoch.id && !after.complete,
+        "a new, incomplete epoch: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_shard_flushed_changes_the_epoch() {
+    a_shard_loss_changes_the_epoch(ShardLoss::Flushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_shard_restarted_empty_changes_the_epoch() {
+    a_shard_loss_changes_the_epoch(ShardLoss::RestartedEmpty).await;
+}
+
+/// A replica written by a build without witnesses (every witness deleted,
+/// its epoch complete) is adopted when a build with them connects: every
+/// slot stamped, the epoch kept, still complete (renewing every replica of
+/// a deployment at its upgrade would leave none complete). Deleting one
+/// other primary's witnesses (as its data loss would) renews instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_witnesses_is_adopted_with_its_epoch() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .expect("cluster start");
+    let replica = cluster_replica("cluster-adopt", &cluster, StoredFormat::V2).await;
+    let now = wall_clock_ms();
+    let keys: Vec<String> = (0..20).map(|i| format!("s:{{adopt-{i}}}")).collect();
+    seed(&replica, &keys, now, 1).await;
+    let epoch = replica.ping().await.expect("ping");
+    assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
+    let pattern = format!("{}epoch:w:*", replica.key_prefix());
+    let witnesses = cluster.keys_matching(&pattern);
+    assert_eq!(witnesses.len(), 16_384, "one witness per slot");
+    drop(replica);
+
+    tokio::task::block_in_place(|| cluster.delete_keys(&witnesses));
+    let upgraded = cluster_replica("cluster-adopt", &cluster, StoredFormat::V2).await;
+    let after = upgraded.ping().await.expect("ping");
+    assert!(
+        after.id == epoch.id && after.complete,
+        "the epoch kept, complete: {after:?}"
+    );
     assert_eq!(
-        cluster_support::cli(other, &["FLUSHALL"]).as_deref(),
-        Some("OK")
+        cluster.keys_matching(&pattern).len(),
+        16_384,
+        "stamped again"
     );
     for key in &keys {
-        let read = replica.read(key).await.expect("read");
-        assert!(
-            read.record.is_some() || !read.epoch.complete || read.epoch.id != epoch.id,
-            "a record lost with its shard reads as a miss in the old, complete epoch"
-        );
+        let read = upgraded.read(key).await.expect("read");
+        assert!(read.record.is_some() && read.epoch.id == after.id && read.epoch.complete);
     }
+
+    // One other primary's witnesses gone (as with its data): renewed.
+    let epoch_node = epoch_holder(cluster.ports(), &upgraded);
+    let other = cluster
+        .primary_ports()
+        .into_iter()
+        .find(|port| *port != epoch_node)
+        .expect("another primary");
+    let lost: Vec<(u16, String)> = cluster
+        .keys_matching(&pattern)
+        .into_iter()
+        .filter(|(port, _)| *port == other)
+        .collect();
+    tokio::task::block_in_place(|| cluster.delete_keys(&lost));
+    let mut failures = 0;
+    for key in &keys {
+        retried(&mut failures, || upgraded.read(key)).await;
+    }
+    let renewed = upgraded.ping().await.expect("ping");
+    assert!(
+        renewed.id != epoch.id && !renewed.complete,
+        "a slot's witness lost: a new epoch, {renewed:?}"
+    );
 }
+
+/// An epoch left *being renewed* (`<id>:s`: a renewal stopped half way, its
+/// app server gone) reads as incomplete, is never marked complete, and the
+/// next ping (the renewal lease free) renews it to a new epoch that can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_stopped_half_way_is_taken_over() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .expect("cluster start");
+    let replica = cluster_replica("cluster-takeover", &cluster, StoredFormat::V2).await;
+    let epoch_node = epoch_holder(cluster.ports(), &replica);
+    let stopped = "00000000000000aa:s";
+    assert_eq!(
+        cluster_support::cli(epoch_node, &["SET", replica.epoch_key(), stopped]).as_deref(),
+        Some("OK")
+    );
+    assert!(
+        !replica.mark_epoch_complete(0xaa).await.expect("mark"),
+        "an epoch being renewed is never marked complete"
+    );
+    let after = replica.ping().await.expect("ping");
+    assert!(after.id != 0xaa && !after.complete, "renewed: {after:?}");
+    assert!(replica.mark_epoch_complete(after.id).await.expect("mark"));
+}
+
+// ---------------------------------------------------------------------------
+// The known limit.
 
 /// What Cluster mode would need to stay up through one shard's outage: a
 /// primary (not the epoch key's) killed, without a Cluster replica to take

@@ -35,6 +35,14 @@ const CLUSTER_OK_BOUND: Duration = Duration::from_secs(30);
 /// Starts of one node with new ports when the first ones were taken by
 /// someone else between our probe and the server's bind.
 const NODE_START_ATTEMPTS: usize = 4;
+/// How long a manual failover may take, all attempts together.
+const FAILOVER_BOUND: Duration = Duration::from_secs(60);
+/// When a manual failover is sent again (Redis gives up on one after 5 s).
+const FAILOVER_RETRY_AFTER: Duration = Duration::from_secs(6);
+/// The nodes' `cluster-node-timeout` (Redis's default is 15 s): a node
+/// votes for one failover of a primary per twice this, so a failover sent
+/// again after a failed election waits less.
+const NODE_TIMEOUT_MS: &str = "5000";
 /// Pause between two polls of a node.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -92,6 +100,7 @@ fn spawn(dir: &Path, port: u16, bus: u16) -> Child {
         .args(["--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", "nodes.conf"])
+        .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
         .args(["--save", "", "--appendonly", "no"])
         .args(["--maxmemory-policy", "noeviction"])
         .args(["--dir", &dir.to_string_lossy()])
@@ -262,20 +271,33 @@ impl RedisCluster {
     /// A manual `CLUSTER FAILOVER` through the replica at `port`: it waits
     /// for its primary to be caught up, then takes its place (no write
     /// lost). Returns once the replica reports itself primary and every
-    /// node is `cluster_state:ok` again (bounded).
+    /// node is `cluster_state:ok` again (bounded). Redis drops a manual
+    /// failover that did not finish within 5 s (a slow election on a
+    /// loaded machine: CI once saw one never finish), so the command is
+    /// sent again every [`FAILOVER_RETRY_AFTER`], within
+    /// [`FAILOVER_BOUND`].
     pub fn failover(&self, port: u16) {
-        assert_eq!(
-            cli(port, &["CLUSTER", "FAILOVER"]).as_deref(),
-            Some("OK"),
-            "CLUSTER FAILOVER on {port}"
-        );
-        let deadline = Instant::now() + CLUSTER_OK_BOUND;
-        while role(port).as_deref() != Some("master") {
-            assert!(
-                Instant::now() < deadline,
-                "node {port} not primary within {CLUSTER_OK_BOUND:?}"
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        let mut attempts = 0;
+        'attempts: loop {
+            attempts += 1;
+            assert_eq!(
+                cli(port, &["CLUSTER", "FAILOVER"]).as_deref(),
+                Some("OK"),
+                "CLUSTER FAILOVER on {port}"
             );
-            std::thread::sleep(POLL);
+            let retry_at = Instant::now() + FAILOVER_RETRY_AFTER;
+            while role(port).as_deref() != Some("master") {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {port} not primary within {FAILOVER_BOUND:?} ({attempts} attempts)"
+                );
+                if Instant::now() > retry_at {
+                    continue 'attempts;
+                }
+                std::thread::sleep(POLL);
+            }
+            break;
         }
         self.wait_ok();
     }
@@ -316,6 +338,47 @@ impl RedisCluster {
                 Some("OK"),
                 "FLUSHALL on node {port}"
             );
+        }
+    }
+
+    /// The keys matching the glob `pattern`, on every primary, with the
+    /// port of the primary holding each.
+    pub fn keys_matching(&self, pattern: &str) -> Vec<(u16, String)> {
+        let mut keys = Vec::new();
+        for port in self.primary_ports() {
+            let listed = cli(port, &["--scan", "--pattern", pattern]).expect("SCAN answers");
+            keys.extend(
+                listed
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .map(|key| (port, key.to_owned())),
+            );
+        }
+        keys
+    }
+
+    /// `DEL` of each key on its primary (one command per key: no CROSSSLOT),
+    /// through one `redis-cli` per primary fed on its standard input.
+    pub fn delete_keys(&self, keys: &[(u16, String)]) {
+        use std::io::Write;
+        for port in self.primary_ports() {
+            let mut commands = String::new();
+            for (_, key) in keys.iter().filter(|(on, _)| *on == port) {
+                commands.push_str(&format!("DEL {key}\n"));
+            }
+            let mut child = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("run redis-cli");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(commands.as_bytes())
+                .expect("feed redis-cli");
+            assert!(child.wait().expect("redis-cli ends").success());
         }
     }
 

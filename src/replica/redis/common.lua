@@ -10,8 +10,9 @@
 -- (string.sub, string.find, redis.call, ...) and each new string costs far
 -- more than a Lua operation: the hot paths call as few as they can, validate
 -- each distinct stamp or field name once per call, and never call `INFO`
--- (the caller passes the run id of the Redis process it is connected to;
--- only a call that finds no epoch made by that run id checks it with INFO).
+-- outside Cluster mode (the caller passes the run id of the Redis process
+-- it is connected to; only a call that finds no epoch made by that run id
+-- checks it with INFO).
 
 -- -1, 0 or 1 as `a` sorts before, equal to or after `b`, byte by byte (a
 -- proper prefix sorts first), like Rust's `[u8]` ordering.
@@ -85,7 +86,9 @@ local function epoch_read(key, run_key, run_id)
     end
     return false
   end
-  if #value ~= 18 or string.find(value, '^[0-9a-f]+:[cn]$') == nil then
+  -- `:s`: Cluster mode, being renewed (witness.rs); refused by parse_epoch
+  -- elsewhere.
+  if #value ~= 18 or string.find(value, '^[0-9a-f]+:[cns]$') == nil then
     return nil, 'CORRUPT the epoch key holds foreign data'
   end
   if run_key ~= nil and run ~= run_id then
@@ -105,6 +108,29 @@ end
 local function valid_run_id(run_key, run_id)
   if run_key == nil then return true end
   return run_id ~= nil and #run_id > 0 and #run_id <= 64 and string.find(run_id, '^[0-9A-Za-z]+$') ~= nil
+end
+
+-- The run id of the Redis process running this script (`INFO server`:
+-- about 3 µs).
+local function running_run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:([0-9A-Za-z]+)')
+end
+
+-- Cluster mode: checks the witness of the slot this call works in (see
+-- witness.rs): a key of that slot holding the run id of the Redis process
+-- that stamped it, before the epoch that covers the slot was made. nil when
+-- it names the running process, else an error, before any write: NOWITNESS
+-- (missing: the slot lost its data, or was never stamped) or NEWPROCESS
+-- (stamped by another process: a restart that loaded a snapshot, a
+-- failover to a Cluster replica, a slot migrated from another node). Foreign
+-- data: GET fails with WRONGTYPE. The running process is asked every time
+-- (one INFO): a caller cannot know which process a Cluster node's slot is
+-- served by when its call arrives (a MOVED redirect sends the same call on).
+local function witness_check(key)
+  local value = redis.call('GET', key)
+  if not value then return 'NOWITNESS the slot has no witness: it may have lost its data' end
+  if running_run_id() == value then return nil end
+  return 'NEWPROCESS the slot was stamped by another Redis process'
 end
 
 -- Makes a new epoch from the caller's random candidate when `value` is false

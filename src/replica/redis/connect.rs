@@ -16,7 +16,7 @@ use super::queue::{MergeCalls, MergeQueue};
 use super::{
     EvictionCheck, Inner, RedisConnectError, RedisReplica, RedisReplicaConfig, EPOCH_KEY_SUFFIX,
     EPOCH_LUA, EVICTION_OK, EVICTION_REFUSED, EVICTION_UNCHECKED, LEASE_KEY_SUFFIX, LEASE_LUA,
-    MERGE_LUA, RUN_KEY_SUFFIX,
+    MERGE_LUA, READ_LUA, RUN_KEY_SUFFIX,
 };
 use crate::error::ReplicaError;
 
@@ -59,7 +59,15 @@ impl RedisReplica {
         let bulk_handle = bulk.connect();
         let epoch_key = format!("{}{EPOCH_KEY_SUFFIX}", config.key_prefix);
         let run_key = format!("{}{RUN_KEY_SUFFIX}", config.key_prefix);
-        let inner = Inner {
+        let inner = |me: &std::sync::Weak<Inner>| Inner {
+            me: me.clone(),
+            read_script: Script::from_lua(READ_LUA),
+            renewal: Default::default(),
+            renewal_key: format!(
+                "{}{}",
+                config.key_prefix,
+                super::witness::RENEWAL_KEY_SUFFIX
+            ),
             name: config.name.clone(),
             prefix: config.key_prefix.clone(),
             epoch_fred_key: Key::from(epoch_key.as_str()),
@@ -88,11 +96,27 @@ impl RedisReplica {
         // Wrapped at once: dropping it (an error below) aborts the
         // connection tasks.
         let replica = RedisReplica {
-            inner: Arc::new(inner),
+            inner: Arc::new_cyclic(inner),
         };
         match tokio::time::timeout(config.connect_timeout, first).await {
             Ok(Ok(())) => {
                 replica.inner.check_eviction().await?;
+                if clustered {
+                    // A new Cluster replica stamps its 16,384 witnesses
+                    // before its first epoch (`witness.rs`): done here,
+                    // within the connect deadline, rather than in the first
+                    // requests (a coordinator would see them time out).
+                    // Unfinished by then, it goes on in the background.
+                    let first = replica.inner.ping_epoch();
+                    if let Ok(Err(error)) =
+                        tokio::time::timeout(config.connect_timeout, first).await
+                    {
+                        tracing::warn!(
+                            replica = %replica.inner.name, %error,
+                            "Cluster epoch not read at connect; the first request reads it"
+                        );
+                    }
+                }
                 // The node answers: the bulk connection follows at once (or
                 // later, in the background; batches use the main connection
                 // while it is down).

@@ -58,7 +58,7 @@ impl Inner {
         via: Option<Via>,
     ) -> Result<Epoch, ReplicaError> {
         if self.clustered {
-            return Box::pin(self.ping_epoch()).await;
+            return Box::pin(self.cluster_ping()).await;
         }
         let text = value.and_then(Value::as_bytes).unwrap_or_default();
         let epoch = parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
@@ -69,6 +69,9 @@ impl Inner {
     }
 
     pub(super) async fn ping_epoch(&self) -> Result<Epoch, ReplicaError> {
+        if self.clustered {
+            return Box::pin(self.cluster_ping()).await;
+        }
         let args = vec![
             Value::from_static_str("get"),
             Value::from(epoch_candidate()),
@@ -180,6 +183,9 @@ impl Inner {
     }
 
     pub(super) async fn mark_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
+        if self.clustered {
+            return Box::pin(self.cluster_mark_complete(epoch_id)).await;
+        }
         let args = vec![
             Value::from_static_str("complete"),
             Value::from(format!("{epoch_id:016x}")),

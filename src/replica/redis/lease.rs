@@ -1,4 +1,5 @@
-//! The anti-entropy lease (`lease.lua`, one key: any deployment).
+//! The anti-entropy lease (`lease.lua`, one key: any deployment); Cluster
+//! mode's renewal lease (`witness.rs`) is another key of the same script.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ impl Inner {
         // The script refuses more than a day: the longest lease configurable.
         let ttl_ms = ttl.min(crate::config::LEASE_TTL_MAX).as_millis().max(1);
         let reply = self
-            .lease_call("acquire", owner, ttl_ms.to_string())
+            .lease_call(&self.lease_key, "acquire", owner, ttl_ms.to_string())
             .await?;
         match reply {
             Value::Integer(granted) => Ok(granted == 1),
@@ -21,13 +22,16 @@ impl Inner {
     }
 
     pub(super) async fn release(&self, owner: u64) -> Result<(), ReplicaError> {
-        self.lease_call("release", owner, String::new()).await?;
+        self.lease_call(&self.lease_key, "release", owner, String::new())
+            .await?;
         Ok(())
     }
 
-    /// One call of the lease script (a single key: any deployment).
+    /// One call of the lease script on the lease key `key` (a single key:
+    /// any deployment).
     pub(super) async fn lease_call(
         &self,
+        key: &str,
         op: &'static str,
         owner: u64,
         ttl_ms: String,
@@ -37,7 +41,7 @@ impl Inner {
             Value::from(format!("{owner:016x}")),
             Value::from(ttl_ms),
         ];
-        let request = || (vec![Key::from(self.lease_key.as_str())], args.clone());
+        let request = || (vec![Key::from(key)], args.clone());
         let (reply, _) = self
             .eval("lease", &self.lease_script, request, None, None)
             .await?;

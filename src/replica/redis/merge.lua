@@ -2,14 +2,16 @@
 -- record on its own, under one epoch read.
 --
 -- KEYS[1..K] the record keys, KEYS[K+1] the epoch key, KEYS[K+2] the epoch
--- run key (both absent in Cluster mode, where K is 1).
+-- run key; in Cluster mode K is 1 and KEYS[2] is the witness of the
+-- record's slot (see witness_check).
 -- ARGV[1] K, ARGV[2] epoch candidate (16 hex), ARGV[3] expiry margin
 -- (decimal ms), ARGV[4] the run id of the Redis process the caller is
 -- connected to (see epoch_read; unused in Cluster mode), then for each
 -- record in KEYS order: mode `u` (upsert) or `c` (create), now (12 hex,
 -- ms), the count n of delta items, and the n items: the delta as hash
 -- pairs, exactly as codec::encode_pairs makes them.
--- Returns three items per record: status, epoch, held_max with status
+-- Returns three items per record: status, epoch ('' in Cluster mode),
+-- held_max with status
 -- `applied`, `gone` or `exists`, and held_max the largest stamp the record
 -- held before the merge ('' if none); or `error`, the error text (`CORRUPT
 -- ...`, `ERR ...`), '' when that record was refused (written not at all;
@@ -348,9 +350,13 @@ end
 local argv = ARGV
 local count, candidate, run_id = tonumber(argv[1]), argv[2], argv[4]
 local margin = tonumber(argv[3])
-local epoch_key, run_key
-if count ~= nil then epoch_key, run_key = KEYS[count + 1], KEYS[count + 2] end
-if count == nil or count < 1 or count % 1 ~= 0 or (#KEYS ~= count and #KEYS ~= count + 2)
+local epoch_key, run_key, witness_key
+if count == 1 and #KEYS == 2 then
+  witness_key = KEYS[2]
+elseif count ~= nil then
+  epoch_key, run_key = KEYS[count + 1], KEYS[count + 2]
+end
+if count == nil or count < 1 or count % 1 ~= 0 or (#KEYS ~= count + 2 and not witness_key)
     or candidate == nil or not is_hex(candidate, 16) or margin == nil or margin < 0
     or margin > 86400000 or not valid_run_id(run_key, run_id) then
   return redis.error_reply('ERR quorum-sessions merge: bad arguments')
@@ -370,7 +376,14 @@ for r = 4, 4 * count, 4 do
 end
 if at ~= nargv + 1 then return redis.error_reply('ERR quorum-sessions merge: bad arguments') end
 
-local epoch, epoch_err = epoch_read(epoch_key, run_key, run_id)
+-- Cluster mode: no epoch here (''); the witness of the record's slot
+-- instead.
+local epoch, epoch_err
+if witness_key then
+  epoch, epoch_err = '', witness_check(witness_key)
+else
+  epoch, epoch_err = epoch_read(epoch_key, run_key, run_id)
+end
 if epoch_err then return redis.error_reply(epoch_err) end
 -- The write epoch of `epoch` (its 16 hex digits, checked by epoch_read).
 local ep16, ep_of = nil, nil

@@ -215,6 +215,7 @@ mod reconnect;
 mod scan;
 mod scripts;
 mod wire;
+mod witness;
 
 use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
@@ -234,6 +235,10 @@ pub use confirmed::RECONFIRM_AFTER;
 pub use queue::{
     MergeCallStats, MERGE_BATCH_KEYS_LIMIT, MERGE_BATCH_MAX_BYTES, MERGE_BATCH_MAX_KEYS,
     MERGE_CALLS_IN_FLIGHT, MERGE_QUEUE_MAX,
+};
+pub use witness::{
+    CLUSTER_SLOTS, RENEWAL_LEASE_TTL, RENEWAL_STAMPING_MAX, WITNESS_RENEWALS_PER_REQUEST,
+    WITNESS_STAMPS_IN_FLIGHT,
 };
 
 use super::{Epoch, MergeMode, MergeReply, ReadReply, Replica, ReplicaInfo, ScanPage};
@@ -288,6 +293,7 @@ const RUN_KEY_SUFFIX: &str = "epoch:run";
 const MERGE_LUA: &str = concat!(include_str!("common.lua"), include_str!("merge.lua"));
 const EPOCH_LUA: &str = concat!(include_str!("common.lua"), include_str!("epoch.lua"));
 const LEASE_LUA: &str = concat!(include_str!("common.lua"), include_str!("lease.lua"));
+const READ_LUA: &str = concat!(include_str!("common.lua"), include_str!("read.lua"));
 /// Name of the anti-entropy lease key, after the prefix.
 const LEASE_KEY_SUFFIX: &str = "lease";
 
@@ -334,6 +340,14 @@ struct Inner {
     merge_script: Script,
     epoch_script: Script,
     lease_script: Script,
+    /// Cluster mode's read of one record (with its slot's witness).
+    read_script: Script,
+    /// Cluster mode: one epoch renewal at a time (`witness.rs`).
+    renewal: Arc<tokio::sync::Mutex<()>>,
+    /// This replica, for the renewal task (`witness.rs`).
+    me: std::sync::Weak<Inner>,
+    /// `<prefix>epoch:renewal` (Cluster mode, `witness.rs`).
+    renewal_key: String,
     /// `<prefix>lease`.
     lease_key: String,
     /// The run id of the Redis process behind the connection.
@@ -469,11 +483,14 @@ impl Inner {
         self.retrying(|| Box::pin(self.read_once(key))).await
     }
 
-    /// Refuses a logical key that would collide with the epoch keys.
+    /// Refuses a logical key that would collide with the epoch keys (and
+    /// the witnesses, `epoch:w:…`).
     fn check_key(&self, key: &str) -> Result<(), ReplicaError> {
         if key == EPOCH_KEY_SUFFIX
             || key == RUN_KEY_SUFFIX
             || key == LEASE_KEY_SUFFIX
+            || key == witness::RENEWAL_KEY_SUFFIX
+            || key.starts_with(witness::WITNESS_KEY_INFIX)
             || key.is_empty()
         {
             return Err(ReplicaError::Refused {

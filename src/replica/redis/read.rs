@@ -22,8 +22,9 @@ impl Inner {
         // command, so a reconnection must be waited for before that.
         self.ensure_usable().await?;
         if self.clustered {
-            let (record, _) = self.hgetall(key).await?;
-            let epoch = Box::pin(self.ping_epoch()).await?;
+            let hash = Box::pin(self.with_witness(|| self.read_clustered(key))).await?;
+            let (record, _) = self.decode_hash(key, hash)?;
+            let epoch = Box::pin(self.cluster_ping()).await?;
             return Ok(ReadReply { record, epoch });
         }
         if let Some(reply) = self.read_fast(key).await? {
@@ -36,6 +37,18 @@ impl Inner {
             None => Box::pin(self.new_epoch_after_read()).await?,
         };
         Ok(ReadReply { record, epoch })
+    }
+
+    /// Cluster mode: the hash of `key`, read by the read script after its
+    /// slot's witness check (see `witness.rs`).
+    async fn read_clustered(&self, key: &str) -> Result<Value, ReplicaError> {
+        let redis_key = self.redis_key(key);
+        let witness = self.witness_of(redis_key.as_bytes());
+        let request = || (vec![Key::from(redis_key.as_str()), witness.clone()], vec![]);
+        let (hash, _) = self
+            .eval("read", &self.read_script, request, None, Some(key))
+            .await?;
+        Ok(hash)
     }
 
     /// A read when an epoch was confirmed complete on the current

@@ -108,6 +108,12 @@ impl Inner {
         let connected = self.client.is_connected();
         let generation = self.identity.generation(&self.client);
         match request().await {
+            Err(error @ ReplicaError::Unavailable { .. })
+                if super::witness::is_witness_loss(&error) =>
+            {
+                // A lost Cluster slot: the caller renews (`witness.rs`).
+                Err(error)
+            }
             Err(ReplicaError::Unavailable { detail, .. })
                 if started.elapsed() < self.timeout / 2
                     && (connected || self.identity.generation(&self.client) != generation) =>

@@ -25,7 +25,11 @@ impl Inner {
         let keys = full_keys
             .iter()
             .filter(|key| {
-                **key != self.epoch_key && **key != self.run_key && **key != self.lease_key
+                **key != self.epoch_key
+                    && **key != self.run_key
+                    && **key != self.lease_key
+                    && **key != self.renewal_key
+                    && !self.is_witness_key(key)
             })
             .filter_map(|key| key.strip_prefix(&self.prefix).map(str::to_owned))
             .collect();

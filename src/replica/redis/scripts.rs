@@ -135,11 +135,36 @@ impl Inner {
             !self.clustered || merges.len() == 1,
             "one record per call in Cluster mode (one slot)"
         );
+        if self.clustered {
+            // One record: its witness loss fails the call as a whole.
+            let witness = self.witness_of(merges[0].redis_key.as_bytes());
+            let call = || Box::pin(self.merge_call_once(merges, Some(witness.clone())));
+            return match self.with_witness(call).await {
+                Ok(replies) => replies,
+                Err(error) => for_each_key(merges.len(), &error),
+            };
+        }
+        match self.merge_call_once(merges, None).await {
+            Ok(replies) => replies,
+            Err(error) => for_each_key(merges.len(), &error),
+        }
+    }
+
+    /// One [`merge_call`](Self::merge_call); in Cluster mode with the
+    /// witness key of its one record's slot. `Err`: the call failed as a
+    /// whole.
+    async fn merge_call_once(
+        &self,
+        merges: &[WireMerge],
+        witness: Option<Key>,
+    ) -> Result<Vec<Result<MergeReply, ReplicaError>>, ReplicaError> {
         let candidate = epoch_candidate();
         let request = || {
             let mut keys = Vec::with_capacity(merges.len() + 2);
             keys.extend(merges.iter().map(|merge| merge.redis_key.clone()));
-            if !self.clustered {
+            if let Some(witness) = &witness {
+                keys.push(witness.clone());
+            } else {
                 keys.push(self.epoch_fred_key.clone());
                 keys.push(self.run_fred_key.clone());
             }
@@ -166,18 +191,15 @@ impl Inner {
                 "merge",
                 &self.merge_script,
                 request,
-                Some(MERGE_RUN_ID_SLOT),
+                witness.is_none().then_some(MERGE_RUN_ID_SLOT),
                 key,
             )
             .await;
         self.merge_calls.note(merges.len());
-        let (reply, via) = match called {
-            Ok(answer) => answer,
-            Err(error) => return for_each_key(merges.len(), &error),
-        };
+        let (reply, via) = called?;
         let items = match reply {
             Value::Array(items) if items.len() == 3 * merges.len() => items,
-            _ => return for_each_key(merges.len(), &self.malformed("merge")),
+            _ => return Err(self.malformed("merge")),
         };
         let mut replies = Vec::with_capacity(merges.len());
         for (merge, answer) in merges.iter().zip(items.chunks_exact(3)) {
@@ -186,7 +208,7 @@ impl Inner {
             };
             replies.push(self.merge_reply(&merge.key, status, epoch, held, via).await);
         }
-        replies
+        Ok(replies)
     }
 
     /// One record's reply in a merge call's answer.

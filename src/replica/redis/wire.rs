@@ -50,6 +50,9 @@ pub(super) fn map_error(replica: &str, error: fred::error::Error, after: Duratio
         // again.
         "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK"
         | STALE_RUN_ID_ERROR => unavailable(replica, error),
+        // NOWITNESS, NEWPROCESS: a Cluster slot lost what the epoch covers
+        // (see `witness.rs`); made again once the epoch is renewed.
+        word if super::witness::is_witness_error_word(word) => unavailable(replica, error),
         _ if matches!(error.kind(), ErrorKind::Sentinel | ErrorKind::Cluster) => {
             unavailable(replica, error)
         }

@@ -1,0 +1,469 @@
+//! Cluster mode: the witnesses, one key per hash slot that tells whether
+//! the slot still holds what the epoch covers (see "Cluster mode" in the
+//! module docs of [`replica::redis`](super)).
+//!
+//! The epoch key lives in one slot; a record in another. So every slot has
+//! a witness key, `<prefix>epoch:w:{<tag>}` with a tag chosen to hash to
+//! that slot, holding the run id of the Redis process that stamped it.
+//! Every script that reads or writes a record (and the epoch script's `get`
+//! and `complete`) first checks its slot's witness, in the same atomic
+//! call: missing (the shard restarted empty, was flushed) or stamped by
+//! another process (reloaded from a snapshot, failed over to a Cluster
+//! replica, the slot migrated) and the call changes nothing and answers
+//! `NOWITNESS` or `NEWPROCESS`. The replica then *renews* its epoch, so the
+//! coordinators see a new epoch, exactly as after a standalone Redis
+//! restarted, and refill the whole replica:
+//!
+//! 1. take the renewal lease (`<prefix>epoch:renewal`, one app server at a
+//!    time, [`RENEWAL_LEASE_TTL`]);
+//! 2. `begin`: a new epoch id, *being renewed* (`<id>:s`): incomplete to
+//!    every reader from now on, and never marked complete;
+//! 3. stamp every slot's witness with the run id of the process serving it
+//!    (within [`RENEWAL_STAMPING_MAX`]);
+//! 4. `publish`: another new id, incomplete (refillable), if the epoch is
+//!    still the one `begin` set; release the lease.
+//!
+//! Why this order: a stamp makes a witness good again, so it could hide a
+//! loss of its slot. Every stamp falls between `begin` and `publish`: a slot
+//! that lost its data before its stamp reads as incomplete until `publish`,
+//! and every refill of the published epoch starts after it (it covers the
+//! loss); a slot that lost its data after its stamp is caught by its
+//! witness. A renewal that stops half way (its app server died, the
+//! stamping took too long) leaves the epoch being renewed: still
+//! incomplete, so nothing is hidden; the next ping that sees it takes the
+//! lease once it is free and renews again. A renewal is never cancelled by
+//! a dropped request (it runs in a task of its own: a coordinator drops the
+//! request futures of replicas it no longer waits for); one that finds the
+//! epoch replaced since the loss was seen (published after the loss by
+//! another app server) does nothing.
+//!
+//! The script asks the running process for its run id on every call (one
+//! `INFO server`, about 3 µs of the server's time): no cheaper proof works.
+//! A caller cannot know which process serves a slot when its call arrives
+//! (after a failover the old primary answers `MOVED` and fred sends the
+//! same call on to the new one), and a witness copied to a Cluster replica
+//! or loaded from a snapshot looks the same as the original.
+
+use std::sync::{Arc, OnceLock};
+
+use fred::prelude::*;
+use futures::{StreamExt, TryStreamExt};
+
+use super::wire::{epoch_candidate, parse_epoch, parse_epoch_id};
+use super::Inner;
+use crate::error::ReplicaError;
+use crate::replica::Epoch;
+
+/// Hash slots of a Redis Cluster: one witness each.
+pub const CLUSTER_SLOTS: usize = 16_384;
+/// Witness stamps in flight while a renewal stamps every slot.
+pub const WITNESS_STAMPS_IN_FLIGHT: usize = 256;
+/// Renewals one request goes through (a slot found lost, renewed, found
+/// lost again…) before it fails as [`ReplicaError::Unavailable`].
+pub const WITNESS_RENEWALS_PER_REQUEST: usize = 2;
+/// How long the renewal lease is held at most (its time to live).
+pub const RENEWAL_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a renewal may stamp witnesses before it gives up (the epoch
+/// stays being renewed: incomplete; the next renewal starts over). Half the
+/// lease: the lease outlives every stamp.
+pub const RENEWAL_STAMPING_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// The renewal lease key, after the prefix.
+pub(super) const RENEWAL_KEY_SUFFIX: &str = "epoch:renewal";
+/// What a witness key's name has after the prefix, before its hash tag.
+pub(super) const WITNESS_KEY_INFIX: &str = "epoch:w:";
+/// The scripts' error replies for a lost slot (see `witness_check` in
+/// `common.lua`).
+const NO_WITNESS_ERROR: &str = "NOWITNESS";
+const NEW_PROCESS_ERROR: &str = "NEWPROCESS";
+
+/// For each slot, a number whose decimal form, as a hash tag, hashes to it
+/// (the smallest one): computed once per process, 64 KiB.
+fn slot_tags() -> &'static [u32] {
+    static TAGS: OnceLock<Vec<u32>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; CLUSTER_SLOTS];
+        let mut missing = CLUSTER_SLOTS;
+        let mut n: u32 = 0;
+        while missing > 0 {
+            let slot = usize::from(fred::util::redis_keyslot(n.to_string().as_bytes()));
+            if tags[slot] == u32::MAX {
+                tags[slot] = n;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    })
+}
+
+/// True when `error` is a script's answer that the slot lost its data.
+pub(super) fn is_witness_loss(error: &ReplicaError) -> bool {
+    let ReplicaError::Unavailable {
+        source: Some(source),
+        ..
+    } = error
+    else {
+        return false;
+    };
+    source
+        .downcast_ref::<fred::error::Error>()
+        .and_then(|error| error.details().split_whitespace().next())
+        .is_some_and(|word| word == NO_WITNESS_ERROR || word == NEW_PROCESS_ERROR)
+}
+
+/// True for the first word of a witness error reply (mapped as
+/// unavailable: the request may be made again once the replica renewed).
+pub(super) fn is_witness_error_word(word: &str) -> bool {
+    word == NO_WITNESS_ERROR || word == NEW_PROCESS_ERROR
+}
+
+/// A Cluster replica's epoch as the epoch script answers it.
+#[derive(Clone, Copy, Debug)]
+struct ClusterEpoch {
+    epoch: Epoch,
+    /// `<id>:s`: being renewed (incomplete, never marked complete).
+    renewing: bool,
+}
+
+impl Inner {
+    /// The witness key of the slot of the Redis key `redis_key`.
+    pub(super) fn witness_of(&self, redis_key: &[u8]) -> Key {
+        let slot = fred::util::redis_keyslot(redis_key);
+        Key::from(self.witness_key(slot))
+    }
+
+    /// The witness key of `slot`.
+    fn witness_key(&self, slot: u16) -> String {
+        let tag = slot_tags()[usize::from(slot)];
+        format!("{}{WITNESS_KEY_INFIX}{{{tag}}}", self.prefix)
+    }
+
+    /// True when a full Redis key is one of the witnesses.
+    pub(super) fn is_witness_key(&self, redis_key: &str) -> bool {
+        redis_key
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(WITNESS_KEY_INFIX))
+    }
+
+    /// Runs `call` (a script that checks a witness); when the witness shows
+    /// a lost slot, renews the replica's epoch and runs it again, at most
+    /// [`WITNESS_RENEWALS_PER_REQUEST`] times.
+    pub(super) async fn with_witness<T, F>(&self, call: impl Fn() -> F) -> Result<T, ReplicaError>
+    where
+        F: std::future::Future<Output = Result<T, ReplicaError>>,
+    {
+        let mut renewals = 0;
+        loop {
+            match call().await {
+                Err(error)
+                    if is_witness_loss(&error) && renewals < WITNESS_RENEWALS_PER_REQUEST =>
+                {
+                    renewals += 1;
+                    tracing::warn!(
+                        replica = %self.name, %error,
+                        "a Cluster slot lost what its epoch covers: new epoch"
+                    );
+                    let seen = self.peek_epoch().await?;
+                    self.renew_epoch(seen.map(|seen| seen.epoch.id)).await?;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// A cluster epoch-script call: `(keys, [op, id, expected, "cluster"])`.
+    async fn epoch_call(
+        &self,
+        op: &'static str,
+        keys: Vec<Key>,
+        id: String,
+        expected: &str,
+    ) -> Result<Value, ReplicaError> {
+        let args = vec![
+            Value::from_static_str(op),
+            Value::from(id),
+            Value::from(expected),
+            Value::from_static_str("cluster"),
+        ];
+        let request = || (keys.clone(), args.clone());
+        let (reply, _) = self
+            .eval(op, &self.epoch_script, request, None, None)
+            .await?;
+        Ok(reply)
+    }
+
+    /// An epoch as a cluster epoch call answers it: `None` when missing.
+    fn cluster_epoch(&self, answer: &Value) -> Result<Option<ClusterEpoch>, ReplicaError> {
+        let corrupt = || ReplicaError::Corrupt {
+            detail: format!("{}: malformed epoch", self.name),
+        };
+        match answer.as_bytes() {
+            Some(b"") => Ok(None),
+            Some(text) if text.len() == 18 && text.ends_with(b":s") => {
+                let id = parse_epoch_id(&text[..16]).ok_or_else(corrupt)?;
+                Ok(Some(ClusterEpoch {
+                    epoch: Epoch {
+                        id,
+                        complete: false,
+                    },
+                    renewing: true,
+                }))
+            }
+            Some(text) => {
+                let epoch = parse_epoch(text).ok_or_else(corrupt)?;
+                Ok(Some(ClusterEpoch {
+                    epoch,
+                    renewing: false,
+                }))
+            }
+            None => Err(self.malformed("epoch")),
+        }
+    }
+
+    /// The epoch, without a witness check (`None`: missing).
+    async fn peek_epoch(&self) -> Result<Option<ClusterEpoch>, ReplicaError> {
+        let keys = vec![self.epoch_fred_key.clone()];
+        let answer = self.epoch_call("peek", keys, epoch_candidate(), "").await?;
+        self.cluster_epoch(&answer)
+    }
+
+    /// Cluster mode's [`Replica::ping`](crate::replica::Replica::ping): the
+    /// epoch after the epoch slot's witness check, made (every witness
+    /// stamped first) when missing.
+    pub(super) async fn cluster_ping(&self) -> Result<Epoch, ReplicaError> {
+        let keys = vec![
+            self.epoch_fred_key.clone(),
+            self.witness_of(self.epoch_key.as_bytes()),
+        ];
+        for _attempt in 0..=WITNESS_RENEWALS_PER_REQUEST {
+            let call = || self.epoch_call("get", keys.clone(), epoch_candidate(), "");
+            let answer = self.with_witness(call).await?;
+            match self.cluster_epoch(&answer)? {
+                Some(ClusterEpoch {
+                    epoch,
+                    renewing: false,
+                }) => return Ok(epoch),
+                // Being renewed: by a live renewal (the lease is taken, this
+                // returns at once) or one that stopped half way (taken over
+                // here once its lease expired).
+                Some(ClusterEpoch {
+                    epoch,
+                    renewing: true,
+                }) => {
+                    self.renew_epoch(Some(epoch.id)).await?;
+                    if let Some(ClusterEpoch { epoch, .. }) = self.peek_epoch().await? {
+                        return Ok(epoch);
+                    }
+                }
+                None => self.renew_epoch(None).await?,
+            }
+        }
+        Err(ReplicaError::Unavailable {
+            detail: format!(
+                "{}: the epoch went missing again after each renewal",
+                self.name
+            ),
+            source: None,
+        })
+    }
+
+    /// Cluster mode's `mark_epoch_complete`, after the epoch slot's witness
+    /// check.
+    pub(super) async fn cluster_mark_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
+        let keys = vec![
+            self.epoch_fred_key.clone(),
+            self.witness_of(self.epoch_key.as_bytes()),
+        ];
+        let call = || self.epoch_call("complete", keys.clone(), format!("{epoch_id:016x}"), "");
+        match self.with_witness(call).await? {
+            Value::Integer(1) => Ok(true),
+            Value::Integer(0) => Ok(false),
+            _ => Err(self.malformed("mark_epoch_complete")),
+        }
+    }
+
+    /// Renews the epoch (see the module docs) unless it was replaced since
+    /// `seen` (its id, read after the loss was seen; `None`: missing) by an
+    /// epoch that is not being renewed: then another app server published
+    /// after the loss. When another app server holds the renewal lease,
+    /// returns at once (its renewal, or the next one, covers the loss).
+    /// Runs in a task of its own so that dropping the request that started
+    /// it never leaves it half done.
+    async fn renew_epoch(&self, seen: Option<u64>) -> Result<(), ReplicaError> {
+        let Some(me) = self.me.upgrade() else {
+            return Err(ReplicaError::Unavailable {
+                detail: format!("{}: the replica was dropped", self.name),
+                source: None,
+            });
+        };
+        let lock = Arc::clone(&self.renewal);
+        let task = tokio::spawn(async move {
+            let _one_at_a_time = lock.lock().await;
+            if me.renewed_since(seen).await? {
+                return Ok(());
+            }
+            let owner = rand::random::<u64>();
+            let ttl = RENEWAL_LEASE_TTL.as_millis().to_string();
+            let granted = me
+                .lease_call(&me.renewal_key, "acquire", owner, ttl)
+                .await?;
+            if granted != Value::Integer(1) {
+                return Ok(());
+            }
+            let renewed = me.renew_under_lease(seen).await;
+            let released = me
+                .lease_call(&me.renewal_key, "release", owner, String::new())
+                .await;
+            renewed.and(released.map(drop))
+        });
+        task.await.unwrap_or_else(|join| {
+            Err(ReplicaError::Unavailable {
+                detail: format!("{}: the epoch renewal did not finish: {join}", self.name),
+                source: None,
+            })
+        })
+    }
+
+    /// True when the epoch is no longer `seen` and not being renewed.
+    async fn renewed_since(&self, seen: Option<u64>) -> Result<bool, ReplicaError> {
+        Ok(matches!(
+            self.peek_epoch().await?,
+            Some(ClusterEpoch { epoch, renewing: false }) if Some(epoch.id) != seen
+        ))
+    }
+
+    /// Steps 2 to 4 of a renewal (module docs), the lease held; or the
+    /// adoption of a replica written before witnesses existed.
+    async fn renew_under_lease(&self, seen: Option<u64>) -> Result<(), ReplicaError> {
+        if self.renewed_since(seen).await? {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        if self.never_stamped().await? {
+            // Stamped in place, the epoch kept: what an upgrade from a build
+            // without witnesses needs (renewing every Cluster replica at
+            // once would leave none complete). docs/upgrades.md.
+            self.stamp_every_slot(started + RENEWAL_STAMPING_MAX)
+                .await?;
+            tracing::warn!(
+                replica = %self.name, took = ?started.elapsed(),
+                "Cluster replica written before witnesses: every slot stamped, epoch kept"
+            );
+            return Ok(());
+        }
+        let keys = vec![self.epoch_fred_key.clone()];
+        let begun = self
+            .epoch_call("begin", keys.clone(), epoch_candidate(), "")
+            .await?;
+        let begun = begun
+            .as_str()
+            .map(|text| text.into_owned())
+            .unwrap_or_default();
+        self.stamp_every_slot(started + RENEWAL_STAMPING_MAX)
+            .await?;
+        let published = self
+            .epoch_call("publish", keys, epoch_candidate(), &begun)
+            .await?;
+        let published = published == Value::Integer(1);
+        tracing::warn!(
+            replica = %self.name, took = ?started.elapsed(), published,
+            "every Cluster slot's witness stamped; new epoch"
+        );
+        Ok(())
+    }
+
+    /// True when this replica was written by a build without witnesses: an
+    /// epoch that is not being renewed, and no witness at all, neither in
+    /// the epoch's slot nor in the first slot of any primary's range (fred's
+    /// cached map; unknown: `false`). A shard that lost its data (the
+    /// epoch's included) cannot look like this: the epoch key and its
+    /// slot's witness live and die together, and the other primaries keep
+    /// theirs.
+    async fn never_stamped(&self) -> Result<bool, ReplicaError> {
+        if !matches!(
+            self.peek_epoch().await?,
+            Some(ClusterEpoch {
+                renewing: false,
+                ..
+            })
+        ) {
+            return Ok(false);
+        }
+        let Some(routing) = self.client.cached_cluster_state() else {
+            return Ok(false);
+        };
+        let mut witnesses = vec![self.witness_of(self.epoch_key.as_bytes())];
+        witnesses.extend(
+            routing
+                .slots()
+                .iter()
+                .map(|range| Key::from(self.witness_key(range.start))),
+        );
+        for witness in witnesses {
+            let call = Box::pin(self.client.exists::<i64, _>(witness));
+            let found = self.finish(
+                "exists",
+                None,
+                tokio::time::timeout(self.timeout, call).await,
+            )?;
+            if found != 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sets every slot's witness to the run id of the process serving it
+    /// ([`WITNESS_STAMPS_IN_FLIGHT`] at a time), or fails once `deadline`
+    /// has passed.
+    async fn stamp_every_slot(&self, deadline: std::time::Instant) -> Result<(), ReplicaError> {
+        futures::stream::iter(0..CLUSTER_SLOTS)
+            .map(|slot| async move {
+                if std::time::Instant::now() > deadline {
+                    return Err(ReplicaError::Unavailable {
+                        detail: format!(
+                            "{}: stamping the witnesses took more than {RENEWAL_STAMPING_MAX:?}",
+                            self.name
+                        ),
+                        source: None,
+                    });
+                }
+                let slot = u16::try_from(slot).expect("a slot fits in u16");
+                let keys = vec![Key::from(self.witness_key(slot))];
+                self.epoch_call("stamp", keys, epoch_candidate(), "")
+                    .await?;
+                Ok(())
+            })
+            .buffer_unordered(WITNESS_STAMPS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        let tags = slot_tags();
+        assert_eq!(tags.len(), CLUSTER_SLOTS);
+        for (slot, tag) in tags.iter().enumerate() {
+            let key = format!("qs:{WITNESS_KEY_INFIX}{{{tag}}}");
+            assert_eq!(usize::from(fred::util::redis_keyslot(key.as_bytes())), slot);
+        }
+    }
+
+    #[test]
+    fn witness_errors_are_recognised_through_the_mapping() {
+        let error = fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "NOWITNESS the slot has no witness",
+        );
+        let mapped = super::super::wire::map_error("r", error, std::time::Duration::from_secs(1));
+        assert!(is_witness_loss(&mapped), "{mapped:?}");
+        let other = fred::error::Error::new(fred::error::ErrorKind::Unknown, "STALERUN x");
+        let mapped = super::super::wire::map_error("r", other, std::time::Duration::from_secs(1));
+        assert!(!is_witness_loss(&mapped));
+    }
+}
