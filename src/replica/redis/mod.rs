@@ -167,8 +167,9 @@
 //! | `process.rs` | the run id of the Redis process behind a connection |
 //! | `identity.rs` | epochs: in script replies and `MGET` answers, the epoch script, the confirmation (`confirmed.rs`) |
 //! | `scripts.rs` | script calls (`EVALSHA`), the merge call (one or more records) |
+//! | `witness.rs` | Cluster mode: the witness of each slot, the epoch renewal |
 //! | `queue.rs` | the merge queue: which merges share a call, the senders |
-//! | `common.lua`, `merge.lua`, `epoch.lua`, `lease.lua` | the scripts |
+//! | `common.lua`, `merge.lua`, `epoch.lua`, `lease.lua`, `read.lua` | the scripts (`read.lua`: Cluster mode's read) |
 //! | `read.rs` | the two read protocols of one record, decoding a hash |
 //! | `batch.rs`, `dump.rs` | anti-entropy's batched reads and creates (`RESTORE` payloads) |
 //! | `scan.rs` | `SCAN`, `UNLINK`, `wipe` |
@@ -178,27 +179,31 @@
 //! # Permissions
 //!
 //! With ACLs, the user needs `EVALSHA`, `EVAL` and `SCRIPT LOAD`, `MGET`
-//! and `HGETALL`, `INFO` (the run id, once per connection), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
+//! and `HGETALL`, `INFO` (the run id, once per connection; in Cluster mode
+//! inside every script), `EXISTS` (Cluster mode), `SCAN` and `UNLINK` (scans and `wipe`), read and write on
 //! `~<prefix>*`; `CONFIG GET` is optional (without it the eviction policy
 //! cannot be checked and a warning is logged).
 //!
 //! # Cluster mode
 //!
 //! A record's keys share a slot through their hash tag, but the epoch key
-//! cannot share every record's slot. In Cluster mode the merge script
-//! therefore gets the record key only, a read is a plain `HGETALL`, and the
-//! epoch is read by a second script call on the epoch key's node, after the
-//! record call, without the run-id check (the run key may live in a third
-//! slot); and each merge is its own call (records of one call would have
-//! to share a slot). Limitation: the epoch then
-//! detects only that the epoch key's node restarted empty; a Cluster shard
-//! that loses or reloads its data is not seen by the epoch (rely on Cluster
-//! replicas for that, and on anti-entropy). Scans walk every
-//! primary in turn (the cursor is `node:cursor`), and the eviction check
-//! reads every primary's policy. With fred 10 one unreachable primary
+//! cannot share every record's slot. So every slot has a *witness* key (in
+//! that slot) naming the Redis process that stamped it, and every read and
+//! merge script checks its record's slot's witness in the same atomic call
+//! (one `GET` and one `INFO server`, about 4 µs of the server's time): a
+//! shard that restarted empty or from a snapshot, was flushed, or was failed
+//! over to a Cluster replica is seen from the next reply for any of its
+//! keys, and the replica gets a new epoch as a standalone Redis would after
+//! a restart (the whole replica is refilled, not only that shard's slots).
+//! How the renewal keeps a stamp from hiding a loss, and what it costs
+//! (16,384 keys, about 2.3 MB per Cluster replica; stamping them all takes
+//! about a second): `witness.rs`. A read is the read script, then the epoch
+//! script on the epoch key's node (with its slot's witness); each merge is
+//! its own call (records of one call would have to share a slot). Scans walk
+//! every primary in turn (the cursor is `node:cursor`), and the eviction
+//! check reads every primary's policy. With fred 10 one unreachable primary
 //! stops the whole client (it reconnects as a whole), so every request
-//! fails until that node is back or replaced (`tests/cluster.rs`). Standalone and Sentinel
-//! deployments keep everything atomic.
+//! fails until that node is back or replaced (`tests/cluster.rs`).
 
 mod batch;
 mod config;
