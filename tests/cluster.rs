@@ -72,8 +72,18 @@ fn epoch_holder(ports: Vec<u16>, replica: &RedisReplica) -> u16 {
 }
 
 async fn cluster_replica(name: &str, cluster: &RedisCluster, format: StoredFormat) -> RedisReplica {
+    cluster_replica_with(name, cluster, format, false).await
+}
+
+async fn cluster_replica_with(
+    name: &str,
+    cluster: &RedisCluster,
+    format: StoredFormat,
+    adopt_unwitnessed: bool,
+) -> RedisReplica {
     let server = ServerConfig::new_clustered(vec![("127.0.0.1", cluster.seed_port())]);
     let mut config = RedisReplicaConfig::from_server(name, server);
+    config.adopt_unwitnessed_cluster = adopt_unwitnessed;
     config.request_timeout = REQUEST_TIMEOUT;
     config.connect_timeout = Duration::from_secs(5);
     config.stored_format = format;
@@ -732,10 +742,12 @@ async fn a_single_shard_restarted_empty_changes_the_epoch() {
 }
 
 /// A replica written by a build without witnesses (every witness deleted,
-/// its epoch complete) is adopted when a build with them connects: every
-/// slot stamped, the epoch kept, still complete (renewing every replica of
-/// a deployment at its upgrade would leave none complete). Deleting one
-/// other primary's witnesses (as its data loss would) renews instead.
+/// its epoch complete): by default renewed (a new, incomplete epoch: a
+/// deployment restored from an old backup looks the same); with
+/// `adopt_unwitnessed_cluster` adopted: every slot stamped, the epoch kept,
+/// still complete (the upgrade path: renewing every replica of a deployment
+/// at once would leave none complete). Deleting one other primary's
+/// witnesses (as its data loss would) renews even then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_witnesses_is_adopted_with_its_epoch() {
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
@@ -750,14 +762,24 @@ async fn a_replica_without_witnesses_is_adopted_with_its_epoch() {
     let pattern = format!("{}epoch:w:*", replica.key_prefix());
     let witnesses = cluster.keys_matching(&pattern);
     assert_eq!(witnesses.len(), 16_384, "one witness per slot");
+
+    // Without the setting: renewed.
+    tokio::task::block_in_place(|| cluster.delete_keys(&witnesses));
+    let renewed = replica.ping().await.expect("ping");
+    assert!(
+        renewed.id != epoch.id && !renewed.complete,
+        "not adopted by default: {renewed:?}"
+    );
+    assert!(replica.mark_epoch_complete(renewed.id).await.expect("mark"));
     drop(replica);
 
+    let witnesses = cluster.keys_matching(&pattern);
     tokio::task::block_in_place(|| cluster.delete_keys(&witnesses));
-    let upgraded = cluster_replica("cluster-adopt", &cluster, StoredFormat::V2).await;
+    let upgraded = cluster_replica_with("cluster-adopt", &cluster, StoredFormat::V2, true).await;
     let after = upgraded.ping().await.expect("ping");
     assert!(
-        after.id == epoch.id && after.complete,
-        "the epoch kept, complete: {after:?}"
+        after.id == renewed.id && after.complete,
+        "adopted: the epoch kept, complete: {after:?}"
     );
     assert_eq!(
         cluster.keys_matching(&pattern).len(),
@@ -768,6 +790,7 @@ async fn a_replica_without_witnesses_is_adopted_with_its_epoch() {
         let read = upgraded.read(key).await.expect("read");
         assert!(read.record.is_some() && read.epoch.id == after.id && read.epoch.complete);
     }
+    let epoch = after;
 
     // One other primary's witnesses gone (as with its data): renewed.
     let epoch_node = epoch_holder(cluster.ports(), &upgraded);

@@ -77,6 +77,12 @@ fn free_port_pair() -> (u16, u16) {
     ports
 }
 
+/// A free port (bound to port 0, then released: a race with other
+/// processes, which a start that fails would show).
+pub fn free_port() -> u16 {
+    free_port_pair().0
+}
+
 /// `redis-cli -p <port> <args…>`: its standard output, trimmed, or `None`
 /// when the node does not answer.
 pub fn cli(port: u16, args: &[&str]) -> Option<String> {
@@ -318,6 +324,76 @@ impl RedisCluster {
         assert!(
             answers(&mut node.child, port),
             "node {port} did not come back"
+        );
+        self.wait_ok();
+    }
+
+    /// The Cluster replica following the primary at `port`, if any.
+    pub fn follower_of(&self, port: u16) -> Option<u16> {
+        self.ports().into_iter().find(|candidate| {
+            let role = cli(*candidate, &["ROLE"]).unwrap_or_default();
+            let lines: Vec<&str> = role.lines().collect();
+            lines.first() == Some(&"slave") && lines.get(2) == Some(&port.to_string().as_str())
+        })
+    }
+
+    /// Waits (bounded) until the node at `port` reports itself primary
+    /// (a Cluster replica promoted after its primary died), then until the
+    /// cluster is ok.
+    pub fn wait_primary(&self, port: u16) {
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while role(port).as_deref() != Some("master") {
+            assert!(
+                Instant::now() < deadline,
+                "node {port} not promoted within {FAILOVER_BOUND:?}"
+            );
+            std::thread::sleep(POLL);
+        }
+        self.wait_ok_live();
+    }
+
+    /// [`wait_ok`](Self::wait_ok) over the nodes that run (a killed one
+    /// is skipped).
+    fn wait_ok_live(&self) {
+        let deadline = Instant::now() + CLUSTER_OK_BOUND;
+        for port in self.ports() {
+            if cli(port, &["PING"]).is_none() {
+                continue;
+            }
+            while !cli(port, &["CLUSTER", "INFO"])
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.trim() == "cluster_state:ok")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {port} not cluster_state:ok within {CLUSTER_OK_BOUND:?}"
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// Moves `slots` hash slots from the primary at `from` to the one at
+    /// `to` with `redis-cli --cluster reshard` (keys migrated with
+    /// `MIGRATE`, clients redirected by `ASK`, then `MOVED`).
+    pub fn reshard(&self, from: u16, to: u16, slots: usize) {
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).expect("CLUSTER MYID answers");
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(format!("127.0.0.1:{from}"))
+            .args(["--cluster-from", &id(from)])
+            .args(["--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string()])
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster reshard");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster reshard failed: {}",
+            String::from_utf8_lossy(&output.stdout)
         );
         self.wait_ok();
     }

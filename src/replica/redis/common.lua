@@ -86,9 +86,9 @@ local function epoch_read(key, run_key, run_id)
     end
     return false
   end
-  -- `:s`: Cluster mode, being renewed (witness.rs); refused by parse_epoch
-  -- elsewhere.
-  if #value ~= 18 or string.find(value, '^[0-9a-f]+:[cns]$') == nil then
+  -- `:s` (being renewed, witness.rs) only in Cluster mode (no run key).
+  if #value ~= 18 or string.find(value, '^[0-9a-f]+:[cns]$') == nil
+      or (run_key ~= nil and string.sub(value, 18) == 's') then
     return nil, 'CORRUPT the epoch key holds foreign data'
   end
   if run_key ~= nil and run ~= run_id then

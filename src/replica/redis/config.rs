@@ -118,6 +118,14 @@ pub struct RedisReplicaConfig {
     /// build that reads only format 1 still run (a rolling upgrade, see
     /// `docs/upgrades.md`). Both are read either way.
     pub stored_format: StoredFormat,
+    /// Cluster mode: adopt a deployment written by a build without
+    /// witnesses (an epoch and no witness at all) by stamping every slot
+    /// and keeping its epoch, instead of renewing it (a new, incomplete
+    /// epoch: refilled). For the upgrade from such a build only
+    /// (`docs/upgrades.md`): a whole deployment restored from a backup older
+    /// than its witnesses looks the same, and would be trusted. Default
+    /// `false`.
+    pub adopt_unwitnessed_cluster: bool,
 }
 
 impl RedisReplicaConfig {
@@ -158,6 +166,7 @@ impl RedisReplicaConfig {
             merge_batch_max_keys: super::MERGE_BATCH_MAX_KEYS,
             merge_calls_in_flight: super::MERGE_CALLS_IN_FLIGHT,
             stored_format: StoredFormat::default(),
+            adopt_unwitnessed_cluster: false,
         }
     }
 

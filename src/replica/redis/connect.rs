@@ -39,6 +39,14 @@ impl RedisReplica {
         config.validate()?;
         let fred_config = config.fred_config()?;
         let clustered = fred_config.server.is_clustered();
+        if clustered && config.key_prefix.contains(['{', '}']) {
+            // The witnesses' hash tags must decide their slots.
+            return Err(RedisConnectError::Config {
+                replica: config.name,
+                detail: "a Cluster replica's key prefix cannot hold '{' or '}'".into(),
+                source: None,
+            });
+        }
         let client = build_client(&config, fred_config)?;
         // Count connections from the first one on (see process.rs).
         let identity = ProcessIdentity::new(&client);
@@ -63,6 +71,7 @@ impl RedisReplica {
             me: me.clone(),
             read_script: Script::from_lua(READ_LUA),
             renewal: Default::default(),
+            adopt_unwitnessed: config.adopt_unwitnessed_cluster,
             renewal_key: format!(
                 "{}{}",
                 config.key_prefix,

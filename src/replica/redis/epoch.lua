@@ -12,14 +12,15 @@
 --
 -- Cluster mode (ARGV[4] = `cluster`): KEYS[1] the epoch key, KEYS[2] the
 -- witness of its slot (`get`, `complete`: checked first, see witness_check)
--- or absent; `stamp` takes KEYS[1] a witness key. The epoch may also read
+-- or absent; `stamp` and `check` take KEYS[1] a witness key. The epoch may also read
 -- `<id>:s`: being renewed (see witness.rs), incomplete, never marked
 -- complete. `get` returns the epoch or '' when missing (never made here);
 -- `complete` as above (0 for an epoch being renewed); `peek` the epoch or
 -- '', with no witness check; `begin` sets the epoch to ARGV[2] being
 -- renewed and returns it; `publish` sets it to ARGV[2], incomplete, if it
 -- still holds ARGV[3] (the value `begin` set) and returns 1, else 0;
--- `stamp` sets the witness to the running process's run id and returns it.
+-- `stamp` sets the witness to the running process's run id and returns it;
+-- `check` returns 1 after the witness check of KEYS[1].
 
 local op, id, run_id, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if mode == 'cluster' then
@@ -35,6 +36,11 @@ if mode == 'cluster' then
     end
     redis.call('SET', KEYS[1], running)
     return running
+  end
+  if op == 'check' then
+    local lost = witness_check(KEYS[1])
+    if lost then return redis.error_reply(lost) end
+    return 1
   end
   if op == 'get' or op == 'complete' then
     local lost = witness_check(KEYS[2])

@@ -50,16 +50,13 @@ impl Inner {
         }
     }
 
-    /// The epoch from a script reply through `via`, or (Cluster mode) from
-    /// the epoch key.
+    /// The epoch from a script reply through `via` (not in Cluster mode,
+    /// where the scripts do not read it: see `epoch_bracketed` in `witness.rs`).
     pub(super) async fn epoch_from(
         &self,
         value: Option<&Value>,
         via: Option<Via>,
     ) -> Result<Epoch, ReplicaError> {
-        if self.clustered {
-            return Box::pin(self.cluster_ping()).await;
-        }
         let text = value.and_then(Value::as_bytes).unwrap_or_default();
         let epoch = parse_epoch(text).ok_or_else(|| ReplicaError::Corrupt {
             detail: format!("{}: malformed epoch in a script reply", self.name),

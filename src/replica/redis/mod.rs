@@ -351,6 +351,8 @@ struct Inner {
     renewal: Arc<tokio::sync::Mutex<()>>,
     /// This replica, for the renewal task (`witness.rs`).
     me: std::sync::Weak<Inner>,
+    /// [`RedisReplicaConfig::adopt_unwitnessed_cluster`].
+    adopt_unwitnessed: bool,
     /// `<prefix>epoch:renewal` (Cluster mode, `witness.rs`).
     renewal_key: String,
     /// `<prefix>lease`.

@@ -22,9 +22,8 @@ impl Inner {
         // command, so a reconnection must be waited for before that.
         self.ensure_usable().await?;
         if self.clustered {
-            let hash = Box::pin(self.with_witness(|| self.read_clustered(key))).await?;
+            let (hash, epoch) = Box::pin(self.epoch_bracketed(|| self.read_clustered(key))).await?;
             let (record, _) = self.decode_hash(key, hash)?;
-            let epoch = Box::pin(self.cluster_ping()).await?;
             return Ok(ReadReply { record, epoch });
         }
         if let Some(reply) = self.read_fast(key).await? {

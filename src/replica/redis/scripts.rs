@@ -12,7 +12,7 @@ use super::wire::{self, delta_args, delta_for_wire, epoch_candidate};
 use super::{run_id_placeholder, Inner, Via, EXPIRY_MARGIN_ARG, MERGE_RUN_ID_SLOT};
 use crate::error::ReplicaError;
 use crate::record::Record;
-use crate::replica::{MergeMode, MergeReply, MergeStatus};
+use crate::replica::{Epoch, MergeMode, MergeReply, MergeStatus};
 use crate::stamp::{encode_ms, Stamp, PHYSICAL_MAX};
 
 impl Inner {
@@ -139,8 +139,13 @@ impl Inner {
             // One record: its witness loss fails the call as a whole.
             let witness = self.witness_of(merges[0].redis_key.as_bytes());
             let call = || Box::pin(self.merge_call_once(merges, Some(witness.clone())));
-            return match self.with_witness(call).await {
-                Ok(replies) => replies,
+            return match self.epoch_bracketed(call).await {
+                Ok((mut replies, epoch)) => {
+                    for reply in replies.iter_mut().flatten() {
+                        reply.epoch = epoch;
+                    }
+                    replies
+                }
                 Err(error) => for_each_key(merges.len(), &error),
             };
         }
@@ -238,7 +243,15 @@ impl Inner {
             Some(text) => Some(Stamp::decode(text).ok_or_else(|| self.malformed("merge"))?),
             None => return Err(self.malformed("merge")),
         };
-        let epoch = self.epoch_from(Some(epoch), via).await?;
+        let epoch = if self.clustered {
+            // Set by `merge_call` from the epoch read around the call.
+            Epoch {
+                id: 0,
+                complete: false,
+            }
+        } else {
+            self.epoch_from(Some(epoch), via).await?
+        };
         Ok(MergeReply {
             status,
             epoch,

@@ -15,11 +15,11 @@
 //! restarted, and refill the whole replica:
 //!
 //! 1. take the renewal lease (`<prefix>epoch:renewal`, one app server at a
-//!    time, [`RENEWAL_LEASE_TTL`]);
+//!    time, [`RENEWAL_LEASE_TTL`] or longer with long request deadlines);
 //! 2. `begin`: a new epoch id, *being renewed* (`<id>:s`): incomplete to
 //!    every reader from now on, and never marked complete;
 //! 3. stamp every slot's witness with the run id of the process serving it
-//!    (within [`RENEWAL_STAMPING_MAX`]);
+//!    (within [`RENEWAL_STAMPING_MAX`] of taking the lease);
 //! 4. `publish`: another new id, incomplete (refillable), if the epoch is
 //!    still the one `begin` set; release the lease.
 //!
@@ -30,12 +30,31 @@
 //! loss); a slot that lost its data after its stamp is caught by its
 //! witness. A renewal that stops half way (its app server died, the
 //! stamping took too long) leaves the epoch being renewed: still
-//! incomplete, so nothing is hidden; the next ping that sees it takes the
-//! lease once it is free and renews again. A renewal is never cancelled by
-//! a dropped request (it runs in a task of its own: a coordinator drops the
-//! request futures of replicas it no longer waits for); one that finds the
-//! epoch replaced since the loss was seen (published after the loss by
-//! another app server) does nothing.
+//! incomplete, so nothing is hidden; the next ping (a coordinator's probe)
+//! that sees it takes the lease once it is free and renews again. A
+//! request's own epoch read never takes over (requests must not queue
+//! behind a renewal). A renewal is never cancelled by a dropped request (it
+//! runs in a task of its own: a coordinator drops the request futures of
+//! replicas it no longer waits for); one that finds the epoch replaced
+//! since the loss was seen (published after the loss by another app
+//! server) does nothing. The lease has no fencing token: an app server
+//! whose stamps arrive after its lease expired (a pause, or a partition
+//! that delivers them late, beyond the lease's slack over the stamping
+//! bound) could hide a loss that happened in between.
+//!
+//! A request reads its record with its slot's witness, but the epoch lives
+//! on another node: so the epoch is read before (`peek`) and after (`get`,
+//! with the epoch slot's witness) the record's call, and the reply counts
+//! as complete only if both showed the same complete epoch (as the
+//! standalone bracketed read). [`Replica::ping`](crate::replica::Replica::ping)
+//! also checks the witness of one slot of every primary, so a shard that
+//! lost its data shows in the coordinators' probes and in anti-entropy's
+//! confirmation of its sources even when no request touched its keys.
+//!
+//! A replica with an epoch and no witness at all was written by a build
+//! without witnesses (or restored whole from a backup older than them):
+//! renewed by default, adopted (stamped, its epoch kept) with
+//! [`RedisReplicaConfig::adopt_unwitnessed_cluster`](super::RedisReplicaConfig::adopt_unwitnessed_cluster).
 //!
 //! The script asks the running process for its run id on every call (one
 //! `INFO server`, about 3 µs of the server's time): no cheaper proof works.
@@ -159,16 +178,43 @@ impl Inner {
                     if is_witness_loss(&error) && renewals < WITNESS_RENEWALS_PER_REQUEST =>
                 {
                     renewals += 1;
-                    tracing::warn!(
-                        replica = %self.name, %error,
-                        "a Cluster slot lost what its epoch covers: new epoch"
-                    );
+                    // Every request of a lost slot sees it: the renewal logs.
+                    tracing::debug!(replica = %self.name, %error, "a Cluster slot lost its data");
                     let seen = self.peek_epoch().await?;
                     self.renew_epoch(seen.map(|seen| seen.epoch.id)).await?;
                 }
                 result => return result,
             }
         }
+    }
+
+    /// Cluster mode: `call` (a record's script, checked by its slot's
+    /// witness) bracketed by the epoch, read before (`peek`) and after
+    /// (`get`, with the epoch slot's witness): the reply counts as complete
+    /// only if both showed the same complete epoch, as in the standalone
+    /// bracketed read (the epoch lives on another node, so no single call
+    /// reads both).
+    pub(super) async fn epoch_bracketed<T, F>(
+        &self,
+        call: impl Fn() -> F,
+    ) -> Result<(T, Epoch), ReplicaError>
+    where
+        F: std::future::Future<Output = Result<T, ReplicaError>>,
+    {
+        let before = Box::pin(self.peek_epoch()).await?;
+        let answer = self.with_witness(call).await?;
+        let after = Box::pin(self.reply_epoch()).await?;
+        let held = matches!(
+            before,
+            Some(ClusterEpoch { epoch, renewing: false }) if epoch.id == after.id && epoch.complete
+        );
+        Ok((
+            answer,
+            Epoch {
+                id: after.id,
+                complete: held && after.complete,
+            },
+        ))
     }
 
     /// A cluster epoch-script call: `(keys, [op, id, expected, "cluster"])`.
@@ -227,10 +273,11 @@ impl Inner {
         self.cluster_epoch(&answer)
     }
 
-    /// Cluster mode's [`Replica::ping`](crate::replica::Replica::ping): the
-    /// epoch after the epoch slot's witness check, made (every witness
-    /// stamped first) when missing.
-    pub(super) async fn cluster_ping(&self) -> Result<Epoch, ReplicaError> {
+    /// The epoch after the epoch slot's witness check (`get`), made (every
+    /// witness stamped first) when missing. With `take_over`, an epoch left
+    /// being renewed is renewed here when no renewal runs (the lease is
+    /// free); without, it is answered as it is (incomplete).
+    async fn epoch_checked(&self, take_over: bool) -> Result<Epoch, ReplicaError> {
         let keys = vec![
             self.epoch_fred_key.clone(),
             self.witness_of(self.epoch_key.as_bytes()),
@@ -243,13 +290,10 @@ impl Inner {
                     epoch,
                     renewing: false,
                 }) => return Ok(epoch),
-                // Being renewed: by a live renewal (the lease is taken, this
-                // returns at once) or one that stopped half way (taken over
-                // here once its lease expired).
-                Some(ClusterEpoch {
-                    epoch,
-                    renewing: true,
-                }) => {
+                Some(ClusterEpoch { epoch, .. }) if !take_over => return Ok(epoch),
+                Some(ClusterEpoch { epoch, .. }) => {
+                    // A renewal that runs holds the lease: this returns at
+                    // once; one that stopped half way is taken over.
                     self.renew_epoch(Some(epoch.id)).await?;
                     if let Some(ClusterEpoch { epoch, .. }) = self.peek_epoch().await? {
                         return Ok(epoch);
@@ -267,6 +311,44 @@ impl Inner {
         })
     }
 
+    /// The epoch a record's reply carries (after its own call): no takeover
+    /// of a stopped renewal (the probes do that), so requests never queue
+    /// behind one.
+    pub(super) async fn reply_epoch(&self) -> Result<Epoch, ReplicaError> {
+        self.epoch_checked(false).await
+    }
+
+    /// Cluster mode's [`Replica::ping`](crate::replica::Replica::ping): the
+    /// witness of one slot of every primary (fred's map), then the epoch
+    /// (taking over a renewal that stopped half way). A shard that lost its
+    /// data shows here even when no request touched its keys: the
+    /// coordinator's probes, bootstrap and anti-entropy (which confirms its
+    /// sources with `ping`) all see it.
+    pub(super) async fn cluster_ping(&self) -> Result<Epoch, ReplicaError> {
+        for witness in self.one_witness_per_primary() {
+            let call = || self.epoch_call("check", vec![witness.clone()], epoch_candidate(), "");
+            self.with_witness(call).await?;
+        }
+        self.epoch_checked(true).await
+    }
+
+    /// The witness key of the first slot of each primary's ranges in fred's
+    /// cached map (empty when it has none).
+    fn one_witness_per_primary(&self) -> Vec<Key> {
+        let Some(routing) = self.client.cached_cluster_state() else {
+            return Vec::new();
+        };
+        let mut seen = Vec::new();
+        let mut witnesses = Vec::new();
+        for range in routing.slots() {
+            if !seen.contains(&range.primary) {
+                seen.push(range.primary.clone());
+                witnesses.push(Key::from(self.witness_key(range.start)));
+            }
+        }
+        witnesses
+    }
+
     /// Cluster mode's `mark_epoch_complete`, after the epoch slot's witness
     /// check.
     pub(super) async fn cluster_mark_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
@@ -282,13 +364,23 @@ impl Inner {
         }
     }
 
+    /// How long the renewal lease is held: [`RENEWAL_LEASE_TTL`], or longer
+    /// when the request deadline is long, so that the lease outlives the
+    /// stamping ([`RENEWAL_STAMPING_MAX`]) and the last stamp's request
+    /// (its deadline, a wait for a dropped connection, and one more try),
+    /// then `publish`.
+    fn renewal_lease_ttl(&self) -> std::time::Duration {
+        let tail = self.timeout * 4 + self.reconnect_wait + std::time::Duration::from_secs(10);
+        RENEWAL_LEASE_TTL.max(RENEWAL_STAMPING_MAX + tail)
+    }
+
     /// Renews the epoch (see the module docs) unless it was replaced since
     /// `seen` (its id, read after the loss was seen; `None`: missing) by an
     /// epoch that is not being renewed: then another app server published
-    /// after the loss. When another app server holds the renewal lease,
-    /// returns at once (its renewal, or the next one, covers the loss).
-    /// Runs in a task of its own so that dropping the request that started
-    /// it never leaves it half done.
+    /// after the loss. Waits for a renewal that runs here; when one runs
+    /// elsewhere (the lease is taken), returns at once: that renewal, or the
+    /// next one, covers the loss. Runs in a task of its own so that dropping
+    /// the request that started it never leaves it half done.
     async fn renew_epoch(&self, seen: Option<u64>) -> Result<(), ReplicaError> {
         let Some(me) = self.me.upgrade() else {
             return Err(ReplicaError::Unavailable {
@@ -296,21 +388,36 @@ impl Inner {
                 source: None,
             });
         };
-        let lock = Arc::clone(&self.renewal);
+        // Waits for a renewal that runs here (then, most often, finds the
+        // epoch renewed and does nothing); only requests of a lost slot and
+        // pings come here, never a request's reply epoch.
+        let one_at_a_time = Arc::clone(&self.renewal).lock_owned().await;
         let task = tokio::spawn(async move {
-            let _one_at_a_time = lock.lock().await;
+            let _one_at_a_time = one_at_a_time;
             if me.renewed_since(seen).await? {
                 return Ok(());
             }
             let owner = rand::random::<u64>();
-            let ttl = RENEWAL_LEASE_TTL.as_millis().to_string();
-            let granted = me
-                .lease_call(&me.renewal_key, "acquire", owner, ttl)
-                .await?;
-            if granted != Value::Integer(1) {
-                return Ok(());
+            let ttl = me.renewal_lease_ttl();
+            let acquired = me
+                .lease_call(
+                    &me.renewal_key,
+                    "acquire",
+                    owner,
+                    ttl.as_millis().to_string(),
+                )
+                .await;
+            let lease_taken = std::time::Instant::now();
+            let renewed = match acquired {
+                Ok(Value::Integer(1)) => me.renew_under_lease(seen, lease_taken).await,
+                Ok(_) => return Ok(()),
+                // The lease may be ours although the reply was lost: it is
+                // released below (it would block every renewal for `ttl`).
+                Err(error) => Err(error),
+            };
+            if let Err(error) = &renewed {
+                tracing::warn!(replica = %me.name, %error, "Cluster epoch renewal failed; the next request or probe tries again");
             }
-            let renewed = me.renew_under_lease(seen).await;
             let released = me
                 .lease_call(&me.renewal_key, "release", owner, String::new())
                 .await;
@@ -332,22 +439,25 @@ impl Inner {
         ))
     }
 
-    /// Steps 2 to 4 of a renewal (module docs), the lease held; or the
-    /// adoption of a replica written before witnesses existed.
-    async fn renew_under_lease(&self, seen: Option<u64>) -> Result<(), ReplicaError> {
+    /// Steps 2 to 4 of a renewal (module docs), the lease held since
+    /// `lease_taken`; or the adoption of a replica written before witnesses
+    /// existed, when allowed.
+    async fn renew_under_lease(
+        &self,
+        seen: Option<u64>,
+        lease_taken: std::time::Instant,
+    ) -> Result<(), ReplicaError> {
         if self.renewed_since(seen).await? {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        if self.never_stamped().await? {
-            // Stamped in place, the epoch kept: what an upgrade from a build
-            // without witnesses needs (renewing every Cluster replica at
-            // once would leave none complete). docs/upgrades.md.
-            self.stamp_every_slot(started + RENEWAL_STAMPING_MAX)
-                .await?;
+        let deadline = lease_taken + RENEWAL_STAMPING_MAX;
+        if self.adopt_unwitnessed && self.never_stamped().await? {
+            // Stamped in place, the epoch kept: an upgrade from a build
+            // without witnesses (docs/upgrades.md).
+            self.stamp_every_slot(deadline).await?;
             tracing::warn!(
-                replica = %self.name, took = ?started.elapsed(),
-                "Cluster replica written before witnesses: every slot stamped, epoch kept"
+                replica = %self.name, took = ?lease_taken.elapsed(),
+                "Cluster replica written before witnesses adopted: every slot stamped, epoch kept"
             );
             return Ok(());
         }
@@ -359,15 +469,14 @@ impl Inner {
             .as_str()
             .map(|text| text.into_owned())
             .unwrap_or_default();
-        self.stamp_every_slot(started + RENEWAL_STAMPING_MAX)
-            .await?;
+        self.stamp_every_slot(deadline).await?;
         let published = self
             .epoch_call("publish", keys, epoch_candidate(), &begun)
             .await?;
         let published = published == Value::Integer(1);
         tracing::warn!(
-            replica = %self.name, took = ?started.elapsed(), published,
-            "every Cluster slot's witness stamped; new epoch"
+            replica = %self.name, took = ?lease_taken.elapsed(), published,
+            "Cluster data loss seen: every slot's witness stamped, new epoch"
         );
         Ok(())
     }
@@ -378,7 +487,9 @@ impl Inner {
     /// cached map; unknown: `false`). A shard that lost its data (the
     /// epoch's included) cannot look like this: the epoch key and its
     /// slot's witness live and die together, and the other primaries keep
-    /// theirs.
+    /// theirs. A whole deployment restored from a backup older than its
+    /// witnesses can: hence only with
+    /// [`RedisReplicaConfig::adopt_unwitnessed_cluster`](super::RedisReplicaConfig::adopt_unwitnessed_cluster).
     async fn never_stamped(&self) -> Result<bool, ReplicaError> {
         if !matches!(
             self.peek_epoch().await?,
@@ -389,16 +500,12 @@ impl Inner {
         ) {
             return Ok(false);
         }
-        let Some(routing) = self.client.cached_cluster_state() else {
+        let per_primary = self.one_witness_per_primary();
+        if per_primary.is_empty() {
             return Ok(false);
-        };
+        }
         let mut witnesses = vec![self.witness_of(self.epoch_key.as_bytes())];
-        witnesses.extend(
-            routing
-                .slots()
-                .iter()
-                .map(|range| Key::from(self.witness_key(range.start))),
-        );
+        witnesses.extend(per_primary);
         for witness in witnesses {
             let call = Box::pin(self.client.exists::<i64, _>(witness));
             let found = self.finish(
