@@ -104,6 +104,9 @@ fn spawn(dir: &Path, port: u16, bus: u16) -> Child {
         .args(["--port", &port.to_string()])
         .args(["--cluster-port", &bus.to_string()])
         .args(["--bind", "127.0.0.1"])
+        // A node learns its address from the first MEET: a one-node
+        // cluster never has one, and announces an empty host without this.
+        .args(["--cluster-announce-ip", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", "nodes.conf"])
         .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
@@ -199,6 +202,18 @@ impl RedisCluster {
             let node = Node::start(&cluster.dir.join(format!("node-{index}")));
             cluster.nodes.push(node);
         }
+        if primaries == 1 && replicas == 0 {
+            // `--cluster create` wants three primaries: one node takes every
+            // slot itself.
+            let port = cluster.nodes[0].port;
+            assert_eq!(
+                cli(port, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).as_deref(),
+                Some("OK"),
+                "CLUSTER ADDSLOTSRANGE on {port}"
+            );
+            cluster.wait_ok();
+            return cluster;
+        }
         let addresses: Vec<String> = cluster
             .nodes
             .iter()
@@ -254,6 +269,11 @@ impl RedisCluster {
                 std::thread::sleep(POLL);
             }
         }
+    }
+
+    /// The process id of every node.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|node| node.child.id()).collect()
     }
 
     /// The client port of every node.
