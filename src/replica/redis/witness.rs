@@ -32,8 +32,9 @@
 //! stamping took too long) leaves the epoch being renewed: still
 //! incomplete, so nothing is hidden; the next ping (a coordinator's probe)
 //! that sees it takes the lease once it is free and renews again. A
-//! request's own epoch read never takes over (requests must not queue
-//! behind a renewal). A renewal is never cancelled by a dropped request (it
+//! request's own epoch read never takes over, so requests of slots that
+//! kept their data never queue behind a renewal (a request of a lost slot
+//! waits for the renewal this app server runs, within its deadline). A renewal is never cancelled by a dropped request (it
 //! runs in a task of its own: a coordinator drops the request futures of
 //! replicas it no longer waits for); one that finds the epoch replaced
 //! since the loss was seen (published after the loss by another app
@@ -134,6 +135,27 @@ pub(super) fn is_witness_loss(error: &ReplicaError) -> bool {
 /// unavailable: the request may be made again once the replica renewed).
 pub(super) fn is_witness_error_word(word: &str) -> bool {
     word == NO_WITNESS_ERROR || word == NEW_PROCESS_ERROR
+}
+
+/// The renewal lease's time to live and the stamping budget within it.
+/// The lease counts from when Redis ran the acquire, which is after the
+/// caller's clock started; the last stamp may take a request's whole
+/// course (`retrying`: half a deadline, a wait for the connection, a
+/// second deadline; and a wait in `ensure_usable`), and so may
+/// `publish`: the tail is twice that, and ten seconds more. The time to
+/// live is [`RENEWAL_LEASE_TTL`] or the budget plus the tail, at most the
+/// lease script's cap (a day); the budget is [`RENEWAL_STAMPING_MAX`] or
+/// what the cap leaves (zero: no renewal can run, see `renew_epoch`).
+fn renewal_timing(
+    timeout: std::time::Duration,
+    reconnect_wait: std::time::Duration,
+) -> (std::time::Duration, std::time::Duration) {
+    let request = timeout * 3 / 2 + reconnect_wait * 2;
+    let tail = request * 2 + std::time::Duration::from_secs(10);
+    let ttl = (RENEWAL_STAMPING_MAX + tail)
+        .max(RENEWAL_LEASE_TTL)
+        .min(crate::config::LEASE_TTL_MAX);
+    (ttl, ttl.saturating_sub(tail).min(RENEWAL_STAMPING_MAX))
 }
 
 /// A Cluster replica's epoch as the epoch script answers it.
@@ -323,20 +345,47 @@ impl Inner {
     /// (taking over a renewal that stopped half way). A shard that lost its
     /// data shows here even when no request touched its keys: the
     /// coordinator's probes, bootstrap and anti-entropy (which confirms its
-    /// sources with `ping`) all see it.
+    /// sources with `ping`) all see it. One primary unreachable fails the
+    /// ping (fred 10 takes a clustered client down as a whole anyway).
     pub(super) async fn cluster_ping(&self) -> Result<Epoch, ReplicaError> {
-        for witness in self.one_witness_per_primary() {
+        for witness in self.one_witness_per_primary().await? {
             let call = || self.epoch_call("check", vec![witness.clone()], epoch_candidate(), "");
             self.with_witness(call).await?;
         }
         self.epoch_checked(true).await
     }
 
-    /// The witness key of the first slot of each primary's ranges in fred's
-    /// cached map (empty when it has none).
-    fn one_witness_per_primary(&self) -> Vec<Key> {
-        let Some(routing) = self.client.cached_cluster_state() else {
-            return Vec::new();
+    /// The witness key of the first slot of each primary's ranges, from
+    /// fred's map of the cluster: refreshed (`CLUSTER SLOTS`) when it is
+    /// missing or does not cover every slot, and an error if it still does
+    /// not (a ping must not pass a replica for want of a map).
+    async fn one_witness_per_primary(&self) -> Result<Vec<Key>, ReplicaError> {
+        let covers_every_slot = |routing: &fred::types::cluster::ClusterRouting| {
+            let covered: usize = routing
+                .slots()
+                .iter()
+                .map(|range| usize::from(range.end) + 1 - usize::from(range.start))
+                .sum();
+            covered == CLUSTER_SLOTS
+        };
+        let mut routing = self.client.cached_cluster_state();
+        if !routing.as_ref().is_some_and(covers_every_slot) {
+            let sync = Box::pin(self.client.sync_cluster());
+            self.finish(
+                "cluster map",
+                None,
+                tokio::time::timeout(self.timeout, sync).await,
+            )?;
+            routing = self.client.cached_cluster_state();
+        }
+        let Some(routing) = routing.filter(covers_every_slot) else {
+            return Err(ReplicaError::Unavailable {
+                detail: format!(
+                    "{}: fred's map of the cluster does not cover every slot",
+                    self.name
+                ),
+                source: None,
+            });
         };
         let mut seen = Vec::new();
         let mut witnesses = Vec::new();
@@ -346,7 +395,7 @@ impl Inner {
                 witnesses.push(Key::from(self.witness_key(range.start)));
             }
         }
-        witnesses
+        Ok(witnesses)
     }
 
     /// Cluster mode's `mark_epoch_complete`, after the epoch slot's witness
@@ -362,16 +411,6 @@ impl Inner {
             Value::Integer(0) => Ok(false),
             _ => Err(self.malformed("mark_epoch_complete")),
         }
-    }
-
-    /// How long the renewal lease is held: [`RENEWAL_LEASE_TTL`], or longer
-    /// when the request deadline is long, so that the lease outlives the
-    /// stamping ([`RENEWAL_STAMPING_MAX`]) and the last stamp's request
-    /// (its deadline, a wait for a dropped connection, and one more try),
-    /// then `publish`.
-    fn renewal_lease_ttl(&self) -> std::time::Duration {
-        let tail = self.timeout * 4 + self.reconnect_wait + std::time::Duration::from_secs(10);
-        RENEWAL_LEASE_TTL.max(RENEWAL_STAMPING_MAX + tail)
     }
 
     /// Renews the epoch (see the module docs) unless it was replaced since
@@ -398,7 +437,18 @@ impl Inner {
                 return Ok(());
             }
             let owner = rand::random::<u64>();
-            let ttl = me.renewal_lease_ttl();
+            let (ttl, budget) = renewal_timing(me.timeout, me.reconnect_wait);
+            if budget.is_zero() {
+                return Err(ReplicaError::Refused {
+                    detail: format!(
+                        "{}: request_timeout and reconnect_wait too long for a Cluster epoch renewal within a day's lease",
+                        me.name
+                    ),
+                    source: None,
+                });
+            }
+            // Before the acquire: the lease may start as soon as it is sent.
+            let lease_taken = std::time::Instant::now();
             let acquired = me
                 .lease_call(
                     &me.renewal_key,
@@ -407,10 +457,11 @@ impl Inner {
                     ttl.as_millis().to_string(),
                 )
                 .await;
-            let lease_taken = std::time::Instant::now();
             let renewed = match acquired {
-                Ok(Value::Integer(1)) => me.renew_under_lease(seen, lease_taken).await,
-                Ok(_) => return Ok(()),
+                Ok(Value::Integer(1)) => me.renew_under_lease(seen, lease_taken + budget).await,
+                // Another app server renews.
+                Ok(Value::Integer(0)) => return Ok(()),
+                Ok(_) => Err(me.malformed("renewal lease")),
                 // The lease may be ours although the reply was lost: it is
                 // released below (it would block every renewal for `ttl`).
                 Err(error) => Err(error),
@@ -421,7 +472,11 @@ impl Inner {
             let released = me
                 .lease_call(&me.renewal_key, "release", owner, String::new())
                 .await;
-            renewed.and(released.map(drop))
+            if let Err(error) = released {
+                // It expires by itself; the renewal's own outcome stands.
+                tracing::warn!(replica = %me.name, %error, "renewal lease not released");
+            }
+            renewed
         });
         task.await.unwrap_or_else(|join| {
             Err(ReplicaError::Unavailable {
@@ -439,24 +494,24 @@ impl Inner {
         ))
     }
 
-    /// Steps 2 to 4 of a renewal (module docs), the lease held since
-    /// `lease_taken`; or the adoption of a replica written before witnesses
-    /// existed, when allowed.
+    /// Steps 2 to 4 of a renewal (module docs), the lease held, stamping
+    /// until `deadline`; or the adoption of a replica written before
+    /// witnesses existed, when allowed.
     async fn renew_under_lease(
         &self,
         seen: Option<u64>,
-        lease_taken: std::time::Instant,
+        deadline: std::time::Instant,
     ) -> Result<(), ReplicaError> {
         if self.renewed_since(seen).await? {
             return Ok(());
         }
-        let deadline = lease_taken + RENEWAL_STAMPING_MAX;
+        let started = std::time::Instant::now();
         if self.adopt_unwitnessed && self.never_stamped().await? {
             // Stamped in place, the epoch kept: an upgrade from a build
             // without witnesses (docs/upgrades.md).
             self.stamp_every_slot(deadline).await?;
             tracing::warn!(
-                replica = %self.name, took = ?lease_taken.elapsed(),
+                replica = %self.name, took = ?started.elapsed(),
                 "Cluster replica written before witnesses adopted: every slot stamped, epoch kept"
             );
             return Ok(());
@@ -475,7 +530,7 @@ impl Inner {
             .await?;
         let published = published == Value::Integer(1);
         tracing::warn!(
-            replica = %self.name, took = ?lease_taken.elapsed(), published,
+            replica = %self.name, took = ?started.elapsed(), published,
             "Cluster data loss seen: every slot's witness stamped, new epoch"
         );
         Ok(())
@@ -500,10 +555,9 @@ impl Inner {
         ) {
             return Ok(false);
         }
-        let per_primary = self.one_witness_per_primary();
-        if per_primary.is_empty() {
+        let Ok(per_primary) = self.one_witness_per_primary().await else {
             return Ok(false);
-        }
+        };
         let mut witnesses = vec![self.witness_of(self.epoch_key.as_bytes())];
         witnesses.extend(per_primary);
         for witness in witnesses {
@@ -529,7 +583,7 @@ impl Inner {
                 if std::time::Instant::now() > deadline {
                     return Err(ReplicaError::Unavailable {
                         detail: format!(
-                            "{}: stamping the witnesses took more than {RENEWAL_STAMPING_MAX:?}",
+                            "{}: stamping the witnesses outlasted their share of the renewal lease",
                             self.name
                         ),
                         source: None,
@@ -559,6 +613,23 @@ mod tests {
             let key = format!("qs:{WITNESS_KEY_INFIX}{{{tag}}}");
             assert_eq!(usize::from(fred::util::redis_keyslot(key.as_bytes())), slot);
         }
+    }
+
+    #[test]
+    fn the_renewal_lease_outlives_the_stamping_and_its_last_requests() {
+        use std::time::Duration;
+        let (ttl, budget) = renewal_timing(Duration::from_millis(500), Duration::from_millis(500));
+        assert_eq!((ttl, budget), (RENEWAL_LEASE_TTL, RENEWAL_STAMPING_MAX));
+        let (t, rw) = (Duration::from_secs(10), Duration::from_secs(10));
+        let (ttl, budget) = renewal_timing(t, rw);
+        assert_eq!(budget, RENEWAL_STAMPING_MAX);
+        assert!(ttl >= budget + (t * 3 / 2 + rw * 2) * 2, "{ttl:?}");
+        // Past the lease script's one-day cap: no budget, no renewal.
+        let (ttl, budget) = renewal_timing(Duration::from_secs(86_400), Duration::ZERO);
+        assert_eq!(
+            (ttl, budget),
+            (crate::config::LEASE_TTL_MAX, Duration::ZERO)
+        );
     }
 
     #[test]
