@@ -541,16 +541,8 @@ async fn a_manual_failover_keeps_every_record_and_starts_a_new_epoch() {
     let epoch = replica.ping().await.expect("ping");
     assert!(replica.mark_epoch_complete(epoch.id).await.expect("mark"));
     let epoch_primary = epoch_holder(cluster.primary_ports(), &replica);
-    // `ROLE` on a replica: `slave`, then its primary's host and port.
     let follower = cluster
-        .ports()
-        .into_iter()
-        .find(|port| {
-            let role = cluster_support::cli(*port, &["ROLE"]).unwrap_or_default();
-            let lines: Vec<&str> = role.lines().collect();
-            lines.first() == Some(&"slave")
-                && lines.get(2) == Some(&epoch_primary.to_string().as_str())
-        })
+        .follower_of(epoch_primary)
         .expect("the epoch primary has a replica");
     let started = Instant::now();
     // Blocks on redis-cli: off the runtime's worker (fred's tasks run on).

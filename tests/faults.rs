@@ -21,7 +21,7 @@
 mod support;
 
 use async_trait::async_trait;
-use quorum_sessions::chaos::{ChaosNodes, Scenario, ScenarioReport, TABLE_HEADER};
+use quorum_sessions::chaos::{record_rows, ChaosNodes, Scenario, ScenarioReport};
 use quorum_sessions::replica::redis::RedisReplica;
 use support::RedisNodes;
 
@@ -75,29 +75,10 @@ impl ChaosNodes for Containers {
 async fn run(scenario: Scenario) -> Vec<ScenarioReport> {
     let nodes = Containers(RedisNodes::start(3).await);
     let reports = scenario.run(&nodes, &|_: &str| {}).await;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-table.md");
-    let _ = std::fs::create_dir_all(path.parent().unwrap());
-    let fresh = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
-    let mut text = if fresh {
-        TABLE_HEADER.to_owned()
-    } else {
-        String::new()
-    };
-    for report in &reports {
-        for (at, error) in &report.error_samples {
-            eprintln!("{}: error at {at:?}: {error}", report.name);
-        }
-        print!("{}", report.table_row());
-        text.push_str(&report.table_row());
-    }
-    use std::io::Write;
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
-        let _ = file.write_all(text.as_bytes());
-    }
+    record_rows(
+        &reports,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-table.md"),
+    );
     reports
 }
 

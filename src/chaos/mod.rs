@@ -146,7 +146,7 @@ impl ScenarioReport {
 
     /// Fills the counts and latencies from a workload's history and the
     /// checker's verdict.
-    fn from_history(name: &str, history: &History, verdict: &Verdict) -> ScenarioReport {
+    pub fn from_history(name: &str, history: &History, verdict: &Verdict) -> ScenarioReport {
         ScenarioReport {
             name: name.to_owned(),
             operations: history.operations,
@@ -162,7 +162,7 @@ impl ScenarioReport {
     }
 
     /// Records a claim and whether it held.
-    fn claim(&mut self, what: &str, held: bool, seen: impl fmt::Display) {
+    pub fn claim(&mut self, what: &str, held: bool, seen: impl fmt::Display) {
         self.claims.push(Claim {
             what: what.to_owned(),
             held,
@@ -172,7 +172,7 @@ impl ScenarioReport {
 
     /// The claims every workload scenario makes about its history: nothing
     /// lost, nothing stale, no session missing, every final read answered.
-    fn claim_clean_history(&mut self, verdict: &Verdict) {
+    pub fn claim_clean_history(&mut self, verdict: &Verdict) {
         self.claim(
             "no acknowledged write lost",
             verdict.lost == 0,
@@ -211,6 +211,35 @@ impl ScenarioReport {
             "| {} | {} | {} | {} | {} | {} | {p50_ms:.1} / {p99_ms:.1} / {max_ms:.1} |\n",
             self.name, self.operations, self.errors, self.lost, self.stale, self.resurrected
         )
+    }
+}
+
+/// Prints each report's row (and its first failed operations, on standard
+/// error) and appends the rows to the Markdown table at `path`, with
+/// [`TABLE_HEADER`] first when the file is new or empty. A table that
+/// cannot be written is skipped: the rows are printed anyway.
+pub fn record_rows(reports: &[ScenarioReport], path: &std::path::Path) {
+    let mut text = String::new();
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        text.push_str(TABLE_HEADER);
+    }
+    for report in reports {
+        for (at, error) in &report.error_samples {
+            eprintln!("{}: error at {at:?}: {error}", report.name);
+        }
+        print!("{}", report.table_row());
+        text.push_str(&report.table_row());
+    }
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = file.write_all(text.as_bytes());
     }
 }
 

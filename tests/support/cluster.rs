@@ -348,7 +348,8 @@ impl RedisCluster {
         self.wait_ok();
     }
 
-    /// The Cluster replica following the primary at `port`, if any.
+    /// The Cluster replica following the primary at `port`, if any (`ROLE`
+    /// on a replica: `slave`, then its primary's host and port).
     pub fn follower_of(&self, port: u16) -> Option<u16> {
         self.ports().into_iter().find(|candidate| {
             let role = cli(*candidate, &["ROLE"]).unwrap_or_default();

@@ -353,6 +353,8 @@ struct Inner {
     me: std::sync::Weak<Inner>,
     /// [`RedisReplicaConfig::adopt_unwitnessed_cluster`].
     adopt_unwitnessed: bool,
+    /// The witness of the epoch key's slot (Cluster mode, `witness.rs`).
+    epoch_witness: Key,
     /// `<prefix>epoch:renewal` (Cluster mode, `witness.rs`).
     renewal_key: String,
     /// `<prefix>lease`.

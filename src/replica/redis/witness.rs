@@ -31,6 +31,7 @@
 //! witness. A renewal that stops half way (its app server died, the
 //! stamping took too long) leaves the epoch being renewed: still
 //! incomplete, so nothing is hidden; the next ping (a coordinator's probe)
+//! or attempt to mark the epoch complete (anti-entropy, after a refill)
 //! that sees it takes the lease once it is free and renews again. A
 //! request's own epoch read never takes over, so requests of slots that
 //! kept their data never queue behind a renewal (a request of a lost slot
@@ -87,6 +88,9 @@ pub const RENEWAL_LEASE_TTL: std::time::Duration = std::time::Duration::from_sec
 /// stays being renewed: incomplete; the next renewal starts over). Half the
 /// lease: the lease outlives every stamp.
 pub const RENEWAL_STAMPING_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Attempts to release the renewal lease, and the pause between two.
+pub const RENEWAL_RELEASE_ATTEMPTS: usize = 10;
+const RENEWAL_RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 /// The renewal lease key, after the prefix.
 pub(super) const RENEWAL_KEY_SUFFIX: &str = "epoch:renewal";
 /// What a witness key's name has after the prefix, before its hash tag.
@@ -128,7 +132,7 @@ pub(super) fn is_witness_loss(error: &ReplicaError) -> bool {
     source
         .downcast_ref::<fred::error::Error>()
         .and_then(|error| error.details().split_whitespace().next())
-        .is_some_and(|word| word == NO_WITNESS_ERROR || word == NEW_PROCESS_ERROR)
+        .is_some_and(is_witness_error_word)
 }
 
 /// True for the first word of a witness error reply (mapped as
@@ -158,6 +162,18 @@ fn renewal_timing(
     (ttl, ttl.saturating_sub(tail).min(RENEWAL_STAMPING_MAX))
 }
 
+/// The witness key of `slot` under `prefix`.
+fn witness_key(prefix: &str, slot: u16) -> String {
+    let tag = slot_tags()[usize::from(slot)];
+    format!("{prefix}{WITNESS_KEY_INFIX}{{{tag}}}")
+}
+
+/// The witness key of the slot of the Redis key `redis_key` under `prefix`
+/// (`connect.rs` keeps the epoch key's, read by every Cluster request).
+pub(super) fn witness_of(prefix: &str, redis_key: &[u8]) -> Key {
+    Key::from(witness_key(prefix, fred::util::redis_keyslot(redis_key)))
+}
+
 /// A Cluster replica's epoch as the epoch script answers it.
 #[derive(Clone, Copy, Debug)]
 struct ClusterEpoch {
@@ -169,14 +185,12 @@ struct ClusterEpoch {
 impl Inner {
     /// The witness key of the slot of the Redis key `redis_key`.
     pub(super) fn witness_of(&self, redis_key: &[u8]) -> Key {
-        let slot = fred::util::redis_keyslot(redis_key);
-        Key::from(self.witness_key(slot))
+        witness_of(&self.prefix, redis_key)
     }
 
     /// The witness key of `slot`.
     fn witness_key(&self, slot: u16) -> String {
-        let tag = slot_tags()[usize::from(slot)];
-        format!("{}{WITNESS_KEY_INFIX}{{{tag}}}", self.prefix)
+        witness_key(&self.prefix, slot)
     }
 
     /// True when a full Redis key is one of the witnesses.
@@ -300,10 +314,7 @@ impl Inner {
     /// being renewed is renewed here when no renewal runs (the lease is
     /// free); without, it is answered as it is (incomplete).
     async fn epoch_checked(&self, take_over: bool) -> Result<Epoch, ReplicaError> {
-        let keys = vec![
-            self.epoch_fred_key.clone(),
-            self.witness_of(self.epoch_key.as_bytes()),
-        ];
+        let keys = vec![self.epoch_fred_key.clone(), self.epoch_witness.clone()];
         for _attempt in 0..=WITNESS_RENEWALS_PER_REQUEST {
             let call = || self.epoch_call("get", keys.clone(), epoch_candidate(), "");
             let answer = self.with_witness(call).await?;
@@ -401,14 +412,24 @@ impl Inner {
     /// Cluster mode's `mark_epoch_complete`, after the epoch slot's witness
     /// check.
     pub(super) async fn cluster_mark_complete(&self, epoch_id: u64) -> Result<bool, ReplicaError> {
-        let keys = vec![
-            self.epoch_fred_key.clone(),
-            self.witness_of(self.epoch_key.as_bytes()),
-        ];
+        let keys = vec![self.epoch_fred_key.clone(), self.epoch_witness.clone()];
         let call = || self.epoch_call("complete", keys.clone(), format!("{epoch_id:016x}"), "");
         match self.with_witness(call).await? {
             Value::Integer(1) => Ok(true),
-            Value::Integer(0) => Ok(false),
+            Value::Integer(0) => {
+                // Anti-entropy marks a refilled replica here, again and
+                // again: an epoch left being renewed (a renewal that failed
+                // half way) is taken over from here too, not only by probes
+                // (a coordinator probes a replica that is up rarely).
+                if let Some(ClusterEpoch {
+                    epoch,
+                    renewing: true,
+                }) = self.peek_epoch().await?
+                {
+                    self.renew_epoch(Some(epoch.id)).await?;
+                }
+                Ok(false)
+            }
             _ => Err(self.malformed("mark_epoch_complete")),
         }
     }
@@ -469,12 +490,21 @@ impl Inner {
             if let Err(error) = &renewed {
                 tracing::warn!(replica = %me.name, %error, "Cluster epoch renewal failed; the next request or probe tries again");
             }
-            let released = me
-                .lease_call(&me.renewal_key, "release", owner, String::new())
-                .await;
-            if let Err(error) = released {
-                // It expires by itself; the renewal's own outcome stands.
-                tracing::warn!(replica = %me.name, %error, "renewal lease not released");
+            // Most often after a failed renewal, on a struggling connection:
+            // tried again, as a lease left behind blocks every renewal (and
+            // so the replica's refill) until it expires.
+            for attempt in 1..=RENEWAL_RELEASE_ATTEMPTS {
+                match me
+                    .lease_call(&me.renewal_key, "release", owner, String::new())
+                    .await
+                {
+                    Ok(_) => break,
+                    // It expires by itself; the renewal's own outcome stands.
+                    Err(error) if attempt == RENEWAL_RELEASE_ATTEMPTS => {
+                        tracing::warn!(replica = %me.name, %error, "renewal lease not released");
+                    }
+                    Err(_) => tokio::time::sleep(RENEWAL_RELEASE_PAUSE).await,
+                }
             }
             renewed
         });
@@ -558,7 +588,7 @@ impl Inner {
         let Ok(per_primary) = self.one_witness_per_primary().await else {
             return Ok(false);
         };
-        let mut witnesses = vec![self.witness_of(self.epoch_key.as_bytes())];
+        let mut witnesses = vec![self.epoch_witness.clone()];
         witnesses.extend(per_primary);
         for witness in witnesses {
             let call = Box::pin(self.client.exists::<i64, _>(witness));
