@@ -39,7 +39,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 const BEFORE_FAULT: Duration = Duration::from_secs(2);
 const AFTER_FAULT: Duration = Duration::from_secs(4);
 /// Bound on the anti-entropy passes that refill the replica with the fault:
-/// past the renewal lease's time to live (60 s), which a renewal that
+/// past the renewal lease's time to live (about 25 s here), which a renewal that
 /// failed half way may leave behind.
 const REFILL_BOUND: Duration = Duration::from_secs(90);
 

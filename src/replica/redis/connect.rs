@@ -71,6 +71,7 @@ impl RedisReplica {
             me: me.clone(),
             read_script: Script::from_lua(READ_LUA),
             renewal: Default::default(),
+            last_takeover: Mutex::new(None),
             epoch_witness: super::witness::witness_of(&config.key_prefix, epoch_key.as_bytes()),
             adopt_unwitnessed: config.adopt_unwitnessed_cluster,
             renewal_key: format!(

@@ -353,6 +353,8 @@ struct Inner {
     me: std::sync::Weak<Inner>,
     /// [`RedisReplicaConfig::adopt_unwitnessed_cluster`].
     adopt_unwitnessed: bool,
+    /// When requests last started a takeover of a renewal (`witness.rs`).
+    last_takeover: Mutex<Option<std::time::Instant>>,
     /// The witness of the epoch key's slot (Cluster mode, `witness.rs`).
     epoch_witness: Key,
     /// `<prefix>epoch:renewal` (Cluster mode, `witness.rs`).

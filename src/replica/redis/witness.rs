@@ -83,14 +83,17 @@ pub const WITNESS_STAMPS_IN_FLIGHT: usize = 256;
 /// lost again…) before it fails as [`ReplicaError::Unavailable`].
 pub const WITNESS_RENEWALS_PER_REQUEST: usize = 2;
 /// How long the renewal lease is held at most (its time to live).
-pub const RENEWAL_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+pub const RENEWAL_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long a renewal may stamp witnesses before it gives up (the epoch
 /// stays being renewed: incomplete; the next renewal starts over). Half the
 /// lease: the lease outlives every stamp.
-pub const RENEWAL_STAMPING_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+pub const RENEWAL_STAMPING_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 /// Attempts to release the renewal lease, and the pause between two.
 pub const RENEWAL_RELEASE_ATTEMPTS: usize = 10;
 const RENEWAL_RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often requests that see an epoch being renewed start a takeover
+/// attempt (`take_over_in_background`).
+pub const RENEWAL_TAKEOVER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// The renewal lease key, after the prefix.
 pub(super) const RENEWAL_KEY_SUFFIX: &str = "epoch:renewal";
 /// What a witness key's name has after the prefix, before its hash tag.
@@ -323,7 +326,10 @@ impl Inner {
                     epoch,
                     renewing: false,
                 }) => return Ok(epoch),
-                Some(ClusterEpoch { epoch, .. }) if !take_over => return Ok(epoch),
+                Some(ClusterEpoch { epoch, .. }) if !take_over => {
+                    self.take_over_in_background(epoch.id);
+                    return Ok(epoch);
+                }
                 Some(ClusterEpoch { epoch, .. }) => {
                     // A renewal that runs holds the lease: this returns at
                     // once; one that stopped half way is taken over.
@@ -342,6 +348,35 @@ impl Inner {
             ),
             source: None,
         })
+    }
+
+    /// A request saw the epoch being renewed: at most once per
+    /// [`RENEWAL_TAKEOVER_INTERVAL`], and never while a renewal runs here,
+    /// a task tries to take it over (it returns at once while another app
+    /// server holds the lease). The request does not wait for it: a renewal
+    /// that failed half way is thus taken over once its lease expires even
+    /// when no probe pings this replica (a coordinator probes an Up replica
+    /// rarely) and no pass marks it.
+    fn take_over_in_background(&self, renewing: u64) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        {
+            let mut last = self.last_takeover.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if last.is_some_and(|at| now.duration_since(at) < RENEWAL_TAKEOVER_INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        if self.renewal.try_lock().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(error) = me.renew_epoch(Some(renewing)).await {
+                tracing::debug!(replica = %me.name, %error, "takeover of a renewal failed");
+            }
+        });
     }
 
     /// The epoch a record's reply carries (after its own call): no takeover
@@ -648,12 +683,15 @@ mod tests {
     #[test]
     fn the_renewal_lease_outlives_the_stamping_and_its_last_requests() {
         use std::time::Duration;
-        let (ttl, budget) = renewal_timing(Duration::from_millis(500), Duration::from_millis(500));
-        assert_eq!((ttl, budget), (RENEWAL_LEASE_TTL, RENEWAL_STAMPING_MAX));
-        let (t, rw) = (Duration::from_secs(10), Duration::from_secs(10));
-        let (ttl, budget) = renewal_timing(t, rw);
-        assert_eq!(budget, RENEWAL_STAMPING_MAX);
-        assert!(ttl >= budget + (t * 3 / 2 + rw * 2) * 2, "{ttl:?}");
+        for (t, rw) in [
+            (Duration::from_millis(300), Duration::from_millis(300)),
+            (Duration::from_secs(10), Duration::from_secs(10)),
+        ] {
+            let (ttl, budget) = renewal_timing(t, rw);
+            assert_eq!(budget, RENEWAL_STAMPING_MAX);
+            assert!(ttl >= RENEWAL_LEASE_TTL, "{ttl:?}");
+            assert!(ttl >= budget + (t * 3 / 2 + rw * 2) * 2, "{ttl:?}");
+        }
         // Past the lease script's one-day cap: no budget, no renewal.
         let (ttl, budget) = renewal_timing(Duration::from_secs(86_400), Duration::ZERO);
         assert_eq!(
