@@ -22,9 +22,10 @@ pub enum ReadRepair {
     /// when a repair merge of it was applied. The asked replicas that
     /// differed are repaired first, all at once; while fewer than W hold it
     /// (counting the repairs running), one more replica is repaired: those
-    /// not asked, in read order, then those that failed during the read
-    /// (Down replicas are skipped); a repair slower than `hedge_delay` also
-    /// starts the next one. The wait ends after at most `request_timeout`;
+    /// not asked, in read order, then those that failed during the read,
+    /// then those the read skipped as Down (this coordinator's view of them
+    /// may be stale: probes back off); a repair slower than `hedge_delay`
+    /// also starts the next one. The wait ends after at most `request_timeout`;
     /// the repairs still running then finish in the background.
     ///
     /// Guarantee, when R + W > N: a read that answered after W replicas
@@ -35,9 +36,8 @@ pub enum ReadRepair {
     /// A tombstone read is written back the same way; a read that finds
     /// nothing else (absent, expired) or is unavailable repairs nothing.
     ///
-    /// When W could not be reached — every repair tried failed and no
-    /// replica was left to try (the others Down), or `request_timeout`
-    /// passed — the read still answers with the merged record (it is what
+    /// When W could not be reached — every replica was tried (Down ones
+    /// last) and the repairs failed, or `request_timeout` passed — the read still answers with the merged record (it is what
     /// the replicas hold: refusing it would make the session unavailable)
     /// and counts [`CoordinatorStats::read_repairs_short`]. The record is
     /// then known to be held only by the replicas counted (at least one), and

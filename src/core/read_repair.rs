@@ -16,8 +16,11 @@
 //! - with R + W > N the goal is W holders: while the holders, the repairs
 //!   running and the answers awaited are fewer than W, one more replica is
 //!   repaired: the **others** (replicas not asked, in read order, then those
-//!   that failed during the read), each at most once; and when a repair is
-//!   slow to answer (the driver's hedge timer), one more is repaired at once;
+//!   that failed during the read, then those the read left out as Down:
+//!   Down is only the coordinator's view, and a repair short of W tries
+//!   them rather than answer short at once), each at most once; and when a
+//!   repair is slow to answer (the driver's hedge timer), one more is
+//!   repaired at once;
 //! - with R + W ≤ N no number of holders makes a later read see the record
 //!   (it may ask only replicas that were not written), so the goal is the
 //!   stale replicas only, as before blocking counted: no other replica is

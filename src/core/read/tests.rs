@@ -439,6 +439,67 @@ fn repair_plan_counts_the_copies_the_read_saw() {
     assert!(plan.repair_plan(3, 2, &[]).is_none());
 }
 
+/// A read that skipped Down replicas and cannot get its record to W
+/// without them repairs them last, one at a time, instead of answering
+/// short of W at once (simulator seed 8, N=4 W=3 R=2: a coordinator that
+/// still saw two healed replicas as Down returned its own failed write,
+/// held by the two it saw Up, and a later read of the other two missed it).
+#[test]
+fn a_repair_short_of_w_tries_the_replicas_the_read_skipped_as_down() {
+    use crate::core::health::Health;
+    use crate::core::read_repair::RepairOutcome;
+    let states = [
+        (Health::Down, true),
+        (Health::Down, true),
+        (Health::Up, true),
+        (Health::Up, true),
+    ];
+    let order = read_order("k", &states, ReadOrder::Configured);
+    assert_eq!(
+        order.iter().map(|c| c.index).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    let mut plan = ReadPlan::new(order, 2, 2, NOW);
+    assert_eq!(plan.start(), ReadDecision::Ask(vec![2, 3]));
+    plan.on_answer(2, newer_hit(), true);
+    assert!(matches!(
+        plan.on_answer(3, newer_hit(), true),
+        ReadDecision::Done(ReadResult::Found(_))
+    ));
+    let mut repair = plan.repair_plan(4, 3, &[]).expect("two holders of three");
+    let step = repair.start();
+    assert_eq!((step.send, step.done), (vec![0], None), "not short at once");
+    let step = repair.on_failed(0);
+    assert_eq!((step.send, step.done), (vec![1], None));
+    assert_eq!(
+        repair.on_repaired(1).done,
+        Some(RepairOutcome::Held { holders: 3 })
+    );
+
+    // Replicas not asked and failed ones still come first.
+    let states = [
+        (Health::Down, true),
+        (Health::Up, true),
+        (Health::Up, true),
+        (Health::Up, true),
+    ];
+    let mut plan = ReadPlan::new(read_order("k", &states, ReadOrder::Configured), 2, 2, NOW);
+    plan.start();
+    plan.on_failure(1);
+    plan.on_answer(2, newer_hit(), true);
+    plan.on_answer(3, newer_hit(), true);
+    let mut repair = plan.repair_plan(4, 3, &[]).expect("two holders of three");
+    assert_eq!(repair.start().send, vec![1]);
+    assert_eq!(repair.on_failed(1).send, vec![0]);
+    assert_eq!(
+        repair.on_failed(0).done,
+        Some(RepairOutcome::Short {
+            holders: 2,
+            needed: 3
+        })
+    );
+}
+
 /// A copy stored in format 1 with the same data as one in format 2 is not
 /// stale (the format says how a copy is stored, not what it holds): no
 /// read-repair for it, so a replica set to write format 1 is not asked
