@@ -23,10 +23,14 @@ pub enum ReadRepair {
     /// differed are repaired first, all at once; while fewer than W hold it
     /// (counting the repairs running), one more replica is repaired: those
     /// not asked, in read order, then those that failed during the read,
-    /// then those the read skipped as Down (this coordinator's view of them
-    /// may be stale: probes back off); a repair slower than `hedge_delay`
-    /// also starts the next one. The wait ends after at most `request_timeout`;
-    /// the repairs still running then finish in the background.
+    /// then, when those cannot make up W, those the read skipped as Down
+    /// (this coordinator's view of them may be stale: probes back off),
+    /// waited for at most one `hedge_delay` once they alone are running (a
+    /// replica really down must not make every read pay the timeout); a
+    /// repair slower than `hedge_delay` also starts the next one. The wait
+    /// ends after at most `request_timeout` (which also bounds the wait for
+    /// Down replicas when `hedge_delay` is `None`); the repairs still
+    /// running then finish in the background.
     ///
     /// Guarantee, when R + W > N: a read that answered after W replicas
     /// held its record is seen by every later read that gets R answers
@@ -37,7 +41,9 @@ pub enum ReadRepair {
     /// nothing else (absent, expired) or is unavailable repairs nothing.
     ///
     /// When W could not be reached — every replica was tried (Down ones
-    /// last) and the repairs failed, or `request_timeout` passed — the read still answers with the merged record (it is what
+    /// last) and the repairs failed or the Down ones were too slow, or
+    /// `request_timeout` passed — the read still answers with the merged
+    /// record (it is what
     /// the replicas hold: refusing it would make the session unavailable)
     /// and counts [`CoordinatorStats::read_repairs_short`]. The record is
     /// then known to be held only by the replicas counted (at least one), and

@@ -18,6 +18,7 @@ use quorum_sessions::coordinator::{NotReadyReason, Readiness};
 use quorum_sessions::replica::faulty::{FaultHandle, FaultyReplica};
 use quorum_sessions::replica::memory::InMemoryReplica;
 use quorum_sessions::replica::Replica;
+use quorum_sessions::Health;
 use quorum_sessions::{ClusterConfig, Coordinator, Error, InvalidInput, Mutation, ReadOrder};
 use tokio::time::Instant;
 
@@ -289,6 +290,52 @@ async fn blocking_read_repair_short_of_w_still_answers_and_is_counted() {
         "bounded by request_timeout"
     );
     assert_eq!(c.stats().read_repairs_short, 1);
+}
+
+/// A repair that cannot reach W without the replicas this coordinator sees
+/// Down tries them (they may be back: `left_out` in `ReadPlan::repair_plan`),
+/// but waits for them at most one hedge delay: replicas that really do not
+/// answer must not make every read pay the request timeout (N=4 W=3 R=2,
+/// two of them hung: reads answer short of W after the hedge delay).
+#[tokio::test(start_paused = true)]
+async fn a_repair_waits_for_replicas_seen_down_at_most_one_hedge_delay() {
+    let hedge = Duration::from_millis(50);
+    let timeout = Duration::from_millis(500);
+    let cluster = cluster(
+        4,
+        ClusterConfig {
+            request_timeout: timeout,
+            hedge_delay: Some(hedge),
+            hedge_percentile: None,
+            ..config(3, 2)
+        },
+    )
+    .await;
+    let c = &cluster.coordinator;
+    c.write("s:{n}", create(c).set("a", "1")).await.unwrap();
+    cluster.handles[2].hang();
+    cluster.handles[3].hang();
+    // Writes fail (W = 3 out of reach) and mark replicas 2 and 3 Down.
+    for _ in 0..5 {
+        assert!(c.write("s:{m}", create(c).set("a", "1")).await.is_err());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let states = c.replica_states();
+    assert!(
+        states[2..].iter().all(|s| s.health == Health::Down),
+        "replicas 2 and 3 are Down: {states:?}"
+    );
+    for _ in 0..5 {
+        let started = Instant::now();
+        let record = c.read("s:{n}").await.unwrap().unwrap();
+        assert_eq!(record.get("a"), Some(&b"1"[..]));
+        let took = started.elapsed();
+        assert!(
+            took <= hedge + Duration::from_millis(10),
+            "a read waited {took:?} for replicas seen Down (hedge delay {hedge:?})"
+        );
+    }
+    assert_eq!(c.stats().read_repairs_short, 5, "each read answered short");
 }
 
 #[tokio::test(start_paused = true)]

@@ -95,7 +95,8 @@ impl Coordinator {
 
     /// Drives a blocking read-repair: sends what the plan says, feeds it
     /// each repair's result, the late answers it awaits, and the hedge timer
-    /// (`hedge_delay` after each send); returns once it is done or
+    /// (`hedge_delay` after each send, and again each time it fires);
+    /// returns once it is done or
     /// `request_timeout` has passed. The repairs still running then finish
     /// in the background, and the late answers still to come are repaired
     /// there when they differ.
@@ -142,11 +143,12 @@ impl Coordinator {
                         plan.on_answer(index, holds)
                     }
                     () = async { hedge.as_mut().expect("guarded").await }, if hedge.is_some() => {
-                        let next = plan.on_hedge();
-                        if next.send.is_empty() {
-                            hedge = None; // nothing left to hedge with
+                        // Armed again: repairs of Down replicas may be all
+                        // that is left running later (see RepairPlan).
+                        if let (Some(timer), Some(delay)) = (hedge.as_mut(), config.hedge_delay) {
+                            timer.as_mut().reset(Instant::now() + delay);
                         }
-                        next
+                        plan.on_hedge()
                     }
                     // The plan waits only while a repair runs or an answer
                     // is awaited: not reached.

@@ -298,19 +298,20 @@ impl ReadPlan {
     /// [`repair_targets`](Self::repair_targets) (and, when there are any,
     /// `also_stale`) are stale, the replicas still in flight are answering,
     /// and the others are those not asked (in read order), then those that
-    /// failed, then those the read left out as Down (in index order). `None`
-    /// when there is nothing to repair: the read found neither a record nor
-    /// a tombstone, or nothing is stale and enough replicas hold it.
+    /// failed; the replicas the read left out as Down (in index order) come
+    /// last, each waited for at most until the repair's hedge timer (see
+    /// [`RepairPlan`]). `None` when there is nothing to repair: the read
+    /// found neither a record nor a tombstone, or nothing is stale and
+    /// enough replicas hold it.
     ///
     /// A Down replica is only this coordinator's view: it may have been
     /// reachable again for a while (probes back off up to
     /// `probe_interval_max`). The read skips it, but a repair that cannot
-    /// reach W without it tries it last (one repair, bounded by the repair's
-    /// deadline) rather than answer short of W at once: otherwise a value
-    /// held by fewer than W replicas (a failed write that reached the
-    /// replicas this coordinator sees Up) is returned and then missed by a
-    /// later read on the replicas it sees Down (simulator seed 8, N=4 W=3
-    /// R=2).
+    /// reach W without it tries it rather than answer short of W at once:
+    /// otherwise a value held by fewer than W replicas (a failed write that
+    /// reached the replicas this coordinator sees Up) is returned and then
+    /// missed by a later read on the replicas it sees Down (simulator seed
+    /// 8, N=4 W=3 R=2).
     pub fn repair_plan(
         &self,
         replica_count: usize,
@@ -324,18 +325,19 @@ impl ReadPlan {
             stale.extend_from_slice(also_stale); // they failed: none answered
         }
         let not_asked = self.candidates[self.next_position..].iter();
-        let left_out =
-            (0..replica_count).filter(|index| !self.candidates.iter().any(|c| c.index == *index));
         let others = not_asked
             .map(|candidate| candidate.index)
             .chain(self.failed.iter().copied())
-            .chain(left_out)
+            .collect();
+        let down = (0..replica_count)
+            .filter(|index| !self.candidates.iter().any(|c| c.index == *index))
             .collect();
         let copies = ReadCopies {
             holders,
             stale,
             answering: self.in_flight.clone(),
             others,
+            down,
         };
         RepairPlan::after_read((replica_count, write_quorum, self.read_quorum), copies)
     }

@@ -16,18 +16,23 @@
 //! - with R + W > N the goal is W holders: while the holders, the repairs
 //!   running and the answers awaited are fewer than W, one more replica is
 //!   repaired: the **others** (replicas not asked, in read order, then those
-//!   that failed during the read, then those the read left out as Down:
-//!   Down is only the coordinator's view, and a repair short of W tries
-//!   them rather than answer short at once), each at most once; and when a
-//!   repair is slow to answer (the driver's hedge timer), one more is
-//!   repaired at once;
+//!   that failed during the read), each at most once; and when a repair is
+//!   slow to answer (the driver's hedge timer), one more is repaired at once;
+//! - when the others cannot make up the goal, the replicas the read left
+//!   out as **Down** are repaired the same way, last: Down is only the
+//!   coordinator's view (probes back off), and a replica that is back
+//!   would otherwise miss a value the read returns. The read waits for
+//!   them at most until the hedge timer fires once they alone are left
+//!   running (a replica really down must not make every read pay the
+//!   request timeout); their repairs then finish in the background;
 //! - with R + W ≤ N no number of holders makes a later read see the record
 //!   (it may ask only replicas that were not written), so the goal is the
 //!   stale replicas only, as before blocking counted: no other replica is
 //!   written and no late answer awaited;
 //! - the read answers once the goal is met ([`RepairOutcome::Held`]), or once
 //!   every repair sent settled, every answer awaited came and none is left
-//!   to send, or the driver's deadline passed ([`RepairOutcome::Short`]).
+//!   to send, or only repairs of Down replicas run when the hedge timer
+//!   fires, or the driver's deadline passed ([`RepairOutcome::Short`]).
 //!   The repairs still running then finish in the background.
 
 use std::collections::VecDeque;
@@ -74,6 +79,10 @@ pub struct ReadCopies {
     pub answering: Vec<ReplicaIndex>,
     /// Replicas that may be repaired if needed, in this order.
     pub others: Vec<ReplicaIndex>,
+    /// Replicas the read left out as Down: repaired after the others when
+    /// they cannot make up the goal, and waited for at most until the hedge
+    /// timer.
+    pub down: Vec<ReplicaIndex>,
 }
 
 /// The state of one blocking read-repair. See the module docs for the rules.
@@ -97,7 +106,10 @@ pub struct RepairPlan {
     stale: Vec<ReplicaIndex>,
     answering: Vec<ReplicaIndex>,
     others: VecDeque<ReplicaIndex>,
+    down: VecDeque<ReplicaIndex>,
     in_flight: Vec<ReplicaIndex>,
+    /// The replicas of `in_flight` taken from `down`.
+    down_in_flight: Vec<ReplicaIndex>,
     outcome: Option<RepairOutcome>,
 }
 
@@ -114,14 +126,24 @@ impl RepairPlan {
             stale,
             answering,
             others,
+            down,
         } = copies;
         let monotonic = read_quorum + write_quorum > replica_count;
-        let (needed, answering, others) = if monotonic {
+        let (needed, answering, others, down) = if monotonic {
             let known = |index: &ReplicaIndex| stale.contains(index) || answering.contains(index);
-            let others = others.into_iter().filter(|i| !known(i)).collect();
-            (write_quorum, answering, others)
+            let others: VecDeque<ReplicaIndex> = others.into_iter().filter(|i| !known(i)).collect();
+            let down = down
+                .into_iter()
+                .filter(|i| !known(i) && !others.contains(i))
+                .collect();
+            (write_quorum, answering, others, down)
         } else {
-            (holders + stale.len(), Vec::new(), VecDeque::new())
+            (
+                holders + stale.len(),
+                Vec::new(),
+                VecDeque::new(),
+                VecDeque::new(),
+            )
         };
         if stale.is_empty() && holders >= needed {
             return None;
@@ -132,7 +154,9 @@ impl RepairPlan {
             stale,
             answering,
             others,
+            down,
             in_flight: Vec::new(),
+            down_in_flight: Vec::new(),
             outcome: None,
         })
     }
@@ -179,13 +203,23 @@ impl RepairPlan {
     }
 
     /// The hedge timer fired (a repair is slow to answer): one more other
-    /// replica is repaired, if the goal is not met and one is left.
+    /// replica is repaired, if the goal is not met and one is left; when
+    /// only repairs of Down replicas run (and no answer is awaited), the
+    /// read answers short of the goal without them.
     pub fn on_hedge(&mut self) -> RepairStep {
         let mut send = Vec::new();
         if self.outcome.is_none() {
             if let Some(next) = self.others.pop_front() {
                 self.in_flight.push(next);
                 send.push(next);
+            } else if !self.down_in_flight.is_empty()
+                && self.down_in_flight.len() == self.in_flight.len()
+                && self.answering.is_empty()
+            {
+                self.outcome = Some(RepairOutcome::Short {
+                    holders: self.holders,
+                    needed: self.needed,
+                });
             }
         }
         self.step(&mut send)
@@ -221,14 +255,22 @@ impl RepairPlan {
             repairing,
             "repair result from replica {index}, which is not being repaired"
         );
+        take_replica(&mut self.down_in_flight, index);
         true
     }
 
     fn step(&mut self, send: &mut Vec<ReplicaIndex>) -> RepairStep {
         if self.outcome.is_none() {
             while self.holders + self.in_flight.len() + self.answering.len() < self.needed {
-                let Some(next) = self.others.pop_front() else {
-                    break;
+                let next = match self.others.pop_front() {
+                    Some(next) => next,
+                    None => match self.down.pop_front() {
+                        Some(next) => {
+                            self.down_in_flight.push(next);
+                            next
+                        }
+                        None => break,
+                    },
                 };
                 self.in_flight.push(next);
                 send.push(next);
@@ -291,6 +333,14 @@ mod tests {
             stale: stale.to_vec(),
             answering: answering.to_vec(),
             others: others.to_vec(),
+            down: Vec::new(),
+        }
+    }
+
+    fn with_down(copies: ReadCopies, down: &[ReplicaIndex]) -> ReadCopies {
+        ReadCopies {
+            down: down.to_vec(),
+            ..copies
         }
     }
 
@@ -331,6 +381,48 @@ mod tests {
                     (Failed(1), step(&[2], None)),
                     (Failed(2), step(&[], short(1, 2))),
                 ],
+            ),
+            (
+                "the others cannot make up W: a Down replica is repaired",
+                (4, 3, 2),
+                with_down(copies(2, &[], &[], &[]), &[3]),
+                step(&[3], None),
+                vec![(Repaired(3), step(&[], held(3)))],
+            ),
+            (
+                "only a Down replica's repair runs when the hedge fires: short",
+                (4, 3, 2),
+                with_down(copies(2, &[], &[], &[]), &[2, 3]),
+                step(&[2], None),
+                vec![(Hedge, step(&[], short(2, 3)))],
+            ),
+            (
+                "the others come before the Down replicas",
+                (4, 3, 2),
+                with_down(copies(2, &[], &[], &[1]), &[3]),
+                step(&[1], None),
+                vec![
+                    (Failed(1), step(&[3], None)),
+                    (Failed(3), step(&[], short(2, 3))),
+                ],
+            ),
+            (
+                "a Down replica is not waited for beyond the hedge, but another repair is",
+                (5, 4, 2),
+                with_down(copies(2, &[], &[], &[2]), &[3]),
+                step(&[2, 3], None),
+                vec![
+                    (Hedge, step(&[], None)),
+                    (Repaired(2), step(&[], None)),
+                    (Hedge, step(&[], short(3, 4))),
+                ],
+            ),
+            (
+                "stale answers are repaired before any Down replica",
+                (3, 2, 2),
+                with_down(copies(1, &[1], &[], &[]), &[2]),
+                step(&[1], None),
+                vec![(Repaired(1), step(&[], held(2)))],
             ),
             (
                 "both answers differ from their join: both repaired",

@@ -476,7 +476,9 @@ fn a_repair_short_of_w_tries_the_replicas_the_read_skipped_as_down() {
         Some(RepairOutcome::Held { holders: 3 })
     );
 
-    // Replicas not asked and failed ones still come first.
+    // Failed replicas still come before the ones left out as Down (every
+    // candidate was asked here: the not-asked-first order is the table's
+    // "the others come before the Down replicas" in core::read_repair).
     let states = [
         (Health::Down, true),
         (Health::Up, true),
