@@ -24,13 +24,15 @@ pub enum ReadRepair {
     /// (counting the repairs running), one more replica is repaired: those
     /// not asked, in read order, then those that failed during the read,
     /// then, when those cannot make up W, those the read skipped as Down
-    /// (this coordinator's view of them may be stale: probes back off),
-    /// waited for at most one `hedge_delay` once they alone are running (a
-    /// replica really down must not make every read pay the timeout); a
-    /// repair slower than `hedge_delay` also starts the next one. The wait
-    /// ends after at most `request_timeout` (which also bounds the wait for
-    /// Down replicas when `hedge_delay` is `None`); the repairs still
-    /// running then finish in the background.
+    /// (this coordinator's view of them may be stale: probes back off).
+    /// A repair slower than `hedge_delay` also starts the next one; when
+    /// only repairs of Down replicas run at that point, all the Down
+    /// replicas not tried yet are repaired at once and the read waits one
+    /// more `hedge_delay` for them, no longer (a replica really down must
+    /// not make every read pay the timeout). The wait ends after at most
+    /// `request_timeout` (which alone bounds the wait for Down replicas
+    /// when `hedge_delay` is `None`); the repairs still running then finish
+    /// in the background.
     ///
     /// Guarantee, when R + W > N: a read that answered after W replicas
     /// held its record is seen by every later read that gets R answers
@@ -40,9 +42,9 @@ pub enum ReadRepair {
     /// A tombstone read is written back the same way; a read that finds
     /// nothing else (absent, expired) or is unavailable repairs nothing.
     ///
-    /// When W could not be reached — every replica was tried (Down ones
-    /// last) and the repairs failed or the Down ones were too slow, or
-    /// `request_timeout` passed — the read still answers with the merged
+    /// When W could not be reached — the repairs failed with no replica
+    /// left to try, or only Down replicas were left and were slower than
+    /// the hedge, or `request_timeout` passed — the read still answers with the merged
     /// record (it is what
     /// the replicas hold: refusing it would make the session unavailable)
     /// and counts [`CoordinatorStats::read_repairs_short`]. The record is

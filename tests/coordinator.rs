@@ -292,25 +292,19 @@ async fn blocking_read_repair_short_of_w_still_answers_and_is_counted() {
     assert_eq!(c.stats().read_repairs_short, 1);
 }
 
-/// A repair that cannot reach W without the replicas this coordinator sees
-/// Down tries them (they may be back: `left_out` in `ReadPlan::repair_plan`),
-/// but waits for them at most one hedge delay: replicas that really do not
-/// answer must not make every read pay the request timeout (N=4 W=3 R=2,
-/// two of them hung: reads answer short of W after the hedge delay).
-#[tokio::test(start_paused = true)]
-async fn a_repair_waits_for_replicas_seen_down_at_most_one_hedge_delay() {
-    let hedge = Duration::from_millis(50);
-    let timeout = Duration::from_millis(500);
-    let cluster = cluster(
-        4,
-        ClusterConfig {
-            request_timeout: timeout,
-            hedge_delay: Some(hedge),
-            hedge_percentile: None,
-            ..config(3, 2)
-        },
-    )
-    .await;
+/// A cluster of 4 (W=3, R=2) whose replicas 2 and 3 hang and are seen
+/// Down, holding `s:{n}` (written before), probes far apart (so that only
+/// read-repair can bring a replica back), hedge delay `hedge`.
+async fn two_down_of_four(hedge: Duration) -> Cluster {
+    let mut config = ClusterConfig {
+        request_timeout: Duration::from_millis(500),
+        hedge_delay: Some(hedge),
+        hedge_percentile: None,
+        ..config(3, 2)
+    };
+    config.health.probe_interval_min = Duration::from_secs(30);
+    config.health.probe_interval_max = Duration::from_secs(60);
+    let cluster = cluster(4, config).await;
     let c = &cluster.coordinator;
     c.write("s:{n}", create(c).set("a", "1")).await.unwrap();
     cluster.handles[2].hang();
@@ -325,17 +319,53 @@ async fn a_repair_waits_for_replicas_seen_down_at_most_one_hedge_delay() {
         states[2..].iter().all(|s| s.health == Health::Down),
         "replicas 2 and 3 are Down: {states:?}"
     );
+    cluster
+}
+
+/// A repair that cannot reach W without the replicas this coordinator sees
+/// Down tries them (they may be back: `down` in `ReadPlan::repair_plan`),
+/// but waits for them two hedge delays at most: replicas that really do not
+/// answer must not make every read pay the request timeout (N=4 W=3 R=2,
+/// two of them hung: reads answer short of W after two hedge delays).
+#[tokio::test(start_paused = true)]
+async fn a_repair_waits_for_replicas_seen_down_at_most_two_hedge_delays() {
+    let hedge = Duration::from_millis(50);
+    let cluster = two_down_of_four(hedge).await;
+    let c = &cluster.coordinator;
     for _ in 0..5 {
         let started = Instant::now();
         let record = c.read("s:{n}").await.unwrap().unwrap();
         assert_eq!(record.get("a"), Some(&b"1"[..]));
         let took = started.elapsed();
         assert!(
-            took <= hedge + Duration::from_millis(10),
+            took <= 2 * hedge + Duration::from_millis(10),
             "a read waited {took:?} for replicas seen Down (hedge delay {hedge:?})"
         );
     }
     assert_eq!(c.stats().read_repairs_short, 5, "each read answered short");
+}
+
+/// Of two replicas seen Down, the one that is back is repaired (and so
+/// brought back Up, long before its probe) even though the other, tried
+/// first, hangs: the read reaches W instead of answering short.
+#[tokio::test(start_paused = true)]
+async fn a_down_replica_that_is_back_is_not_held_up_by_one_that_hangs() {
+    let hedge = Duration::from_millis(50);
+    let cluster = two_down_of_four(hedge).await;
+    let c = &cluster.coordinator;
+    cluster.handles[3].heal();
+    for _ in 0..5 {
+        let record = c.read("s:{n}").await.unwrap().unwrap();
+        assert_eq!(record.get("a"), Some(&b"1"[..]));
+    }
+    assert_eq!(
+        c.stats().read_repairs_short,
+        0,
+        "W reached through replica 3"
+    );
+    let states = c.replica_states();
+    assert_eq!(states[3].health, Health::Up, "{states:?}");
+    assert_eq!(states[2].health, Health::Down, "{states:?}");
 }
 
 #[tokio::test(start_paused = true)]

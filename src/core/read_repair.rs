@@ -21,18 +21,20 @@
 //! - when the others cannot make up the goal, the replicas the read left
 //!   out as **Down** are repaired the same way, last: Down is only the
 //!   coordinator's view (probes back off), and a replica that is back
-//!   would otherwise miss a value the read returns. The read waits for
-//!   them at most until the hedge timer fires once they alone are left
-//!   running (a replica really down must not make every read pay the
-//!   request timeout); their repairs then finish in the background;
+//!   would otherwise miss a value the read returns. When the hedge timer
+//!   fires with only their repairs running, every Down replica not tried
+//!   yet is repaired at once, and at the next firing the read answers
+//!   short without them: two hedge delays at most (a replica really down
+//!   must not make every read pay the request timeout, nor hide one that
+//!   is back); their repairs then finish in the background;
 //! - with R + W ≤ N no number of holders makes a later read see the record
 //!   (it may ask only replicas that were not written), so the goal is the
 //!   stale replicas only, as before blocking counted: no other replica is
 //!   written and no late answer awaited;
 //! - the read answers once the goal is met ([`RepairOutcome::Held`]), or once
 //!   every repair sent settled, every answer awaited came and none is left
-//!   to send, or only repairs of Down replicas run when the hedge timer
-//!   fires, or the driver's deadline passed ([`RepairOutcome::Short`]).
+//!   to send, or only repairs of Down replicas run and none is left to
+//!   send when the hedge timer fires, or the driver's deadline passed ([`RepairOutcome::Short`]).
 //!   The repairs still running then finish in the background.
 
 use std::collections::VecDeque;
@@ -80,8 +82,8 @@ pub struct ReadCopies {
     /// Replicas that may be repaired if needed, in this order.
     pub others: Vec<ReplicaIndex>,
     /// Replicas the read left out as Down: repaired after the others when
-    /// they cannot make up the goal, and waited for at most until the hedge
-    /// timer.
+    /// they cannot make up the goal, and waited for two hedge delays at
+    /// most (see [`RepairPlan::on_hedge`]).
     pub down: Vec<ReplicaIndex>,
 }
 
@@ -203,19 +205,28 @@ impl RepairPlan {
     }
 
     /// The hedge timer fired (a repair is slow to answer): one more other
-    /// replica is repaired, if the goal is not met and one is left; when
-    /// only repairs of Down replicas run (and no answer is awaited), the
-    /// read answers short of the goal without them.
+    /// replica is repaired, if the goal is not met and one is left. When
+    /// only repairs of Down replicas run (and no answer is awaited), every
+    /// Down replica not tried yet is repaired at once (one that is back
+    /// must not wait behind one that hangs), and at the next hedge the read
+    /// answers short of the goal without them: Down replicas cost a read
+    /// two hedge delays at most.
     pub fn on_hedge(&mut self) -> RepairStep {
         let mut send = Vec::new();
         if self.outcome.is_none() {
+            let only_down = !self.down_in_flight.is_empty()
+                && self.down_in_flight.len() == self.in_flight.len()
+                && self.answering.is_empty();
             if let Some(next) = self.others.pop_front() {
                 self.in_flight.push(next);
                 send.push(next);
-            } else if !self.down_in_flight.is_empty()
-                && self.down_in_flight.len() == self.in_flight.len()
-                && self.answering.is_empty()
-            {
+            } else if only_down && !self.down.is_empty() {
+                for next in self.down.drain(..) {
+                    self.in_flight.push(next);
+                    self.down_in_flight.push(next);
+                    send.push(next);
+                }
+            } else if only_down {
                 self.outcome = Some(RepairOutcome::Short {
                     holders: self.holders,
                     needed: self.needed,
@@ -390,10 +401,24 @@ mod tests {
                 vec![(Repaired(3), step(&[], held(3)))],
             ),
             (
-                "only a Down replica's repair runs when the hedge fires: short",
+                "only Down repairs run at a hedge: the rest of them at once, then short",
                 (4, 3, 2),
                 with_down(copies(2, &[], &[], &[]), &[2, 3]),
                 step(&[2], None),
+                vec![(Hedge, step(&[3], None)), (Hedge, step(&[], short(2, 3)))],
+            ),
+            (
+                "a Down replica that is back is not held up by one that hangs",
+                (4, 3, 2),
+                with_down(copies(2, &[], &[], &[]), &[2, 3]),
+                step(&[2], None),
+                vec![(Hedge, step(&[3], None)), (Repaired(3), step(&[], held(3)))],
+            ),
+            (
+                "the only Down replica hangs: short at the next hedge",
+                (4, 3, 2),
+                with_down(copies(2, &[], &[], &[]), &[3]),
+                step(&[3], None),
                 vec![(Hedge, step(&[], short(2, 3)))],
             ),
             (
