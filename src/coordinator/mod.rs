@@ -35,6 +35,7 @@ pub(crate) mod anti_entropy;
 mod background;
 pub(crate) mod bootstrap;
 mod builder;
+mod in_flight;
 mod metrics;
 mod read;
 mod read_repair;

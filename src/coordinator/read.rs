@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use tokio::time::Instant;
 use tracing::{info_span, Instrument};
 
@@ -16,6 +16,7 @@ use crate::error::{Error, InvalidInput, ReplicaError, ReplicaFailure, Result};
 use crate::record::Record;
 use crate::replica::ReadReply;
 
+use super::in_flight::InFlight;
 use super::read_repair::{LateAnswers, ReadAnswer};
 use super::stats::bump;
 use super::{Coordinator, Redacted};
@@ -114,7 +115,7 @@ impl Coordinator {
         let mut plan = ReadPlan::new(candidates, read_quorum, misses_needed, now_ms);
         let mut failures = Vec::new();
         let mut corrupt = Vec::new();
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight = InFlight::new();
         let mut hedge = hedge_after.map(|delay| Box::pin(tokio::time::sleep(delay)));
         let mut decision = plan.start();
         let result = loop {

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
@@ -20,12 +20,13 @@ use crate::error::{ReplicaError, Result};
 use crate::record::Record;
 use crate::replica::{MergeMode, MergeStatus, ReadReply};
 
+use super::in_flight::InFlight;
 use super::stats::bump;
 use super::Coordinator;
 
 /// The reads of a read still in flight when it concluded: each resolves to
 /// the replica and its answer (with whether its miss counts).
-pub(super) type LateAnswers<F> = FuturesUnordered<F>;
+pub(super) type LateAnswers<F> = InFlight<F>;
 
 /// One read of a replica, as `read.rs` runs it.
 pub(super) type ReadAnswer = (ReplicaIndex, Result<(ReadReply, bool), ReplicaError>);
@@ -112,7 +113,7 @@ impl Coordinator {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.request_timeout;
         let now_ms = self.now_ms();
-        let mut repairs = FuturesUnordered::new();
+        let mut repairs = InFlight::new();
         let mut hedge = config
             .hedge_delay
             .map(|delay| Box::pin(tokio::time::sleep(delay)));
