@@ -200,39 +200,25 @@ impl System {
                 }
             }
             System::Fanout { clients, acks } => {
-                let mut writes: futures::stream::FuturesUnordered<_> = clients
-                    .iter()
-                    .map(|client| {
-                        let (client, key, fields) = (client.clone(), key.clone(), fields.clone());
-                        async move { plain_write(&client, &key, fields, expiry).await }
-                    })
-                    .collect();
-                for _ in 0..*acks {
-                    writes.next().await;
-                }
-                if !writes.is_empty() {
-                    tokio::spawn(async move { while writes.next().await.is_some() {} });
-                }
+                let writes = clients.iter().map(|client| {
+                    let (client, key, fields) = (client.clone(), key.clone(), fields.clone());
+                    Box::pin(async move { plain_write(&client, &key, fields, expiry).await })
+                        as Write3
+                });
+                after_acks(writes.collect(), *acks).await;
             }
             System::ScriptFloor {
                 clients,
                 acks,
                 script,
             } => {
-                let mut writes: futures::stream::FuturesUnordered<_> = clients
-                    .iter()
-                    .map(|client| {
-                        let (client, key, fields) = (client.clone(), key.clone(), fields.clone());
-                        let sha = script.sha1().to_string();
-                        async move { script_write(&client, sha, &key, fields, expiry).await }
-                    })
-                    .collect();
-                for _ in 0..*acks {
-                    writes.next().await;
-                }
-                if !writes.is_empty() {
-                    tokio::spawn(async move { while writes.next().await.is_some() {} });
-                }
+                let writes = clients.iter().map(|client| {
+                    let (client, key, fields) = (client.clone(), key.clone(), fields.clone());
+                    let sha = script.sha1().to_string();
+                    Box::pin(async move { script_write(&client, sha, &key, fields, expiry).await })
+                        as Write3
+                });
+                after_acks(writes.collect(), *acks).await;
             }
             System::Quorum(coordinator) => {
                 let cap = expiry + 3_600_000;
@@ -265,6 +251,35 @@ impl System {
                 assert!(record.is_some(), "preloaded session missing");
             }
         }
+    }
+}
+
+/// One write of a floor system to one replica.
+type Write3 = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Waits for `acks` of `writes`, then leaves the rest to finish in the
+/// background, as `quorum` does. Every write is polled on each wake-up (a
+/// replica count of them): a `FuturesUnordered` would wake its own task and
+/// yield each time all it holds are pending, a thread wake-up per write
+/// that the floor must not pay (the library's reads stopped paying it, see
+/// `src/coordinator/in_flight.rs`).
+async fn after_acks(mut writes: Vec<Write3>, acks: usize) {
+    let mut acked = 0;
+    futures::future::poll_fn(|cx| {
+        writes.retain_mut(|write| {
+            let pending = write.as_mut().poll(cx).is_pending();
+            acked += usize::from(!pending);
+            pending
+        });
+        if acked >= acks {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    if !writes.is_empty() {
+        tokio::spawn(futures::future::join_all(writes));
     }
 }
 
