@@ -987,20 +987,17 @@ fn json_path() -> std::path::PathBuf {
     dir.join("replication.json")
 }
 
+/// A figure of one case: ops/s, p50 or server CPU.
+type Metric = fn(&Case) -> Option<f64>;
+/// A ratio's figure, metric, case name, concurrency, target and whether the
+/// target is an upper bound.
+type Figure = (&'static str, Metric, &'static str, usize, f64, bool);
+
 fn report(cases: &[Case], bytes: (f64, f64), usage: (u64, u64)) {
     report_cases(cases);
-    let p50 = |name: &str, system: &str, conc: usize| {
-        Some(f64::from(find(cases, name, system, conc).p50_us))
-    };
-    let ops =
-        |name: &str, system: &str, conc: usize| Some(find(cases, name, system, conc).ops_per_sec);
-    let cpu = |name: &str, system: &str, conc: usize| find(cases, name, system, conc).server_cpu_us;
-    let widening = |system: &str| {
-        Some(
-            p50("update-fanout", &format!("{system}-n7"), 1)?
-                / p50("update-fanout", &format!("{system}-n3"), 1)?,
-        )
-    };
+    let p50: Metric = |c| Some(f64::from(c.p50_us));
+    let ops: Metric = |c| Some(c.ops_per_sec);
+    let cpu: Metric = |c| c.server_cpu_us;
     let ratio = |figure, quorum, floor, target, upper| Ratio {
         figure,
         quorum,
@@ -1008,85 +1005,61 @@ fn report(cases: &[Case], bytes: (f64, f64), usage: (u64, u64)) {
         target,
         upper,
     };
-    // The write figures, of `system` over `fanout`.
-    let writes = |system: &str| {
-        vec![
-            ratio(
-                "update writes/s, c=64",
-                ops("update", system, 64),
-                ops("update", "fanout", 64),
-                0.75,
-                false,
-            ),
-            ratio(
-                "create writes/s, c=64",
-                ops("create", system, 64),
-                ops("create", "fanout", 64),
-                0.6,
-                false,
-            ),
-            ratio(
-                "server CPU µs per update, c=64 (schedstat)",
-                cpu("update", system, 64),
-                cpu("update", "fanout", 64),
-                2.0,
-                true,
-            ),
-            ratio(
-                "update p50 µs, c=1",
-                p50("update", system, 1),
-                p50("update", "fanout", 1),
-                1.15,
-                true,
-            ),
-            ratio(
-                "create p50 µs, c=1",
-                p50("create", system, 1),
-                p50("create", "fanout", 1),
-                1.15,
-                true,
-            ),
-            ratio(
-                "mixed 80/20 ops/s, c=64",
-                ops("mixed", system, 64),
-                ops("mixed", "fanout", 64),
-                0.8,
-                false,
-            ),
-        ]
+    // One figure of `system` against `fanout` in the same case.
+    let versus = |system: &str, (figure, metric, name, conc, target, upper): Figure| {
+        ratio(
+            figure,
+            metric(find(cases, name, system, conc)),
+            metric(find(cases, name, "fanout", conc)),
+            target,
+            upper,
+        )
     };
-    let mut ratios = writes("quorum-r1");
-    ratios.extend([
-        ratio(
-            "update p50 c=1, N=7 ÷ N=3",
-            widening("quorum"),
-            widening("fanout"),
-            1.1,
+    let widening = |system: &str| {
+        let p50 = |n: &str| p50(find(cases, "update-fanout", &format!("{system}-{n}"), 1));
+        Some(p50("n7")? / p50("n3")?)
+    };
+    // The write figures, of `system` over `fanout`.
+    let write_figures: [Figure; 6] = [
+        ("update writes/s, c=64", ops, "update", 64, 0.75, false),
+        ("create writes/s, c=64", ops, "create", 64, 0.6, false),
+        (
+            "server CPU µs per update, c=64 (schedstat)",
+            cpu,
+            "update",
+            64,
+            2.0,
             true,
         ),
-        ratio(
-            "R=1 reads/s, c=64",
-            ops("read", "quorum-r1", 64),
-            ops("read", "fanout", 64),
-            0.9,
-            false,
-        ),
-        ratio(
-            "R=1 read p50 µs, c=1",
-            p50("read", "quorum-r1", 1),
-            p50("read", "fanout", 1),
-            1.05,
-            true,
-        ),
-        ratio(
-            "Redis bytes/session (used_memory) vs hash",
-            Some(bytes.1),
-            Some(bytes.0),
-            1.3,
-            true,
-        ),
-        instructions_ratio(None, None),
-    ]);
+        ("update p50 µs, c=1", p50, "update", 1, 1.15, true),
+        ("create p50 µs, c=1", p50, "create", 1, 1.15, true),
+        ("mixed 80/20 ops/s, c=64", ops, "mixed", 64, 0.8, false),
+    ];
+    let writes = |system: &str| write_figures.map(|figure| versus(system, figure));
+    let mut ratios = Vec::from(writes("quorum-r1"));
+    ratios.push(ratio(
+        "update p50 c=1, N=7 ÷ N=3",
+        widening("quorum"),
+        widening("fanout"),
+        1.1,
+        true,
+    ));
+    ratios.push(versus(
+        "quorum-r1",
+        ("R=1 reads/s, c=64", ops, "read", 64, 0.9, false),
+    ));
+    ratios.push(versus(
+        "quorum-r1",
+        ("R=1 read p50 µs, c=1", p50, "read", 1, 1.05, true),
+    ));
+    ratios.push(ratio(
+        "Redis bytes/session (used_memory) vs hash",
+        Some(bytes.1),
+        Some(bytes.0),
+        1.3,
+        true,
+    ));
+    ratios.push(instructions_ratio(None, None));
     // The same write targets for the script floor: a target it misses is
     // out of reach of any design that merges with a script on each server.
     let script_floor = writes("fanout-lua");
